@@ -1,0 +1,38 @@
+// Architecture registry. Each architecture lives in its own file (arch_<name>.cpp) and says how its HF
+// config keys and tensor names map onto tandem's one internal layout (ModelConfig + canonical weights).
+//
+// Canonical weight names: "embed", "final_norm", "lm_head", and per layer "L{i}.{attn_norm, wq, wk, wv, bq,
+// bk, bv, wo, bo, mlp_norm, w_gate, w_up, w_down}". Linear weights are [out, in] row-major (y = x W^T).
+#pragma once
+#include <nlohmann/json_fwd.hpp>
+
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "model/config.h"
+
+namespace tandem {
+
+struct ArchSpec {
+  std::string_view name;                       // "llama"
+  std::span<const std::string_view> hf_classes;  // "LlamaForCausalLM", ...
+  // Reads the keys only this architecture has (biases, sliding window, ...) after the common ones.
+  // Rejects features it does not implement with a message naming the key.
+  void (*read_hf_quirks)(const nlohmann::json& config, ModelConfig& cfg, const std::string& source);
+  // HF tensor name for a canonical weight name ("L3.wq" -> "model.layers.3.self_attn.q_proj.weight").
+  std::string (*hf_tensor_name)(std::string_view canonical);
+};
+
+// nullptr when no registered architecture claims the HF class.
+const ArchSpec* find_arch_by_hf_class(std::string_view hf_class);
+std::string supported_hf_classes();  // "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+
+// Shared by the Llama-family architectures (Llama, Mistral, Qwen2 all use these HF names).
+std::string llama_family_hf_tensor_name(std::string_view canonical);
+
+// Parse "L{i}.{role}" into (i, role); nullopt for global names.
+std::optional<std::pair<int, std::string_view>> split_layer_name(std::string_view canonical);
+
+}  // namespace tandem

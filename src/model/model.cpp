@@ -1,0 +1,159 @@
+#include "model/model.h"
+
+#include <cstring>
+#include <map>
+
+#include "core/error.h"
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "model/arch.h"
+
+namespace tandem {
+namespace {
+namespace fs = std::filesystem;
+
+class HfModelSource final : public ModelSource {
+ public:
+  HfModelSource(const fs::path& path) {
+    fs::path dir = fs::is_directory(path) ? path : path.parent_path();
+    source_ = path.string();
+    const fs::path config_path = dir / "config.json";
+    TD_CHECK(fs::exists(config_path), "{}: no config.json in {} (an HF model folder needs one)", source_,
+             dir.string());
+    HfConfig hf = read_hf_config(config_path);
+    config_ = hf.config;
+    arch_ = hf.arch;
+    store_ = TensorStore::open(path);
+  }
+
+  std::optional<SourceTensor> find(std::string_view canonical) const override {
+    const std::string name = arch_->hf_tensor_name(canonical);
+    const TensorEntry* e = store_.find(name);
+    if (!e) return std::nullopt;
+    return SourceTensor{name, e->file->path(), e->view()};
+  }
+
+  std::string storage_summary() const override {
+    std::map<std::string_view, int> counts;
+    for (const std::string& n : store_.names()) counts[dtype_name(store_.get(n).dtype)]++;
+    std::string s;
+    for (auto [d, c] : counts) s += fmt::format("{}{} x{}", s.empty() ? "" : ", ", d, c);
+    return s;
+  }
+
+ private:
+  const ArchSpec* arch_ = nullptr;
+  TensorStore store_;
+};
+
+class WeightLoader {
+ public:
+  WeightLoader(const ModelSource& src, Model& model) : src_(src), model_(model) {}
+
+  // Fetch `canonical`, check its shape, convert to fp32 and keep it.
+  HostTensor fetch(const std::string& canonical, std::initializer_list<int64_t> shape) {
+    auto t = src_.find(canonical);
+    TD_CHECK(t.has_value(), "{}: missing tensor for '{}' (expected a tensor of shape {})", src_.source(),
+             canonical, shape_str(shape));
+    const Tensor& v = t->view;
+    bool ok = v.ndim == int(shape.size());
+    for (int i = 0; ok && i < v.ndim; ++i) ok = v.shape[size_t(i)] == shape.begin()[i];
+    TD_CHECK(ok, "{}: tensor '{}' has shape {}, but the config implies {}", t->file, t->file_name, v.shape_str(),
+             shape_str(shape));
+    TD_CHECK(v.dtype == DType::F32 || v.dtype == DType::F16 || v.dtype == DType::BF16,
+             "{}: tensor '{}' has dtype {}; weights must be f32, f16 or bf16", t->file, t->file_name,
+             dtype_name(v.dtype));
+    return HostTensor::to_f32(v);
+  }
+
+  bool has(const std::string& canonical) const { return src_.find(canonical).has_value(); }
+
+  // Stack row blocks into one [sum rows, cols] tensor.
+  Tensor concat_rows(std::initializer_list<const HostTensor*> parts) {
+    int64_t rows = 0;
+    const int64_t cols = parts.begin()[0]->view().ndim == 2 ? parts.begin()[0]->view().shape[1] : 1;
+    for (auto* p : parts) rows += p->view().shape[0];
+    HostTensor out = parts.begin()[0]->view().ndim == 2 ? HostTensor::empty(DType::F32, {rows, cols})
+                                                         : HostTensor::empty(DType::F32, {rows});
+    float* dst = out.f32();
+    for (auto* p : parts) {
+      std::memcpy(dst, p->f32(), size_t(p->numel()) * sizeof(float));
+      dst += p->numel();
+    }
+    return keep(std::move(out));
+  }
+
+  Tensor keep(HostTensor t) {
+    model_.storage.push_back(std::move(t));
+    return model_.storage.back().view();
+  }
+
+ private:
+  static std::string shape_str(std::initializer_list<int64_t> s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s.begin()[i]);
+    return r + "]";
+  }
+  const ModelSource& src_;
+  Model& model_;
+};
+}  // namespace
+
+std::unique_ptr<ModelSource> open_model_source(const std::filesystem::path& path) {
+  TD_CHECK(fs::exists(path), "{}: no such file or folder", path.string());
+  if (fs::is_directory(path) || path.extension() == ".safetensors") return std::make_unique<HfModelSource>(path);
+  fail("{}: unrecognized model format (expected an HF folder or a .safetensors file)", path.string());
+}
+
+std::unique_ptr<Model> load_reference_model(const std::filesystem::path& path,
+                                            void (*progress)(int64_t, int64_t)) {
+  auto src = open_model_source(path);
+  auto model = std::make_unique<Model>();
+  const ModelConfig& c = src->config();
+  model->config = c;
+  model->source = src->source();
+  model->storage_summary = src->storage_summary();
+  WeightLoader w(*src, *model);
+  const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t total = c.n_layers + 2;
+
+  ModelWeights& mw = model->weights;
+  mw.embed = w.keep(w.fetch("embed", {V, H}));
+  mw.final_norm = w.keep(w.fetch("final_norm", {H}));
+  if (c.tie_embeddings) {
+    mw.lm_head = mw.embed;
+  } else {
+    TD_CHECK(w.has("lm_head"), "{}: missing tensor 'lm_head.weight' (config says tie_word_embeddings=false)",
+             src->source());
+    mw.lm_head = w.keep(w.fetch("lm_head", {V, H}));
+  }
+  if (progress) progress(2, total);
+
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string L = "L" + std::to_string(i) + ".";
+    LayerWeights lw;
+    lw.attn_norm = w.keep(w.fetch(L + "attn_norm", {H}));
+    HostTensor wq = w.fetch(L + "wq", {c.q_dim(), H});
+    HostTensor wk = w.fetch(L + "wk", {c.kv_dim(), H});
+    HostTensor wv = w.fetch(L + "wv", {c.kv_dim(), H});
+    lw.wqkv = w.concat_rows({&wq, &wk, &wv});
+    if (c.qkv_bias) {
+      HostTensor bq = w.fetch(L + "bq", {c.q_dim()});
+      HostTensor bk = w.fetch(L + "bk", {c.kv_dim()});
+      HostTensor bv = w.fetch(L + "bv", {c.kv_dim()});
+      lw.bqkv = w.concat_rows({&bq, &bk, &bv});
+    }
+    lw.wo = w.keep(w.fetch(L + "wo", {H, c.q_dim()}));
+    if (c.o_bias) lw.bo = w.keep(w.fetch(L + "bo", {H}));
+    lw.mlp_norm = w.keep(w.fetch(L + "mlp_norm", {H}));
+    HostTensor gate = w.fetch(L + "w_gate", {I, H});
+    HostTensor up = w.fetch(L + "w_up", {I, H});
+    lw.w_gate_up = w.concat_rows({&gate, &up});
+    lw.w_down = w.keep(w.fetch(L + "w_down", {H, I}));
+    mw.layers.push_back(lw);
+    if (progress) progress(i + 3, total);
+  }
+  return model;
+}
+
+}  // namespace tandem

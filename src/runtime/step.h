@@ -1,0 +1,34 @@
+// A step: the unit of work every path executes. A ragged batch of tokens, each with the sequence it belongs
+// to and its position there; several sequences at once, some prefilling many tokens, some decoding one.
+// A single sequence is a batch of one. Tokens of one sequence appear in position order and continue where
+// that sequence's KV cache ends.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace tandem {
+
+struct Step {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> seq_ids;
+  std::vector<int32_t> positions;
+  std::vector<uint8_t> want_logits;  // 1: return a logits row for this token
+
+  void add(int32_t token, int32_t seq, int32_t pos, bool logits) {
+    tokens.push_back(token);
+    seq_ids.push_back(seq);
+    positions.push_back(pos);
+    want_logits.push_back(logits ? 1 : 0);
+  }
+  int64_t size() const { return int64_t(tokens.size()); }
+  int64_t num_logit_rows() const;
+};
+
+struct StepOutput {
+  HostTensor logits;                // [num_logit_rows, vocab] fp32
+  std::vector<int32_t> logit_rows;  // index into the step's tokens for each logits row
+};
+
+}  // namespace tandem

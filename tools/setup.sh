@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-time machine setup, safe to re-run: installs the pinned Debian packages tandem builds against.
+# (The CUDA toolkit is expected at /usr/local/cuda; nothing is downloaded at run time.)
+set -euo pipefail
+
+APT_PACKAGES=(cmake ninja-build g++ ccache pkg-config
+  nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev libcpp-httplib-dev
+  libgtest-dev libgmock-dev libbenchmark-dev)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v nvcc >/dev/null 2>&1; then
+  if [ -x /usr/local/cuda/bin/nvcc ]; then
+    echo "setup: nvcc is at /usr/local/cuda/bin (the Makefile adds it to PATH)"
+  else
+    echo "setup: nvcc not found; install the CUDA toolkit (13.x) at /usr/local/cuda" >&2
+    exit 1
+  fi
+fi
