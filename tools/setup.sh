@@ -27,3 +27,4 @@ if ! command -v nvcc >/dev/null 2>&1; then
     exit 1
   fi
 fi
+tools/fetch_default_model.sh

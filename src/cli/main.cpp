@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstdio>
 #include <memory>
+#include <set>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -68,8 +69,24 @@ std::unique_ptr<ModelRunner> make_runner(const CommonOptions& o, double* load_se
   return std::make_unique<ReferenceRunner>(model);
 }
 
+struct TapOptions {
+  std::string dump_file;  // safetensors file for the prefill step's taps
+  std::string filter;     // comma-separated tap or stage names; empty = all
+};
+
+std::set<std::string> split_names(const std::string& s) {
+  std::set<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    if (comma > start) out.insert(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
 int run_generate(const CommonOptions& common, const std::string& prompt_text, const std::string& prompt_ids,
-                 GenerationRequest req, bool no_stream) {
+                 GenerationRequest req, bool no_stream, const TapOptions& tap_opts) {
   TD_CHECK(prompt_text.empty() || prompt_ids.empty(), "give either -p or --prompt-ids, not both");
   TD_CHECK(prompt_text.empty(),
            "-p TEXT needs a tokenizer, which this version does not have yet; pass token ids with --prompt-ids");
@@ -87,7 +104,25 @@ int run_generate(const CommonOptions& common, const std::string& prompt_text, co
     std::printf("%d ", tok);
     std::fflush(stdout);
   };
-  auto results = generate(*runner, {req}, on_token, &st);
+  std::unique_ptr<TapRecorder> taps;
+  if (!tap_opts.dump_file.empty()) {
+    const std::set<std::string> filter = split_names(tap_opts.filter);
+    for (const std::string& name : filter) {
+      const auto dot = name.find('.');
+      const std::string stage = dot == std::string::npos ? name : name.substr(dot + 1);
+      TD_CHECK(name == "*" || stage_from_name(stage).has_value(),
+               "--taps: '{}' names no stage (stages: embed, attn_norm, qkv, rope, attention, o_proj, attn_residual, "
+               "mlp_norm, gate_up, act, down, mlp_residual, final_norm, logits)",
+               name);
+    }
+    taps = std::make_unique<TapRecorder>(filter);
+  }
+  auto results = generate(*runner, {req}, on_token, &st, taps.get());
+  if (taps) {
+    taps->save(tap_opts.dump_file);
+    std::fprintf(stderr, "taps: %zu tensors of the prefill step written to %s\n", taps->taps().size(),
+                 tap_opts.dump_file.c_str());
+  }
   if (no_stream) {
     for (int32_t t : results[0].tokens) std::printf("%d ", t);
   }
@@ -151,6 +186,9 @@ int main(int argc, char** argv) {
   auto* seed_opt = gen->add_option("-s,--seed", seed, "RNG seed (default: random, printed at the end)");
   gen->add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
   gen->add_flag("--no-stream", no_stream, "print the tokens at the end instead of as they come");
+  TapOptions tap_opts;
+  gen->add_option("--dump-taps", tap_opts.dump_file, "write the prefill step's taps to this safetensors file");
+  gen->add_option("--taps", tap_opts.filter, "taps to dump: names (L1.attention), stages (attention) or *");
 
   CommonOptions info_common;
   CLI::App* info = app.add_subcommand("info", "print a model's architecture and dimensions");
@@ -162,7 +200,7 @@ int main(int argc, char** argv) {
       req.sampling.temperature = temp;
       if (seed_opt->count()) req.sampling.seed = seed;
       req.stop_at_eos = !ignore_eos;
-      return run_generate(gen_common, prompt_text, prompt_ids, req, no_stream);
+      return run_generate(gen_common, prompt_text, prompt_ids, req, no_stream, tap_opts);
     }
     if (*info) return run_info(info_common);
   } catch (const std::exception& e) {

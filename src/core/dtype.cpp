@@ -68,8 +68,8 @@ uint16_t f32_to_fp16(float f) {
   if (abs < 0x38800000u) {                       // below smallest normal: subnormal or zero
     if (abs < 0x33000000u) return sign;          // < 2^-25 rounds to 0
     const uint32_t mant = (abs & 0x7fffff) | 0x800000;
-    const int shift = 126 - int(abs >> 23);  // 14..24 -> bits to drop beyond the 13
-    const uint32_t drop = uint32_t(shift) + 13;
+    // value = mant * 2^(e - 150); in units of the fp16 subnormal step 2^-24 that is mant >> (126 - e).
+    const uint32_t drop = uint32_t(126 - int(abs >> 23));  // 14..24
     uint32_t r = mant >> drop;
     const uint32_t rem = mant & ((1u << drop) - 1), half = 1u << (drop - 1);
     if (rem > half || (rem == half && (r & 1))) ++r;

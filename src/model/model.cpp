@@ -33,6 +33,10 @@ class HfModelSource final : public ModelSource {
     return SourceTensor{name, e->file->path(), e->view()};
   }
 
+  std::string file_tensor_name(std::string_view canonical) const override {
+    return arch_->hf_tensor_name(canonical);
+  }
+
   std::string storage_summary() const override {
     std::map<std::string_view, int> counts;
     for (const std::string& n : store_.names()) counts[dtype_name(store_.get(n).dtype)]++;
@@ -53,8 +57,8 @@ class WeightLoader {
   // Fetch `canonical`, check its shape, convert to fp32 and keep it.
   HostTensor fetch(const std::string& canonical, std::initializer_list<int64_t> shape) {
     auto t = src_.find(canonical);
-    TD_CHECK(t.has_value(), "{}: missing tensor for '{}' (expected a tensor of shape {})", src_.source(),
-             canonical, shape_str(shape));
+    TD_CHECK(t.has_value(), "{}: missing tensor '{}' (tandem's {}, expected shape {})", src_.source(),
+             src_.file_tensor_name(canonical), canonical, shape_str(shape));
     const Tensor& v = t->view;
     bool ok = v.ndim == int(shape.size());
     for (int i = 0; ok && i < v.ndim; ++i) ok = v.shape[size_t(i)] == shape.begin()[i];

@@ -28,6 +28,8 @@ class ModelSource {
   const ModelConfig& config() const { return config_; }
   const std::string& source() const { return source_; }
   virtual std::optional<SourceTensor> find(std::string_view canonical) const = 0;
+  // The name the file uses for a canonical weight ("L0.wq" -> "model.layers.0.self_attn.q_proj.weight").
+  virtual std::string file_tensor_name(std::string_view canonical) const = 0;
   // The dtype most weights are stored in (for reports).
   virtual std::string storage_summary() const = 0;
 
