@@ -3,7 +3,7 @@
 # (The CUDA toolkit is expected at /usr/local/cuda; nothing is downloaded at run time.)
 set -euo pipefail
 
-APT_PACKAGES=(cmake ninja-build g++ ccache pkg-config
+APT_PACKAGES=(cmake ninja-build g++ ccache pkg-config bible-kjv
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev)
 
@@ -28,3 +28,12 @@ if ! command -v nvcc >/dev/null 2>&1; then
   fi
 fi
 tools/fetch_default_model.sh
+
+# Public-domain evaluation text for `tandem perplexity` tests: Genesis 1-3 (KJV) from Debian's bible-kjv.
+if [ ! -s .deps/kjv-genesis.txt ]; then
+  if ! command -v bible >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends bible-kjv >/dev/null
+  fi
+  mkdir -p .deps && bible -f "Gen1:1-3:24" > .deps/kjv-genesis.txt
+fi
