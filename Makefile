@@ -24,9 +24,10 @@ test: build
 test-gpu: build
 	@cd $(BUILD) && ctest --output-on-failure -L gpu
 
-# Until the tokenizer and the default model land, the main job runs a committed fixture model on token ids.
+# The main job: ask the default model (SmolLM2-135M-Instruct, fetched by setup) a question on this machine.
+QUESTION ?= What is the capital of France?
 run: build
-	@$(BUILD)/tandem generate -m tests/fixtures/llama --prompt-ids 1,17,42,99,5 -n 24 --temp 0
+	@$(BUILD)/tandem run --temp 0 "$(QUESTION)"
 
 clean:
 	@rm -rf $(BUILD)

@@ -29,6 +29,38 @@ std::string supported_hf_classes() {
   return s;
 }
 
+const ArchSpec* find_arch_by_gguf_name(std::string_view gguf_arch) {
+  for (const ArchSpec* a : kArchs)
+    if (!a->gguf_arch.empty() && a->gguf_arch == gguf_arch) return a;
+  return nullptr;
+}
+
+std::string supported_gguf_archs() {
+  std::string s;
+  for (const ArchSpec* a : kArchs)
+    if (!a->gguf_arch.empty()) s += (s.empty() ? "" : ", ") + std::string(a->gguf_arch);
+  return s;
+}
+
+std::string gguf_tensor_name(std::string_view canonical) {
+  if (canonical == "embed") return "token_embd.weight";
+  if (canonical == "final_norm") return "output_norm.weight";
+  if (canonical == "lm_head") return "output.weight";
+  auto layer = split_layer_name(canonical);
+  TD_CHECK(layer.has_value(), "unknown canonical weight name '{}'", canonical);
+  const auto [i, role] = *layer;
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 13> kRoles{{
+      {"attn_norm", "attn_norm.weight"}, {"wq", "attn_q.weight"},      {"wk", "attn_k.weight"},
+      {"wv", "attn_v.weight"},           {"bq", "attn_q.bias"},        {"bk", "attn_k.bias"},
+      {"bv", "attn_v.bias"},             {"wo", "attn_output.weight"}, {"bo", "attn_output.bias"},
+      {"mlp_norm", "ffn_norm.weight"},   {"w_gate", "ffn_gate.weight"}, {"w_up", "ffn_up.weight"},
+      {"w_down", "ffn_down.weight"},
+  }};
+  for (const auto& [r, g] : kRoles)
+    if (r == role) return "blk." + std::to_string(i) + "." + std::string(g);
+  fail("unknown canonical weight role '{}' in '{}'", role, canonical);
+}
+
 std::optional<std::pair<int, std::string_view>> split_layer_name(std::string_view canonical) {
   if (canonical.size() < 3 || canonical[0] != 'L') return std::nullopt;
   const size_t dot = canonical.find('.');

@@ -23,11 +23,22 @@ struct ArchSpec {
   void (*read_hf_quirks)(const nlohmann::json& config, ModelConfig& cfg, const std::string& source);
   // HF tensor name for a canonical weight name ("L3.wq" -> "model.layers.3.self_attn.q_proj.weight").
   std::string (*hf_tensor_name)(std::string_view canonical);
+  // GGUF `general.architecture` value, and whether llama.cpp's converter permuted the Q/K weight rows
+  // into the interleaved rope layout (it does for "llama", which tandem undoes; not for "qwen2").
+  std::string_view gguf_arch;
+  bool gguf_qk_permuted;
 };
 
 // nullptr when no registered architecture claims the HF class.
 const ArchSpec* find_arch_by_hf_class(std::string_view hf_class);
 std::string supported_hf_classes();  // "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+
+const ArchSpec* find_arch_by_gguf_name(std::string_view gguf_arch);
+std::string supported_gguf_archs();
+
+// GGUF tensor name for a canonical weight name ("L3.wq" -> "blk.3.attn_q.weight"); same for every
+// llama-family architecture llama.cpp converts.
+std::string gguf_tensor_name(std::string_view canonical);
 
 // Shared by the Llama-family architectures (Llama, Mistral, Qwen2 all use these HF names).
 std::string llama_family_hf_tensor_name(std::string_view canonical);

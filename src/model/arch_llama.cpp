@@ -17,6 +17,6 @@ void read_quirks(const nlohmann::json& j, ModelConfig& cfg, const std::string& s
 }
 }  // namespace
 
-extern const ArchSpec kLlamaArch{"llama", kClasses, read_quirks, llama_family_hf_tensor_name};
+extern const ArchSpec kLlamaArch{"llama", kClasses, read_quirks, llama_family_hf_tensor_name, "llama", true};
 
 }  // namespace tandem

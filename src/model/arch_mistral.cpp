@@ -1,4 +1,5 @@
-// Mistral (MistralForCausalLM). Quirks: sliding-window attention (sliding_window: null = full attention);
+// Mistral (MistralForCausalLM). (llama.cpp converts Mistral to GGUF architecture "llama", handled there.)
+// Quirks: sliding-window attention (sliding_window: null = full attention);
 // a query at position p sees keys at positions (p - window, p], as HF's mask does. head_dim may differ from
 // hidden_size / num_attention_heads.
 #include <nlohmann/json.hpp>
@@ -22,6 +23,6 @@ void read_quirks(const nlohmann::json& j, ModelConfig& cfg, const std::string& s
 }
 }  // namespace
 
-extern const ArchSpec kMistralArch{"mistral", kClasses, read_quirks, llama_family_hf_tensor_name};
+extern const ArchSpec kMistralArch{"mistral", kClasses, read_quirks, llama_family_hf_tensor_name, "", false};
 
 }  // namespace tandem

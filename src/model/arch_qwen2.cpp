@@ -21,6 +21,6 @@ void read_quirks(const nlohmann::json& j, ModelConfig& cfg, const std::string& s
 }
 }  // namespace
 
-extern const ArchSpec kQwen2Arch{"qwen2", kClasses, read_quirks, llama_family_hf_tensor_name};
+extern const ArchSpec kQwen2Arch{"qwen2", kClasses, read_quirks, llama_family_hf_tensor_name, "qwen2", false};
 
 }  // namespace tandem

@@ -34,6 +34,9 @@ void ModelConfig::validate(const std::string& source) const {
     TD_CHECK(rope.original_max_positions > 0, "{}: rope_scaling.original_max_position_embeddings must be positive",
              source);
   }
+  TD_CHECK(rope.freq_factors.empty() || int64_t(rope.freq_factors.size()) * 2 == head_dim,
+           "{}: {} rope frequency factors for head_dim {} (need head_dim / 2)", source, rope.freq_factors.size(),
+           head_dim);
   TD_CHECK(sliding_window >= 0, "{}: sliding_window must be >= 0, got {}", source, sliding_window);
   for (int32_t eos : eos_token_ids)
     TD_CHECK(eos >= 0 && eos < vocab_size, "{}: eos_token_id {} is outside the vocabulary (size {})", source, eos,
@@ -64,6 +67,7 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
       }
       f = scaled;
     }
+    if (!r.freq_factors.empty()) f = f / r.freq_factors[size_t(i)];
     inv[size_t(i)] = f;
   }
   return inv;

@@ -15,6 +15,8 @@ struct RopeConfig {
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
   int64_t original_max_positions = 8192;  // llama3
+  // GGUF files carry llama3-style scaling as per-frequency divisors (tensor rope_freqs.weight).
+  std::vector<float> freq_factors;
 };
 
 struct ModelConfig {

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "io/dequant.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "model/arch.h"
@@ -64,10 +65,18 @@ class WeightLoader {
     for (int i = 0; ok && i < v.ndim; ++i) ok = v.shape[size_t(i)] == shape.begin()[i];
     TD_CHECK(ok, "{}: tensor '{}' has shape {}, but the config implies {}", t->file, t->file_name, v.shape_str(),
              shape_str(shape));
-    TD_CHECK(v.dtype == DType::F32 || v.dtype == DType::F16 || v.dtype == DType::BF16,
-             "{}: tensor '{}' has dtype {}; weights must be f32, f16 or bf16", t->file, t->file_name,
-             dtype_name(v.dtype));
-    return HostTensor::to_f32(v);
+    TD_CHECK(dequant_supported(v.dtype), "{}: tensor '{}' has dtype {}, which tandem cannot load", t->file,
+             t->file_name, dtype_name(v.dtype));
+    HostTensor f = dequantize_to_f32(v);
+    if (src_.qk_rows_permuted()) {
+      const auto layer = split_layer_name(canonical);
+      const std::string_view role = layer ? layer->second : std::string_view();
+      const ModelConfig& c = src_.config();
+      const int64_t cols = v.ndim == 2 ? v.shape[1] : 1;
+      if (role == "wq" || role == "bq") unpermute_qk_rows(f.f32(), v.shape[0], cols, c.n_heads);
+      if (role == "wk" || role == "bk") unpermute_qk_rows(f.f32(), v.shape[0], cols, c.n_kv_heads);
+    }
+    return f;
   }
 
   bool has(const std::string& canonical) const { return src_.find(canonical).has_value(); }
@@ -106,12 +115,17 @@ class WeightLoader {
 std::unique_ptr<ModelSource> open_model_source(const std::filesystem::path& path) {
   TD_CHECK(fs::exists(path), "{}: no such file or folder", path.string());
   if (fs::is_directory(path) || path.extension() == ".safetensors") return std::make_unique<HfModelSource>(path);
-  fail("{}: unrecognized model format (expected an HF folder or a .safetensors file)", path.string());
+  if (path.extension() == ".gguf") return open_gguf_model_source(path);
+  fail("{}: unrecognized model format (expected an HF folder, a .safetensors or a .gguf file)", path.string());
 }
 
 std::unique_ptr<Model> load_reference_model(const std::filesystem::path& path,
                                             void (*progress)(int64_t, int64_t)) {
-  auto src = open_model_source(path);
+  return load_reference_model(*open_model_source(path), progress);
+}
+
+std::unique_ptr<Model> load_reference_model(const ModelSource& source, void (*progress)(int64_t, int64_t)) {
+  const ModelSource* src = &source;
   auto model = std::make_unique<Model>();
   const ModelConfig& c = src->config();
   model->config = c;

@@ -32,14 +32,20 @@ class ModelSource {
   virtual std::string file_tensor_name(std::string_view canonical) const = 0;
   // The dtype most weights are stored in (for reports).
   virtual std::string storage_summary() const = 0;
+  // GGUF files converted by llama.cpp store Llama Q/K rows permuted for interleaved rope; tandem uses HF's
+  // rotate-half layout, so the loader undoes it when this is true.
+  virtual bool qk_rows_permuted() const { return false; }
+  virtual const class GgufFile* gguf() const { return nullptr; }
 
  protected:
   ModelConfig config_;
   std::string source_;
 };
 
-// HF folder (config.json + model.safetensors or sharded index) or a .safetensors file next to config.json.
+// HF folder (config.json + model.safetensors or sharded index), a .safetensors file next to config.json,
+// or a .gguf file.
 std::unique_ptr<ModelSource> open_model_source(const std::filesystem::path& path);
+std::unique_ptr<ModelSource> open_gguf_model_source(const std::filesystem::path& path);
 
 struct LayerWeights {
   Tensor attn_norm;   // [H]
@@ -70,6 +76,8 @@ class Model {
 
 // Loads fp32 weights for the reference path. `progress` (may be null) gets (done, total) tensor counts.
 std::unique_ptr<Model> load_reference_model(const std::filesystem::path& path,
+                                            void (*progress)(int64_t done, int64_t total) = nullptr);
+std::unique_ptr<Model> load_reference_model(const ModelSource& source,
                                             void (*progress)(int64_t done, int64_t total) = nullptr);
 
 }  // namespace tandem

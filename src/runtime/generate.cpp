@@ -76,8 +76,10 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
       history[r].push_back(tok);
       results[r].tokens.push_back(tok);
       if (on_token) on_token(r, tok);
+      const auto& stops = requests[r].stop_ids;
       const bool eos = requests[r].stop_at_eos &&
-                       std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
+                       (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end() ||
+                        std::find(stops.begin(), stops.end(), tok) != stops.end());
       if (eos) {
         results[r].finish_reason = "stop";
       } else if (int64_t(results[r].tokens.size()) >= requests[r].max_new_tokens) {

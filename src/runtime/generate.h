@@ -16,7 +16,8 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;
   int64_t max_new_tokens = 64;
   SamplingParams sampling;
-  bool stop_at_eos = true;
+  bool stop_at_eos = true;           // stop at the model's eos ids and at stop_ids
+  std::vector<int32_t> stop_ids;     // more end-of-turn ids (the tokenizer's eos/eot, the chat format's end)
 };
 
 struct GenerationResult {

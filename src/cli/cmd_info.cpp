@@ -1,0 +1,64 @@
+// tandem info: what a model is (architecture, dimensions, tensor types, tokenizer, chat template).
+#include <cstdio>
+
+#include "cli/common.h"
+#include "cuda/device_query.h"
+#include "io/gguf.h"
+
+namespace tandem::cli {
+namespace {
+struct InfoArgs {
+  ModelOptions model;
+  bool verbose = false;
+};
+
+void run(const InfoArgs& a) {
+  const auto path = model_path(a.model);
+  auto src = open_model_source(path);
+  const ModelConfig& c = src->config();
+  std::printf("source        %s\n", src->source().c_str());
+  std::printf("architecture  %s%s\n", c.arch.c_str(), c.hf_class.empty() ? "" : (" (" + c.hf_class + ")").c_str());
+  std::printf("layers        %lld\nhidden        %lld\nintermediate  %lld\n", (long long)c.n_layers,
+              (long long)c.hidden_size, (long long)c.intermediate_size);
+  std::printf("heads         %lld (kv %lld, head_dim %lld)\nvocab         %lld\n", (long long)c.n_heads,
+              (long long)c.n_kv_heads, (long long)c.head_dim, (long long)c.vocab_size);
+  std::printf("context       %lld\nrope theta    %g%s\n", (long long)c.max_positions, c.rope.theta,
+              c.rope.scaling == RopeScaling::Llama3   ? " (llama3 scaling)"
+              : c.rope.scaling == RopeScaling::Linear ? " (linear scaling)"
+              : !c.rope.freq_factors.empty()          ? " (frequency factors)"
+                                                      : "");
+  std::printf("sliding win.  %lld\ntied embed.   %s\nqkv bias      %s\nweights       %s\n",
+              (long long)c.sliding_window, c.tie_embeddings ? "yes" : "no", c.qkv_bias ? "yes" : "no",
+              src->storage_summary().c_str());
+  ModelBundle b = load_tokenizer_only(path);
+  if (b.tokenizer) {
+    std::printf("tokenizer     %s, %d tokens, bos %d, eos", b.tokenizer_source.c_str(), b.tokenizer->vocab_size(),
+                b.tokenizer->bos_id());
+    for (int32_t e : b.tokenizer->eos_ids()) std::printf(" %d", e);
+    std::printf("\n");
+  } else {
+    std::printf("tokenizer     none\n");
+  }
+  try {
+    ModelBundle with_arch = std::move(b);
+    const ChatTemplate t = chat_template_for(with_arch, a.model.chat_template);
+    std::printf("chat template %s%s\n", std::string(t.name()).c_str(),
+                with_arch.chat_template_text.empty() ? " (inferred: the model has none)" : "");
+  } catch (const Error& e) {
+    std::printf("chat template none: %s\n", e.what());
+  }
+  std::printf("gpus          %d\n", cuda::device_count());
+  if (a.verbose && src->gguf()) std::printf("\n%s", src->gguf()->describe(true).c_str());
+}
+}  // namespace
+
+void register_info(CLI::App& app) {
+  auto a = std::make_shared<InfoArgs>();
+  CLI::App* cmd = app.add_subcommand("info", "print a model's architecture, dimensions, tokenizer and template");
+  add_model_options(cmd, a->model, false);
+  cmd->add_option("--chat-template", a->model.chat_template, "chat format override to check");
+  cmd->add_flag("-v,--verbose", a->verbose, "also list metadata and tensors (GGUF)");
+  cmd->callback([a] { run(*a); });
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,85 @@
+#include "cli/common.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "core/parallel.h"
+#include "cpu/reference_runner.h"
+#include "cuda/device_query.h"
+
+namespace tandem::cli {
+
+void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
+  auto* m = cmd->add_option("-m,--model", o.model, "model: HF folder, .safetensors or .gguf file");
+  if (required) m->required();
+  cmd->add_option("--device", o.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->add_option("--path", o.path, "execution path: auto | reference")->check(CLI::IsMember({"auto", "reference"}));
+  cmd->add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
+}
+
+void add_sampling_options(CLI::App* cmd, GenerationRequest& req, uint64_t& seed, CLI::Option*& seed_opt) {
+  cmd->add_option("-n,--n-predict", req.max_new_tokens, "tokens to generate")->capture_default_str();
+  cmd->add_option("--temp", req.sampling.temperature, "temperature (0 = greedy)")->capture_default_str();
+  cmd->add_option("--top-k", req.sampling.top_k, "top-k (0 = off)")->capture_default_str();
+  cmd->add_option("--top-p", req.sampling.top_p, "top-p (1 = off)")->capture_default_str();
+  cmd->add_option("--min-p", req.sampling.min_p, "min-p (0 = off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", req.sampling.repeat_penalty, "repetition penalty (1 = off)")
+      ->capture_default_str();
+  cmd->add_option("--repeat-last-n", req.sampling.repeat_last_n, "tokens the penalty looks back over")
+      ->capture_default_str();
+  seed_opt = cmd->add_option("-s,--seed", seed, "RNG seed (default: random, printed at the end)");
+}
+
+void progress_bar(int64_t done, int64_t total) {
+  static const bool tty = isatty(fileno(stderr));
+  if (!tty) return;
+  const int width = 30, filled = int(width * done / std::max<int64_t>(total, 1));
+  std::fprintf(stderr, "\rloading [%s%s] %lld/%lld", std::string(size_t(filled), '#').c_str(),
+               std::string(size_t(width - filled), ' ').c_str(), (long long)done, (long long)total);
+  if (done == total) std::fprintf(stderr, "\r%*s\r", width + 30, "");
+}
+
+std::filesystem::path model_path(const ModelOptions& o) {
+  return o.model.empty() ? default_model_path() : std::filesystem::path(o.model);
+}
+
+Loaded load(const ModelOptions& o) {
+  if (o.threads > 0) set_num_threads(o.threads);
+  TD_CHECK(o.device != "cuda",
+           "--device cuda: the CUDA paths are not built yet in this version; use --device cpu (found {} GPU(s))",
+           cuda::device_count());
+  Loaded l;
+  const auto path = model_path(o);
+  l.bundle = load_model_bundle(path, progress_bar);
+  l.runner = std::make_unique<ReferenceRunner>(l.bundle.model);
+  const ModelConfig& c = l.bundle.model->config;
+  std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld; %s) loaded in %.2f s; path %s, %d threads\n",
+               path.c_str(), c.arch.c_str(), (long long)c.n_layers, (long long)c.hidden_size,
+               (long long)c.vocab_size, l.bundle.model->storage_summary.c_str(), l.bundle.load_seconds,
+               std::string(l.runner->path_name()).c_str(), num_threads());
+  return l;
+}
+
+std::vector<int32_t> stop_ids(const Loaded& l, const ChatTemplate* chat) {
+  std::vector<int32_t> ids;
+  if (!l.bundle.tokenizer) return ids;
+  const Tokenizer& tok = *l.bundle.tokenizer;
+  ids = tok.eos_ids();
+  if (chat) {
+    for (const std::string& s : chat->stop_strings())
+      if (auto id = tok.piece_to_id(s); id && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+  }
+  return ids;
+}
+
+void print_stats(const GenerationStats& st) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "prompt: %lld tokens in %.1f ms (%.1f tok/s)\n", (long long)st.prompt_tokens,
+               st.prefill_seconds * 1e3, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9));
+  std::fprintf(stderr, "decode: %lld tokens in %.1f ms (%.1f tok/s)\n", (long long)st.generated_tokens,
+               st.decode_seconds * 1e3, st.generated_tokens / std::max(st.decode_seconds, 1e-9));
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,48 @@
+// Shared pieces of the tandem subcommands.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/generate.h"
+#include "runtime/model_bundle.h"
+#include "runtime/runner.h"
+
+namespace tandem::cli {
+
+struct ModelOptions {
+  std::string model;  // empty: the default model
+  std::string device = "auto";
+  std::string path = "auto";
+  int threads = 0;
+  std::string chat_template;  // override
+};
+
+// -m, --device, --path, -t. `required`: whether -m must be given (else the default model).
+void add_model_options(CLI::App* cmd, ModelOptions& o, bool required);
+void add_sampling_options(CLI::App* cmd, GenerationRequest& req, uint64_t& seed, CLI::Option*& seed_opt);
+
+struct Loaded {
+  ModelBundle bundle;
+  std::unique_ptr<ModelRunner> runner;
+};
+// Loads the model on the device the options ask for (CPU reference path for now) and reports it on stderr.
+Loaded load(const ModelOptions& o);
+std::filesystem::path model_path(const ModelOptions& o);
+
+// The end-of-turn ids: the tokenizer's eos ids plus the chat format's stop strings that are single tokens.
+std::vector<int32_t> stop_ids(const Loaded& l, const ChatTemplate* chat);
+
+// Load-progress bar on a terminal only.
+void progress_bar(int64_t done, int64_t total);
+
+void print_stats(const GenerationStats& st);
+
+void register_generate(CLI::App& app);
+void register_chat(CLI::App& app);  // `run` and `chat`
+void register_info(CLI::App& app);
+void register_perplexity(CLI::App& app);
+
+}  // namespace tandem::cli

@@ -1,0 +1,111 @@
+#include "runtime/model_bundle.h"
+
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/gguf.h"
+#include "tokenizer/gguf_vocab.h"
+
+namespace tandem {
+namespace {
+namespace fs = std::filesystem;
+constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// HF keeps the template in tokenizer_config.json ("chat_template": string, or a list of {name, template})
+// or, in newer folders, in chat_template.jinja.
+std::string hf_chat_template(const fs::path& dir) {
+  if (fs::exists(dir / "chat_template.jinja")) return read_text(dir / "chat_template.jinja");
+  const fs::path cfg = dir / "tokenizer_config.json";
+  if (!fs::exists(cfg)) return {};
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text(cfg));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", cfg.string(), e.what());
+  }
+  auto it = j.find("chat_template");
+  if (it == j.end() || it->is_null()) return {};
+  if (it->is_string()) return it->get<std::string>();
+  TD_CHECK(it->is_array(), "{}: chat_template must be a string or a list of {{name, template}}", cfg.string());
+  for (const auto& t : *it)
+    if (t.is_object() && t.value("name", "") == "default" && t.contains("template") && t["template"].is_string())
+      return t["template"].get<std::string>();
+  return {};
+}
+
+void attach_tokenizer(ModelBundle& b, const ModelSource& src, const fs::path& path) {
+  if (const GgufFile* g = src.gguf()) {
+    if (!g->has("tokenizer.ggml.model")) return;
+    b.tokenizer = Tokenizer::from_spec(tokenizer_spec_from_gguf(*g));
+    b.tokenizer_source = path.string() + " (GGUF vocabulary)";
+    b.chat_template_text = g->get_string("tokenizer.chat_template").value_or("");
+    return;
+  }
+  const fs::path dir = fs::is_directory(path) ? path : path.parent_path();
+  if (fs::exists(dir / "tokenizer.json")) {
+    b.tokenizer = Tokenizer::from_hf_json(dir / "tokenizer.json");
+    b.tokenizer_source = (dir / "tokenizer.json").string();
+  }
+  b.chat_template_text = hf_chat_template(dir);
+}
+}  // namespace
+
+ModelBundle load_model_bundle(const fs::path& path, void (*progress)(int64_t, int64_t)) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto src = open_model_source(path);
+  ModelBundle b;
+  attach_tokenizer(b, *src, path);
+  b.model = load_reference_model(*src, progress);
+  if (b.tokenizer) {
+    TD_CHECK(b.tokenizer->vocab_size() <= b.model->config.vocab_size,
+             "{}: the tokenizer has {} tokens but the model's vocabulary is {}", b.tokenizer_source,
+             b.tokenizer->vocab_size(), b.model->config.vocab_size);
+  }
+  b.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return b;
+}
+
+ModelBundle load_tokenizer_only(const fs::path& path) {
+  auto src = open_model_source(path);
+  ModelBundle b;
+  attach_tokenizer(b, *src, path);
+  return b;
+}
+
+ChatTemplate chat_template_for(const ModelBundle& b, std::string_view override_name) {
+  if (!override_name.empty()) return ChatTemplate::from_name(override_name);
+  auto has_token = [](const void* ctx, std::string_view piece) {
+    const auto* tok = static_cast<const Tokenizer*>(ctx);
+    return tok && tok->piece_to_id(piece).has_value();
+  };
+  const Tokenizer* tok = b.tokenizer ? &*b.tokenizer : nullptr;
+  return ChatTemplate::detect(b.chat_template_text, b.model ? b.model->config.arch : "", has_token, tok);
+}
+
+fs::path default_model_path() {
+  if (const char* env = std::getenv("TANDEM_MODEL"); env && *env) return env;
+  if (fs::exists(kDefaultModel)) return kDefaultModel;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (fs::path dir = exe.parent_path(); !dir.empty() && dir != dir.root_path(); dir = dir.parent_path())
+      if (fs::exists(dir / kDefaultModel)) return dir / kDefaultModel;
+  }
+  fail("no model given and the default model ({}) is not there; run `make run` or tools/fetch_default_model.sh, "
+       "or pass -m",
+       kDefaultModel);
+}
+
+}  // namespace tandem

@@ -1,0 +1,186 @@
+// The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) end to end against HF transformers loading the same
+// GGUF (tools/make_default_model_fixture.py): tokenizer + chat template ids, logits, 64 greedy tokens and
+// perplexity. Skips (visibly) when the model has not been fetched; `make test` fetches it first.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cpu/reference_runner.h"
+#include "diag/compare.h"
+#include "io/safetensors.h"
+#include "runtime/generate.h"
+#include "runtime/model_bundle.h"
+#include "runtime/perplexity.h"
+
+namespace tandem {
+namespace {
+namespace fs = std::filesystem;
+
+const fs::path kRepo = fs::path(TANDEM_FIXTURES).parent_path().parent_path();
+const fs::path kModel = kRepo / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+class DefaultModel : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!fs::exists(kModel)) return;
+    bundle_ = new ModelBundle(load_model_bundle(kModel));
+    expected_ = SafetensorsFile::open(fs::path(TANDEM_FIXTURES) / "default_model/default_model.safetensors").release();
+  }
+  static void TearDownTestSuite() {
+    delete bundle_;
+    delete expected_;
+  }
+  void SetUp() override {
+    if (!bundle_) GTEST_SKIP() << kModel << " is missing: run tools/fetch_default_model.sh (make test does)";
+  }
+  static std::vector<int32_t> ints(const std::string& name) {
+    const TensorEntry* e = expected_->find(name);
+    EXPECT_NE(e, nullptr) << name;
+    if (!e) return {};
+    std::vector<int32_t> v(e->nbytes / 4);
+    std::memcpy(v.data(), e->file->data() + e->offset, e->nbytes);
+    return v;
+  }
+  static std::vector<std::string> prompts() {
+    return nlohmann::json::parse(expected_->metadata().at("prompts")).get<std::vector<std::string>>();
+  }
+  static inline ModelBundle* bundle_ = nullptr;
+  static inline SafetensorsFile* expected_ = nullptr;
+};
+
+TEST_F(DefaultModel, TokenizerAndChatTemplateMatchHF) {
+  const Tokenizer& tok = *bundle_->tokenizer;
+  const auto texts = prompts();
+  ASSERT_EQ(texts.size(), 4u);
+  // Prompts 0 and 1 went through HF's apply_chat_template; rendering them ourselves must give the same text.
+  const ChatTemplate chat = chat_template_for(*bundle_);
+  EXPECT_EQ(chat.format(), ChatFormat::ChatML);
+  const ChatMessage q[] = {{"user", "What is the capital of France?"}};
+  EXPECT_EQ(chat.render(q), texts[0]);
+  for (size_t p = 0; p < texts.size(); ++p)
+    EXPECT_EQ(tok.encode(texts[p], false, true), ints("p" + std::to_string(p) + ".prompt")) << "prompt " << p;
+}
+
+// Logits at every prompt position (top-16 of HF) and the full last row, within 1e-3 relative; then 64 greedy
+// tokens identical, all four prompts decoding together in one batch.
+TEST_F(DefaultModel, LogitsAndGreedyMatchHF) {
+  ReferenceRunner runner(bundle_->model);
+  const int64_t V = bundle_->model->config.vocab_size;
+  const int P = 4;
+  Step prefill;
+  std::vector<int64_t> offsets;
+  for (int p = 0; p < P; ++p) {
+    const auto ids = ints("p" + std::to_string(p) + ".prompt");
+    runner.create_sequence(p, int64_t(ids.size()) + 80);
+    offsets.push_back(prefill.size());
+    for (size_t i = 0; i < ids.size(); ++i) prefill.add(ids[i], p, int32_t(i), true);
+  }
+  const StepOutput out = runner.forward(prefill, nullptr);
+  double worst_rel = 0, worst_top = 0;
+  std::vector<int32_t> next(static_cast<size_t>(P));
+  for (int p = 0; p < P; ++p) {
+    const std::string pre = "p" + std::to_string(p) + ".";
+    const auto ids = ints(pre + "prompt");
+    const int64_t last = offsets[size_t(p)] + int64_t(ids.size()) - 1;
+    const Comparison c = compare(out.logits.view().slice_rows(last, last + 1), expected_->find(pre + "last_logits")->view());
+    EXPECT_LE(c.rel_l2, 1e-3) << pre << " last row: " << c.summary();
+    worst_rel = std::max(worst_rel, c.rel_l2);
+    const auto top_ids = ints(pre + "topk_ids");
+    const TensorEntry* tv = expected_->find(pre + "topk_logits");
+    const int64_t K = tv->shape[1];
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const float* row = out.logits.f32() + (offsets[size_t(p)] + int64_t(i)) * V;
+      float hf_max = 0;
+      std::memcpy(&hf_max, tv->file->data() + tv->offset + i * K * 4, 4);
+      for (int64_t k = 0; k < K; ++k) {
+        float hf;
+        std::memcpy(&hf, tv->file->data() + tv->offset + (i * K + k) * 4, 4);
+        const double err = std::abs(row[top_ids[i * K + k]] - hf) / std::max(1.0f, std::abs(hf_max));
+        worst_top = std::max(worst_top, err);
+      }
+    }
+    const float* r = out.logits.f32() + last * V;
+    next[size_t(p)] = int32_t(std::max_element(r, r + V) - r);
+  }
+  EXPECT_LE(worst_top, 1e-3) << "top-16 logits at every prompt position, relative to the row's max";
+  std::printf("[ info ] default model vs HF: last-row rel_l2 %.2e, top-16 max rel err %.2e\n", worst_rel, worst_top);
+
+  std::vector<std::vector<int32_t>> want(static_cast<size_t>(P)), got(static_cast<size_t>(P));
+  for (int p = 0; p < P; ++p) want[size_t(p)] = ints("p" + std::to_string(p) + ".greedy");
+  for (size_t s = 0; s < want[0].size(); ++s) {
+    Step step;
+    for (int p = 0; p < P; ++p) {
+      got[size_t(p)].push_back(next[size_t(p)]);
+      step.add(next[size_t(p)], p, int32_t(runner.sequence_length(p)), true);
+    }
+    const StepOutput o = runner.forward(step, nullptr);
+    for (int p = 0; p < P; ++p) {
+      const float* r = o.logits.f32() + p * V;
+      next[size_t(p)] = int32_t(std::max_element(r, r + V) - r);
+    }
+  }
+  for (int p = 0; p < P; ++p) EXPECT_EQ(got[size_t(p)], want[size_t(p)]) << "greedy continuation of prompt " << p;
+}
+
+TEST_F(DefaultModel, PerplexityWithinHalfPercentOfHF) {
+  const auto& meta = expected_->metadata();
+  const double hf = std::stod(meta.at("perplexity"));
+  const auto ids = ints("ppl.ids");
+  // Same text through our tokenizer gives the same ids (the file is written by tools/setup.sh).
+  const fs::path text = kRepo / ".deps/kjv-genesis.txt";
+  if (fs::exists(text)) {
+    std::ifstream f(text, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    auto ours = bundle_->tokenizer->encode(ss.str(), false, false);
+    ours.resize(std::min(ours.size(), ids.size()));
+    EXPECT_EQ(ours, ids);
+  }
+  ReferenceRunner runner(bundle_->model);
+  const PerplexityResult r = perplexity(runner, ids, std::stoll(meta.at("ppl_ctx")), std::stoll(meta.at("ppl_stride")));
+  EXPECT_EQ(r.scored, std::stoll(meta.at("ppl_scored")));
+  EXPECT_NEAR(r.perplexity, hf, 0.005 * hf) << "tandem " << r.perplexity << " vs HF " << hf;
+  std::printf("[ info ] perplexity tandem %.6f vs HF %.6f (%.4f%%)\n", r.perplexity, hf,
+              100.0 * (r.perplexity - hf) / hf);
+}
+
+// `tandem run` on the default model answers the question (the README's `make run`), printing load time and
+// speeds; `tandem info` describes it.
+TEST_F(DefaultModel, RunAnswersParis) {
+  const std::string cmd = std::string(TANDEM_BINARY) + " run -m " + kModel.string() +
+                          " --temp 0 \"What is the capital of France?\" 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  EXPECT_EQ(pclose(p), 0) << out;
+  EXPECT_NE(out.find("Paris"), std::string::npos) << out;
+  EXPECT_NE(out.find("loaded in"), std::string::npos) << out;
+  EXPECT_NE(out.find("decode:"), std::string::npos) << out;
+}
+
+// `tandem chat` keeps the conversation: the second turn's prompt holds the first exchange.
+TEST_F(DefaultModel, ChatKeepsHistory) {
+  const std::string cmd = "printf 'What is the capital of France?\\nAnd of Germany?\\n/exit\\n' | " +
+                          std::string(TANDEM_BINARY) + " chat -m " + kModel.string() + " --temp 0 -n 24 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  EXPECT_EQ(pclose(p), 0) << out;
+  EXPECT_NE(out.find("Paris"), std::string::npos) << out;
+  std::vector<long> prompt_tokens;
+  for (size_t at = out.find("[", 0); at != std::string::npos; at = out.find("[", at + 1))
+    if (at + 1 < out.size() && std::isdigit(static_cast<unsigned char>(out[at + 1])))
+      prompt_tokens.push_back(std::stol(out.substr(at + 1)));
+  ASSERT_EQ(prompt_tokens.size(), 2u) << out;
+  EXPECT_GT(prompt_tokens[1], prompt_tokens[0] + 10) << out;
+}
+
+}  // namespace
+}  // namespace tandem
