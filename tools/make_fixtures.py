@@ -129,7 +129,7 @@ def capture_prefill(model, ids):
             m.down_proj.register_forward_hook(out_hook(f"L{i}.down")),
             layer.register_forward_hook(out_hook(f"L{i}.mlp_residual")),
         ]
-    out = model(torch.tensor([ids]), use_cache=True)
+    out = model(torch.tensor([ids], device=model.device), use_cache=True)
     for h in hooks:
         h.remove()
     taps["logits"] = out.logits[0].detach().clone()

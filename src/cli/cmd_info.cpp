@@ -14,7 +14,8 @@ struct InfoArgs {
 
 void run(const InfoArgs& a) {
   const auto path = model_path(a.model);
-  auto src = open_model_source(path);
+  ModelBundle b = open_model_bundle(path);
+  const ModelSource* src = b.source.get();
   const ModelConfig& c = src->config();
   std::printf("source        %s\n", src->source().c_str());
   std::printf("architecture  %s%s\n", c.arch.c_str(), c.hf_class.empty() ? "" : (" (" + c.hf_class + ")").c_str());
@@ -30,7 +31,6 @@ void run(const InfoArgs& a) {
   std::printf("sliding win.  %lld\ntied embed.   %s\nqkv bias      %s\nweights       %s\n",
               (long long)c.sliding_window, c.tie_embeddings ? "yes" : "no", c.qkv_bias ? "yes" : "no",
               src->storage_summary().c_str());
-  ModelBundle b = load_tokenizer_only(path);
   if (b.tokenizer) {
     std::printf("tokenizer     %s, %d tokens, bos %d, eos", b.tokenizer_source.c_str(), b.tokenizer->vocab_size(),
                 b.tokenizer->bos_id());
@@ -40,14 +40,14 @@ void run(const InfoArgs& a) {
     std::printf("tokenizer     none\n");
   }
   try {
-    ModelBundle with_arch = std::move(b);
-    const ChatTemplate t = chat_template_for(with_arch, a.model.chat_template);
+    const ChatTemplate t = chat_template_for(b, a.model.chat_template);
     std::printf("chat template %s%s\n", std::string(t.name()).c_str(),
-                with_arch.chat_template_text.empty() ? " (inferred: the model has none)" : "");
+                b.chat_template_text.empty() ? " (inferred: the model has none)" : "");
   } catch (const Error& e) {
     std::printf("chat template none: %s\n", e.what());
   }
-  std::printf("gpus          %d\n", cuda::device_count());
+  const int gpus = cuda::device_count();
+  std::printf("gpus          %d%s\n", gpus, gpus ? (" (" + cuda::device_name(0) + ")").c_str() : "");
   if (a.verbose && src->gguf()) std::printf("\n%s", src->gguf()->describe(true).c_str());
 }
 }  // namespace

@@ -3,10 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include "core/parallel.h"
-#include "cpu/reference_runner.h"
 #include "cuda/device_query.h"
 
 namespace tandem::cli {
@@ -14,8 +14,12 @@ namespace tandem::cli {
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
   auto* m = cmd->add_option("-m,--model", o.model, "model: HF folder, .safetensors or .gguf file");
   if (required) m->required();
-  cmd->add_option("--device", o.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--path", o.path, "execution path: auto | reference")->check(CLI::IsMember({"auto", "reference"}));
+  cmd->add_option("--device", o.runner.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->add_option("--path", o.runner.path, "execution path: auto | reference | standard")
+      ->check(CLI::IsMember({"auto", "reference", "standard"}));
+  cmd->add_option("--dtype", o.runner.dtype, "GPU weights/activations: bf16 | f16 | f32")
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
+  cmd->add_option("--kv-tokens", o.runner.kv_tokens, "GPU KV cache size in tokens (default: automatic)");
   cmd->add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
 }
 
@@ -47,18 +51,20 @@ std::filesystem::path model_path(const ModelOptions& o) {
 
 Loaded load(const ModelOptions& o) {
   if (o.threads > 0) set_num_threads(o.threads);
-  TD_CHECK(o.device != "cuda",
-           "--device cuda: the CUDA paths are not built yet in this version; use --device cpu (found {} GPU(s))",
-           cuda::device_count());
   Loaded l;
   const auto path = model_path(o);
-  l.bundle = load_model_bundle(path, progress_bar);
-  l.runner = std::make_unique<ReferenceRunner>(l.bundle.model);
-  const ModelConfig& c = l.bundle.model->config;
-  std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld; %s) loaded in %.2f s; path %s, %d threads\n",
+  const auto t0 = std::chrono::steady_clock::now();
+  l.bundle = open_model_bundle(path);
+  l.runner = make_runner(l.bundle, o.runner, progress_bar);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const ModelConfig& c = l.bundle.config();
+  const bool gpu = l.runner->path_name() != "reference";
+  std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld; %s) loaded in %.2f s; path %s on %s\n",
                path.c_str(), c.arch.c_str(), (long long)c.n_layers, (long long)c.hidden_size,
-               (long long)c.vocab_size, l.bundle.model->storage_summary.c_str(), l.bundle.load_seconds,
-               std::string(l.runner->path_name()).c_str(), num_threads());
+               (long long)c.vocab_size, l.bundle.source->storage_summary().c_str(), seconds,
+               std::string(l.runner->path_name()).c_str(),
+               gpu ? (cuda::device_name(0) + ", " + o.runner.dtype).c_str()
+                   : ("cpu, " + std::to_string(num_threads()) + " threads").c_str());
   return l;
 }
 

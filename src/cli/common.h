@@ -14,13 +14,12 @@ namespace tandem::cli {
 
 struct ModelOptions {
   std::string model;  // empty: the default model
-  std::string device = "auto";
-  std::string path = "auto";
+  RunnerOptions runner;
   int threads = 0;
   std::string chat_template;  // override
 };
 
-// -m, --device, --path, -t. `required`: whether -m must be given (else the default model).
+// -m, --device, --path, --dtype, --kv-tokens, -t. `required`: whether -m must be given (else the default).
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool required);
 void add_sampling_options(CLI::App* cmd, GenerationRequest& req, uint64_t& seed, CLI::Option*& seed_opt);
 
@@ -28,7 +27,7 @@ struct Loaded {
   ModelBundle bundle;
   std::unique_ptr<ModelRunner> runner;
 };
-// Loads the model on the device the options ask for (CPU reference path for now) and reports it on stderr.
+// Opens the model and builds the runner the options ask for; reports both on stderr.
 Loaded load(const ModelOptions& o);
 std::filesystem::path model_path(const ModelOptions& o);
 

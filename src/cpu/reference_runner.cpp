@@ -32,24 +32,11 @@ int64_t ReferenceRunner::sequence_length(int32_t seq) const {
 }
 
 void ReferenceRunner::validate(const Step& step) const {
-  const int64_t T = step.size();
-  TD_CHECK(T > 0, "empty step");
-  TD_CHECK(step.seq_ids.size() == size_t(T) && step.positions.size() == size_t(T) &&
-               step.want_logits.size() == size_t(T),
-           "step arrays disagree in length");
-  std::map<int32_t, int64_t> next;  // expected next position per sequence
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t tok = step.tokens[size_t(t)], seq = step.seq_ids[size_t(t)], pos = step.positions[size_t(t)];
-    TD_CHECK(tok >= 0 && tok < model_->config.vocab_size, "step token {}: id {} outside the vocabulary (size {})", t,
-             tok, model_->config.vocab_size);
+  validate_step(step, model_->config.vocab_size, [this](int32_t seq) -> std::optional<SequenceExtent> {
     auto it = seqs_.find(seq);
-    TD_CHECK(it != seqs_.end(), "step token {}: unknown sequence {}", t, seq);
-    auto [n, fresh] = next.try_emplace(seq, it->second.length);
-    TD_CHECK(pos == n->second, "step token {}: sequence {} expects position {}, got {}", t, seq, n->second, pos);
-    TD_CHECK(pos < it->second.capacity, "step token {}: sequence {} is full ({} tokens)", t, seq,
-             it->second.capacity);
-    ++n->second;
-  }
+    if (it == seqs_.end()) return std::nullopt;
+    return SequenceExtent{it->second.length, it->second.capacity};
+  });
 }
 
 StepOutput ReferenceRunner::forward(const Step& step, TapSink* taps) {

@@ -53,7 +53,7 @@ class HfModelSource final : public ModelSource {
 
 class WeightLoader {
  public:
-  WeightLoader(const ModelSource& src, Model& model) : src_(src), model_(model) {}
+  WeightLoader(const ModelSource& src, const KeepWeight& keep) : src_(src), keep_(keep) {}
 
   // Fetch `canonical`, check its shape, convert to fp32 and keep it.
   HostTensor fetch(const std::string& canonical, std::initializer_list<int64_t> shape) {
@@ -96,10 +96,7 @@ class WeightLoader {
     return keep(std::move(out));
   }
 
-  Tensor keep(HostTensor t) {
-    model_.storage.push_back(std::move(t));
-    return model_.storage.back().view();
-  }
+  Tensor keep(HostTensor t) { return keep_(std::move(t)); }
 
  private:
   static std::string shape_str(std::initializer_list<int64_t> s) {
@@ -108,7 +105,7 @@ class WeightLoader {
     return r + "]";
   }
   const ModelSource& src_;
-  Model& model_;
+  const KeepWeight& keep_;
 };
 }  // namespace
 
@@ -125,17 +122,29 @@ std::unique_ptr<Model> load_reference_model(const std::filesystem::path& path,
 }
 
 std::unique_ptr<Model> load_reference_model(const ModelSource& source, void (*progress)(int64_t, int64_t)) {
-  const ModelSource* src = &source;
   auto model = std::make_unique<Model>();
+  model->config = source.config();
+  model->source = source.source();
+  model->storage_summary = source.storage_summary();
+  Model* m = model.get();
+  model->weights = load_weights(
+      source,
+      [m](HostTensor&& t) {
+        m->storage.push_back(std::move(t));
+        return m->storage.back().view();
+      },
+      progress);
+  return model;
+}
+
+ModelWeights load_weights(const ModelSource& source, const KeepWeight& keep, void (*progress)(int64_t, int64_t)) {
+  const ModelSource* src = &source;
   const ModelConfig& c = src->config();
-  model->config = c;
-  model->source = src->source();
-  model->storage_summary = src->storage_summary();
-  WeightLoader w(*src, *model);
+  WeightLoader w(*src, keep);
   const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   const int64_t total = c.n_layers + 2;
 
-  ModelWeights& mw = model->weights;
+  ModelWeights mw;
   mw.embed = w.keep(w.fetch("embed", {V, H}));
   mw.final_norm = w.keep(w.fetch("final_norm", {H}));
   if (c.tie_embeddings) {
@@ -171,7 +180,7 @@ std::unique_ptr<Model> load_reference_model(const ModelSource& source, void (*pr
     mw.layers.push_back(lw);
     if (progress) progress(i + 3, total);
   }
-  return model;
+  return mw;
 }
 
 }  // namespace tandem

@@ -6,6 +6,7 @@
 // against the config and fusing q|k|v and gate|up into one matrix each (the qkv and gate_up stages).
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -73,6 +74,13 @@ class Model {
   std::string storage_summary;
   std::vector<HostTensor> storage;  // owns what `weights` views
 };
+
+// Reads every weight as an fp32 host tensor (dequantized, Q/K un-permuted, shape-checked against the config,
+// q|k|v and gate|up fused) and hands it to `keep`, which stores it where a path wants it (host memory, or a
+// device upload) and returns the view ModelWeights will hold. One weight is in host memory at a time.
+using KeepWeight = std::function<Tensor(HostTensor&& weight)>;
+ModelWeights load_weights(const ModelSource& source, const KeepWeight& keep,
+                          void (*progress)(int64_t done, int64_t total) = nullptr);
 
 // Loads fp32 weights for the reference path. `progress` (may be null) gets (done, total) tensor counts.
 std::unique_ptr<Model> load_reference_model(const std::filesystem::path& path,

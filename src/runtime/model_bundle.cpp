@@ -8,6 +8,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "cpu/reference_runner.h"
+#include "cuda/device_query.h"
+#include "cuda/standard_runner.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
 
@@ -62,26 +65,35 @@ void attach_tokenizer(ModelBundle& b, const ModelSource& src, const fs::path& pa
 }
 }  // namespace
 
-ModelBundle load_model_bundle(const fs::path& path, void (*progress)(int64_t, int64_t)) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto src = open_model_source(path);
+ModelBundle open_model_bundle(const fs::path& path) {
   ModelBundle b;
-  attach_tokenizer(b, *src, path);
-  b.model = load_reference_model(*src, progress);
+  b.source = open_model_source(path);
+  attach_tokenizer(b, *b.source, path);
   if (b.tokenizer) {
-    TD_CHECK(b.tokenizer->vocab_size() <= b.model->config.vocab_size,
+    TD_CHECK(b.tokenizer->vocab_size() <= b.config().vocab_size,
              "{}: the tokenizer has {} tokens but the model's vocabulary is {}", b.tokenizer_source,
-             b.tokenizer->vocab_size(), b.model->config.vocab_size);
+             b.tokenizer->vocab_size(), b.config().vocab_size);
   }
-  b.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return b;
 }
 
-ModelBundle load_tokenizer_only(const fs::path& path) {
-  auto src = open_model_source(path);
-  ModelBundle b;
-  attach_tokenizer(b, *src, path);
-  return b;
+std::unique_ptr<ModelRunner> make_runner(const ModelBundle& b, const RunnerOptions& o,
+                                         void (*progress)(int64_t, int64_t)) {
+  const int gpus = cuda::device_count();
+  TD_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device {}: expected auto, cpu or cuda",
+           o.device);
+  TD_CHECK(o.path == "auto" || o.path == "reference" || o.path == "standard",
+           "--path {}: expected auto, reference or standard", o.path);
+  TD_CHECK(!(o.device == "cuda" && gpus == 0), "--device cuda: no CUDA GPU found");
+  TD_CHECK(!(o.device == "cpu" && o.path == "standard"), "--path standard runs on CUDA, not with --device cpu");
+  TD_CHECK(!(o.device == "cuda" && o.path == "reference"), "--path reference runs on the CPU, not with --device cuda");
+  const bool use_gpu = o.path == "standard" || o.device == "cuda" || (o.device == "auto" && o.path == "auto" && gpus > 0);
+  if (!use_gpu) return std::make_unique<ReferenceRunner>(load_reference_model(*b.source, progress));
+  TD_CHECK(gpus > 0, "--path standard: no CUDA GPU found");
+  const auto dtype = dtype_from_name(o.dtype);
+  TD_CHECK(dtype && (*dtype == DType::BF16 || *dtype == DType::F16 || *dtype == DType::F32),
+           "--dtype {}: expected bf16, f16 or f32", o.dtype);
+  return std::make_unique<cuda::StandardRunner>(*b.source, cuda::StandardOptions{*dtype, o.kv_tokens}, progress);
 }
 
 ChatTemplate chat_template_for(const ModelBundle& b, std::string_view override_name) {
@@ -91,7 +103,7 @@ ChatTemplate chat_template_for(const ModelBundle& b, std::string_view override_n
     return tok && tok->piece_to_id(piece).has_value();
   };
   const Tokenizer* tok = b.tokenizer ? &*b.tokenizer : nullptr;
-  return ChatTemplate::detect(b.chat_template_text, b.model ? b.model->config.arch : "", has_token, tok);
+  return ChatTemplate::detect(b.chat_template_text, b.source ? b.config().arch : "", has_token, tok);
 }
 
 fs::path default_model_path() {

@@ -1,5 +1,6 @@
-// Everything a user-facing command needs from a model path: the weights (reference path for now), the
-// tokenizer (tokenizer.json of an HF folder, or the GGUF's own vocabulary) and the model's chat template.
+// Everything a user-facing command needs from a model path: the opened model source (config + weight views),
+// the tokenizer (tokenizer.json of an HF folder, or the GGUF's own vocabulary) and the model's chat template;
+// and the factory that builds a runner (execution path) over it.
 #pragma once
 #include <filesystem>
 #include <memory>
@@ -7,23 +8,32 @@
 #include <string>
 
 #include "model/model.h"
+#include "runtime/runner.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tandem {
 
 struct ModelBundle {
-  std::shared_ptr<const Model> model;
+  std::shared_ptr<const ModelSource> source;
   std::optional<Tokenizer> tokenizer;  // none for an HF folder without tokenizer.json
   std::string tokenizer_source;
   std::string chat_template_text;  // the model's own Jinja template; may be empty
-  double load_seconds = 0;
+  const ModelConfig& config() const { return source->config(); }
 };
 
-ModelBundle load_model_bundle(const std::filesystem::path& path, void (*progress)(int64_t, int64_t) = nullptr);
+// Opens the model (config, weight views, tokenizer, template); weights are read by make_runner.
+ModelBundle open_model_bundle(const std::filesystem::path& path);
 
-// Reads only the tokenizer and template (no weights): for `tandem info` and tokenizer tests.
-ModelBundle load_tokenizer_only(const std::filesystem::path& path);
+struct RunnerOptions {
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string path = "auto";    // auto | reference | standard
+  std::string dtype = "bf16";   // standard path: bf16 | f16 | f32
+  int64_t kv_tokens = 0;        // standard path KV pool (0: automatic)
+};
+// auto picks the standard path on a GPU when one is present, else the reference path on the CPU.
+std::unique_ptr<ModelRunner> make_runner(const ModelBundle& bundle, const RunnerOptions& options,
+                                         void (*progress)(int64_t, int64_t) = nullptr);
 
 // The chat format: `override_name` if given, else detected from the model's template and vocabulary.
 ChatTemplate chat_template_for(const ModelBundle& bundle, std::string_view override_name = {});

@@ -4,6 +4,9 @@
 // that sequence's KV cache ends.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -25,6 +28,17 @@ struct Step {
   int64_t size() const { return int64_t(tokens.size()); }
   int64_t num_logit_rows() const;
 };
+
+// What a runner knows of one sequence: tokens cached so far and the most it may hold.
+struct SequenceExtent {
+  int64_t length = 0;
+  int64_t capacity = 0;
+};
+
+// Checks a step before any work: arrays agree, token ids in [0, vocab), every sequence known (lookup
+// returns nullopt for unknown ones), each sequence's positions continue its cache in order, within capacity.
+void validate_step(const Step& step, int64_t vocab,
+                   const std::function<std::optional<SequenceExtent>(int32_t seq)>& lookup);
 
 struct StepOutput {
   HostTensor logits;                // [num_logit_rows, vocab] fp32

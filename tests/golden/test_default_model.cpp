@@ -28,10 +28,12 @@ class DefaultModel : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!fs::exists(kModel)) return;
-    bundle_ = new ModelBundle(load_model_bundle(kModel));
+    bundle_ = new ModelBundle(open_model_bundle(kModel));
+    model_ = std::shared_ptr<const Model>(load_reference_model(*bundle_->source));
     expected_ = SafetensorsFile::open(fs::path(TANDEM_FIXTURES) / "default_model/default_model.safetensors").release();
   }
   static void TearDownTestSuite() {
+    model_.reset();
     delete bundle_;
     delete expected_;
   }
@@ -50,6 +52,7 @@ class DefaultModel : public ::testing::Test {
     return nlohmann::json::parse(expected_->metadata().at("prompts")).get<std::vector<std::string>>();
   }
   static inline ModelBundle* bundle_ = nullptr;
+  static inline std::shared_ptr<const Model> model_;
   static inline SafetensorsFile* expected_ = nullptr;
 };
 
@@ -69,8 +72,8 @@ TEST_F(DefaultModel, TokenizerAndChatTemplateMatchHF) {
 // Logits at every prompt position (top-16 of HF) and the full last row, within 1e-3 relative; then 64 greedy
 // tokens identical, all four prompts decoding together in one batch.
 TEST_F(DefaultModel, LogitsAndGreedyMatchHF) {
-  ReferenceRunner runner(bundle_->model);
-  const int64_t V = bundle_->model->config.vocab_size;
+  ReferenceRunner runner(model_);
+  const int64_t V = model_->config.vocab_size;
   const int P = 4;
   Step prefill;
   std::vector<int64_t> offsets;
@@ -141,7 +144,7 @@ TEST_F(DefaultModel, PerplexityWithinHalfPercentOfHF) {
     ours.resize(std::min(ours.size(), ids.size()));
     EXPECT_EQ(ours, ids);
   }
-  ReferenceRunner runner(bundle_->model);
+  ReferenceRunner runner(model_);
   const PerplexityResult r = perplexity(runner, ids, std::stoll(meta.at("ppl_ctx")), std::stoll(meta.at("ppl_stride")));
   EXPECT_EQ(r.scored, std::stoll(meta.at("ppl_scored")));
   EXPECT_NEAR(r.perplexity, hf, 0.005 * hf) << "tandem " << r.perplexity << " vs HF " << hf;

@@ -1,0 +1,42 @@
+// Owning device memory and a device Tensor over it. Host<->device copies of Tensors.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <initializer_list>
+#include <span>
+
+#include "core/tensor.h"
+
+namespace tandem::cuda {
+
+class DeviceTensor {
+ public:
+  DeviceTensor() = default;
+  static DeviceTensor empty(DType dtype, std::span<const int64_t> shape);
+  static DeviceTensor empty(DType dtype, std::initializer_list<int64_t> shape) {
+    return empty(dtype, std::span<const int64_t>(shape.begin(), shape.size()));
+  }
+  ~DeviceTensor();
+  DeviceTensor(DeviceTensor&& o) noexcept;
+  DeviceTensor& operator=(DeviceTensor&& o) noexcept;
+  DeviceTensor(const DeviceTensor&) = delete;
+  DeviceTensor& operator=(const DeviceTensor&) = delete;
+
+  const Tensor& view() const { return view_; }
+  operator const Tensor&() const { return view_; }
+  int64_t nbytes() const { return view_.nbytes(); }
+
+ private:
+  Tensor view_;
+};
+
+// Copies between a contiguous host tensor and a contiguous device tensor of the same dtype and size.
+void copy_to_device(const Tensor& host, const Tensor& device, cudaStream_t stream);
+void copy_to_host(const Tensor& device, const Tensor& host, cudaStream_t stream);
+// Host tensor (f32/f16/bf16) -> new device tensor of `dtype` (converted on the host).
+DeviceTensor upload(const Tensor& host, DType dtype, cudaStream_t stream);
+// Device tensor -> new fp32 host tensor (synchronizes the stream).
+HostTensor download_f32(const Tensor& device, cudaStream_t stream);
+
+}  // namespace tandem::cuda

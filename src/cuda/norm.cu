@@ -1,0 +1,105 @@
+#include "cuda/norm.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "cuda/check.h"
+
+namespace tandem::cuda {
+namespace {
+
+constexpr int kThreads = 256;          // a multiple of 32, at most 1024
+constexpr int64_t kMaxBlocks = 65535;  // rows beyond this are covered by the grid-stride loop
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+// Round to the activation dtype, nearest even.
+template <typename T>
+__device__ __forceinline__ T from_f32(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block; every thread gets the total (same order in every thread, so deterministic).
+// `red` holds one float per warp. Ends with a barrier, so it can be called again right away.
+__device__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < n_warps; ++w) total += red[w];
+  __syncthreads();
+  return total;
+}
+
+// One block per row (grid-stride over rows).
+template <typename T>
+__global__ void rmsnorm_kernel(const T* x, const T* __restrict__ w, T* out, int64_t rows, int64_t H, float eps) {
+  // x and out may alias: each element is read by the thread that writes it, after the block's reduction.
+  __shared__ float red[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * H;
+    T* o = out + r * H;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+      const float v = to_f32(xr[i]);
+      ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    const float inv = rsqrtf(ss / float(H) + eps);
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+      // HF LlamaRMSNorm: weight * (x_f32 * inv).to(input_dtype); the product is rounded again.
+      const float normed = to_f32(from_f32<T>(to_f32(xr[i]) * inv));
+      o[i] = from_f32<T>(to_f32(w[i]) * normed);
+    }
+  }
+}
+
+template <typename F>
+void dispatch_float(DType dt, F&& f) {
+  switch (dt) {
+    case DType::F32: f(std::type_identity<float>{}); break;
+    case DType::F16: f(std::type_identity<__half>{}); break;
+    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
+    default: fail("rmsnorm: unsupported dtype {}", dtype_name(dt));
+  }
+}
+
+}  // namespace
+
+void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream) {
+  TD_CHECK(x.device == Device::CUDA && x.ndim == 2 && x.is_contiguous() &&
+               (x.dtype == DType::F32 || x.dtype == DType::F16 || x.dtype == DType::BF16),
+           "rmsnorm: x must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", x.describe());
+  const int64_t rows = x.shape[0], H = x.shape[1];
+  TD_CHECK(w.device == Device::CUDA && w.ndim == 1 && w.is_contiguous() && w.dtype == x.dtype && w.shape[0] == H,
+           "rmsnorm: weight must be a contiguous 1-D CUDA tensor [{}] of dtype {}, got {}", H, dtype_name(x.dtype),
+           w.describe());
+  TD_CHECK(out.device == Device::CUDA && out.ndim == 2 && out.is_contiguous() && out.dtype == x.dtype &&
+               out.shape[0] == rows && out.shape[1] == H,
+           "rmsnorm: out must be a contiguous CUDA tensor like x {}, got {}", x.describe(), out.describe());
+  TD_CHECK(eps >= 0.0f, "rmsnorm: eps must not be negative, got {}", eps);
+  if (rows == 0) return;
+  TD_CHECK(H > 0, "rmsnorm: empty rows in {}", x.describe());
+  TD_CHECK(x.data && w.data && out.data, "rmsnorm: null data pointer (x {}, w {}, out {})", x.describe(),
+           w.describe(), out.describe());
+  const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
+  dispatch_float(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+    TD_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace tandem::cuda

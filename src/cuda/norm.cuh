@@ -1,0 +1,13 @@
+// RMSNorm per row: out = w * (x * rsqrt(mean(x^2) + eps)), statistics in fp32 (HF LlamaRMSNorm: the
+// normalized value is rounded to the activation dtype before the weight multiply).
+// x, out: [T, H] same dtype (f32/f16/bf16); w: [H] same dtype. out may alias x (in place).
+// Rounding points (identity for f32): sum of squares in fp32 (the CPU reference uses double); inv = rsqrtf(ss / H +
+// eps); normed = round(x * inv); out = round(w * normed), as HF's `weight * hidden.to(input_dtype)` in bf16/f16.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "core/tensor.h"
+
+namespace tandem::cuda {
+void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream);
+}

@@ -1,0 +1,105 @@
+#include "cuda/rope.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "cuda/check.h"
+
+namespace tandem::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 65535;  // rows beyond this are covered by the grid-stride loop
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+// Round to the activation dtype, nearest even.
+template <typename T>
+__device__ __forceinline__ T from_f32(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return __float2bfloat16_rn(v);
+}
+
+// One block per token row (grid-stride over rows). The row's cos/sin table (head_dim / 2 entries each) is built
+// once in shared memory, then every (head, i) pair of the q and k heads is rotated by one thread.
+template <typename T>
+__global__ void rope_kernel(T* qkv, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                            int64_t rows, int64_t row_stride, int n_rot_heads, int half) {
+  extern __shared__ float cs[];  // [0, half): cos, [half, 2 half): sin
+  float* c = cs;
+  float* s = cs + half;
+  const int64_t n_pairs = int64_t(n_rot_heads) * half;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float pos = float(positions[r]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      const float angle = pos * inv_freq[i];  // HF: fp32 angle, then cos/sin of it
+      c[i] = cosf(angle);
+      s[i] = sinf(angle);
+    }
+    __syncthreads();
+    T* row = qkv + r * row_stride;
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+      const int64_t head = p / half;
+      const int i = int(p % half);
+      T* x = row + head * 2 * half;
+      const float x1 = to_f32(x[i]), x2 = to_f32(x[i + half]);
+      x[i] = from_f32<T>(x1 * c[i] - x2 * s[i]);
+      x[i + half] = from_f32<T>(x2 * c[i] + x1 * s[i]);
+    }
+    __syncthreads();  // the table is rebuilt for the next row
+  }
+}
+
+template <typename F>
+void dispatch_float(DType dt, F&& f) {
+  switch (dt) {
+    case DType::F32: f(std::type_identity<float>{}); break;
+    case DType::F16: f(std::type_identity<__half>{}); break;
+    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
+    default: fail("rope: unsupported dtype {}", dtype_name(dt));
+  }
+}
+
+}  // namespace
+
+void rope(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq, int n_heads, int n_kv_heads,
+          int head_dim, cudaStream_t stream) {
+  TD_CHECK(qkv.device == Device::CUDA && qkv.ndim == 2 && qkv.is_contiguous() &&
+               (qkv.dtype == DType::F32 || qkv.dtype == DType::F16 || qkv.dtype == DType::BF16),
+           "rope: qkv must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", qkv.describe());
+  TD_CHECK(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
+           "rope: bad head layout {} q heads, {} kv heads, head_dim {} (head_dim must be even)", n_heads,
+           n_kv_heads, head_dim);
+  const int64_t rows = qkv.shape[0];
+  const int64_t qkv_dim = (int64_t(n_heads) + 2 * int64_t(n_kv_heads)) * head_dim;
+  TD_CHECK(qkv.shape[1] == qkv_dim, "rope: qkv {} does not hold {} + 2x{} heads of {}", qkv.describe(), n_heads,
+           n_kv_heads, head_dim);
+  TD_CHECK(positions.device == Device::CUDA && positions.ndim == 1 && positions.is_contiguous() &&
+               positions.dtype == DType::I32 && positions.shape[0] == rows,
+           "rope: positions must be a contiguous 1-D i32 CUDA tensor [{}], got {}", rows, positions.describe());
+  TD_CHECK(inv_freq.device == Device::CUDA && inv_freq.ndim == 1 && inv_freq.is_contiguous() &&
+               inv_freq.dtype == DType::F32 && inv_freq.shape[0] == head_dim / 2,
+           "rope: inv_freq must be a contiguous 1-D f32 CUDA tensor [{}], got {}", head_dim / 2,
+           inv_freq.describe());
+  if (rows == 0) return;
+  TD_CHECK(qkv.data && positions.data && inv_freq.data, "rope: null data pointer (qkv {}, positions {}, inv_freq {})",
+           qkv.describe(), positions.describe(), inv_freq.describe());
+  const int half = head_dim / 2;
+  const size_t shared_bytes = size_t(2 * half) * sizeof(float);
+  TD_CHECK(shared_bytes <= 48 * 1024, "rope: head_dim {} is too large", head_dim);
+  const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
+  dispatch_float(qkv.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    rope_kernel<T><<<blocks, kThreads, shared_bytes, stream>>>(qkv.ptr<T>(), positions.ptr<const int32_t>(),
+                                                               inv_freq.ptr<const float>(), rows, qkv_dim,
+                                                               n_heads + n_kv_heads, half);
+    TD_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,183 @@
+// CUDA launcher argument validation, runnable without a GPU: every bad call must throw a tandem::Error that names
+// the op and the offending tensor *before* any CUDA API call. The tensors here carry fake data pointers that are
+// never dereferenced; a launcher that skipped validation would reach the CUDA runtime, whose errors read
+// "CUDA error ...", which these tests reject.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "cuda/attention.cuh"
+#include "cuda/elementwise.cuh"
+#include "cuda/embedding.cuh"
+#include "cuda/gemm.cuh"
+#include "cuda/norm.cuh"
+#include "cuda/rope.cuh"
+
+namespace tandem {
+namespace {
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+void* fake_ptr() { return reinterpret_cast<void*>(uintptr_t(0x10000)); }
+
+Tensor dev(DType dt, std::initializer_list<int64_t> shape) {
+  return Tensor::contiguous(fake_ptr(), dt, shape, Device::CUDA);
+}
+Tensor host(DType dt, std::initializer_list<int64_t> shape) {
+  return Tensor::contiguous(fake_ptr(), dt, shape, Device::CPU);
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no tandem::Error thrown>";
+}
+
+// The message names the op and the tensor, and does not come from the CUDA runtime.
+auto names(const std::string& op, const Tensor& culprit) {
+  return AllOf(HasSubstr(op), HasSubstr(culprit.describe()), Not(HasSubstr("CUDA error")),
+               Not(HasSubstr("cuBLAS error")));
+}
+
+TEST(CudaLaunchers, EmbedRejectsBadArguments) {
+  const Tensor table = dev(DType::BF16, {100, 64}), ids = dev(DType::I32, {3}), out = dev(DType::BF16, {3, 64});
+  const Tensor cpu_table = host(DType::BF16, {100, 64});
+  EXPECT_THAT(error_of([&] { cuda::embed(cpu_table, ids, out, nullptr); }), names("embed", cpu_table));
+  const Tensor ids64 = dev(DType::I64, {3});
+  EXPECT_THAT(error_of([&] { cuda::embed(table, ids64, out, nullptr); }), names("embed", ids64));
+  const Tensor wide = dev(DType::BF16, {3, 65});
+  EXPECT_THAT(error_of([&] { cuda::embed(table, ids, wide, nullptr); }), names("embed", wide));
+  const Tensor f16_out = dev(DType::F16, {3, 64});
+  EXPECT_THAT(error_of([&] { cuda::embed(table, ids, f16_out, nullptr); }), names("embed", f16_out));
+  const Tensor q4 = dev(DType::Q4_0, {100, 64});
+  EXPECT_THAT(error_of([&] { cuda::embed(q4, ids, out, nullptr); }), names("embed", q4));
+}
+
+TEST(CudaLaunchers, RmsnormRejectsBadArguments) {
+  const Tensor x = dev(DType::F16, {4, 96}), w = dev(DType::F16, {96}), out = dev(DType::F16, {4, 96});
+  const Tensor cpu_x = host(DType::F16, {4, 96});
+  EXPECT_THAT(error_of([&] { cuda::rmsnorm(cpu_x, w, 1e-5f, out, nullptr); }), names("rmsnorm", cpu_x));
+  const Tensor short_w = dev(DType::F16, {95});
+  EXPECT_THAT(error_of([&] { cuda::rmsnorm(x, short_w, 1e-5f, out, nullptr); }), names("rmsnorm", short_w));
+  const Tensor bf16_w = dev(DType::BF16, {96});
+  EXPECT_THAT(error_of([&] { cuda::rmsnorm(x, bf16_w, 1e-5f, out, nullptr); }), names("rmsnorm", bf16_w));
+  const Tensor cpu_out = host(DType::F16, {4, 96});
+  EXPECT_THAT(error_of([&] { cuda::rmsnorm(x, w, 1e-5f, cpu_out, nullptr); }), names("rmsnorm", cpu_out));
+  EXPECT_THAT(error_of([&] { cuda::rmsnorm(x, w, -1.0f, out, nullptr); }), HasSubstr("eps"));
+}
+
+TEST(CudaLaunchers, RopeRejectsBadArguments) {
+  // 4 q heads + 2 x 2 kv heads of 64.
+  const Tensor qkv = dev(DType::BF16, {3, 512}), pos = dev(DType::I32, {3}), freq = dev(DType::F32, {32});
+  EXPECT_THAT(error_of([&] { cuda::rope(qkv, pos, freq, 4, 2, 63, nullptr); }), HasSubstr("head_dim"));
+  const Tensor narrow = dev(DType::BF16, {3, 511});
+  EXPECT_THAT(error_of([&] { cuda::rope(narrow, pos, freq, 4, 2, 64, nullptr); }), names("rope", narrow));
+  const Tensor pos2 = dev(DType::I32, {2});
+  EXPECT_THAT(error_of([&] { cuda::rope(qkv, pos2, freq, 4, 2, 64, nullptr); }), names("rope", pos2));
+  const Tensor freq_bf16 = dev(DType::BF16, {32});
+  EXPECT_THAT(error_of([&] { cuda::rope(qkv, pos, freq_bf16, 4, 2, 64, nullptr); }), names("rope", freq_bf16));
+  const Tensor cpu_pos = host(DType::I32, {3});
+  EXPECT_THAT(error_of([&] { cuda::rope(qkv, cpu_pos, freq, 4, 2, 64, nullptr); }), names("rope", cpu_pos));
+}
+
+TEST(CudaLaunchers, ElementwiseRejectsBadArguments) {
+  const Tensor x = dev(DType::F32, {3, 10}), bias9 = dev(DType::F32, {9});
+  EXPECT_THAT(error_of([&] { cuda::add_bias(x, bias9, nullptr); }), names("add_bias", bias9));
+  const Tensor cpu_x = host(DType::F32, {3, 10});
+  EXPECT_THAT(error_of([&] { cuda::add_bias(cpu_x, dev(DType::F32, {10}), nullptr); }), names("add_bias", cpu_x));
+
+  const Tensor gate_up = dev(DType::BF16, {3, 20}), out_bad = dev(DType::BF16, {3, 11});
+  EXPECT_THAT(error_of([&] { cuda::silu_mul(gate_up, out_bad, nullptr); }), names("silu_mul", out_bad));
+
+  const Tensor a = dev(DType::F16, {3, 10}), b_bad = dev(DType::F16, {3, 11}), out = dev(DType::F16, {3, 10});
+  EXPECT_THAT(error_of([&] { cuda::add(a, b_bad, out, nullptr); }), names("add", b_bad));
+  const Tensor out_f32 = dev(DType::F32, {3, 10});
+  EXPECT_THAT(error_of([&] { cuda::add(a, a, out_f32, nullptr); }), names("add", out_f32));
+
+  const Tensor dst_bad = dev(DType::BF16, {31});
+  EXPECT_THAT(error_of([&] { cuda::convert(a, dst_bad, nullptr); }), names("convert", dst_bad));
+  const Tensor q8 = dev(DType::Q8_0, {1, 32});
+  EXPECT_THAT(error_of([&] { cuda::convert(q8, dev(DType::F32, {1, 32}), nullptr); }), names("convert", q8));
+
+  const Tensor src = dev(DType::F32, {5, 8}), rows64 = dev(DType::I64, {2});
+  EXPECT_THAT(error_of([&] { cuda::gather_rows(src, rows64, dev(DType::F32, {2, 8}), nullptr); }),
+              names("gather_rows", rows64));
+  const Tensor rows = dev(DType::I32, {2}), out_rows = dev(DType::F32, {3, 8});
+  EXPECT_THAT(error_of([&] { cuda::gather_rows(src, rows, out_rows, nullptr); }), names("gather_rows", out_rows));
+}
+
+TEST(CudaLaunchers, AttentionRejectsBadArguments) {
+  const cuda::AttentionShape shape{4, 2, 64, 0};  // qkv_dim 512, kv_dim 128
+  const Tensor qkv = dev(DType::BF16, {3, 512}), base = dev(DType::I64, {3}), pos = dev(DType::I32, {3});
+  const Tensor k = dev(DType::BF16, {50, 128}), v = dev(DType::BF16, {50, 128}), out = dev(DType::BF16, {3, 256});
+
+  cuda::AttentionShape bad_group = shape;
+  bad_group.n_kv_heads = 3;
+  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base, pos, k, v, bad_group, out, nullptr); }),
+              HasSubstr("kv heads"));
+  cuda::AttentionShape big_head = shape;
+  big_head.head_dim = 512;
+  EXPECT_THAT(error_of([&] { cuda::kv_write(qkv, base, pos, k, v, big_head, nullptr); }), HasSubstr("head_dim"));
+
+  const Tensor cpu_qkv = host(DType::BF16, {3, 512});
+  EXPECT_THAT(error_of([&] { cuda::attention(cpu_qkv, base, pos, k, v, shape, out, nullptr); }),
+              names("attention", cpu_qkv));
+  EXPECT_THAT(error_of([&] { cuda::kv_write(cpu_qkv, base, pos, k, v, shape, nullptr); }),
+              names("kv_write", cpu_qkv));
+  const Tensor base32 = dev(DType::I32, {3});
+  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base32, pos, k, v, shape, out, nullptr); }),
+              names("attention", base32));
+  const Tensor v_f16 = dev(DType::F16, {50, 128});
+  EXPECT_THAT(error_of([&] { cuda::kv_write(qkv, base, pos, k, v_f16, shape, nullptr); }), names("kv_write", v_f16));
+  const Tensor k_narrow = dev(DType::BF16, {50, 64});
+  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base, pos, k_narrow, v, shape, out, nullptr); }),
+              names("attention", k_narrow));
+  const Tensor out_bad = dev(DType::BF16, {3, 255});
+  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base, pos, k, v, shape, out_bad, nullptr); }),
+              names("attention", out_bad));
+}
+
+TEST(CudaLaunchers, GemmRejectsBadArgumentsWithoutCreatingAHandle) {
+  cuda::Gemm gemm;  // constructing touches no CUDA API (the handle is made on the first valid call)
+  const Tensor x = dev(DType::BF16, {7, 96}), w = dev(DType::BF16, {64, 96}), out = dev(DType::BF16, {7, 64});
+  const Tensor cpu_x = host(DType::BF16, {7, 96});
+  EXPECT_THAT(error_of([&] { gemm.linear(cpu_x, w, out, nullptr); }), names("linear", cpu_x));
+  const Tensor w_k = dev(DType::BF16, {64, 95});
+  EXPECT_THAT(error_of([&] { gemm.linear(x, w_k, out, nullptr); }), names("linear", w_k));
+  const Tensor out_f16 = dev(DType::F16, {7, 64});
+  EXPECT_THAT(error_of([&] { gemm.linear(x, w, out_f16, nullptr); }), names("linear", out_f16));
+  const Tensor x32 = dev(DType::F32, {7, 96}), w32 = dev(DType::F32, {64, 96});
+  EXPECT_THAT(error_of([&] { gemm.linear(x32, w32, out, nullptr); }), names("linear", out));
+  const Tensor out_n = dev(DType::BF16, {7, 63});
+  EXPECT_THAT(error_of([&] { gemm.linear(x, w, out_n, nullptr); }), names("linear", out_n));
+}
+
+// Empty batches are valid and return before any CUDA call (so this runs without a GPU too).
+TEST(CudaLaunchers, EmptyBatchesAreNoOps) {
+  const Tensor none = Tensor::contiguous(nullptr, DType::BF16, {0, 64}, Device::CUDA);
+  const Tensor no_ids = Tensor::contiguous(nullptr, DType::I32, {0}, Device::CUDA);
+  EXPECT_NO_THROW(cuda::embed(dev(DType::BF16, {10, 64}), no_ids, none, nullptr));
+  EXPECT_NO_THROW(cuda::rmsnorm(none, dev(DType::BF16, {64}), 1e-6f, none, nullptr));
+  EXPECT_NO_THROW(cuda::add(none, none, none, nullptr));
+  const Tensor no_base = Tensor::contiguous(nullptr, DType::I64, {0}, Device::CUDA);
+  const Tensor no_qkv = Tensor::contiguous(nullptr, DType::BF16, {0, 512}, Device::CUDA);
+  const Tensor no_out = Tensor::contiguous(nullptr, DType::BF16, {0, 256}, Device::CUDA);
+  EXPECT_NO_THROW(cuda::attention(no_qkv, no_base, no_ids, dev(DType::BF16, {50, 128}), dev(DType::BF16, {50, 128}),
+                                  {4, 2, 64, 0}, no_out, nullptr));
+  cuda::Gemm gemm;
+  EXPECT_NO_THROW(gemm.linear(Tensor::contiguous(nullptr, DType::BF16, {0, 96}, Device::CUDA),
+                              dev(DType::BF16, {64, 96}), Tensor::contiguous(nullptr, DType::BF16, {0, 64}, Device::CUDA),
+                              nullptr));
+}
+
+}  // namespace
+}  // namespace tandem
