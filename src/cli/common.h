@@ -43,5 +43,6 @@ void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);  // `run` and `chat`
 void register_info(CLI::App& app);
 void register_perplexity(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace tandem::cli

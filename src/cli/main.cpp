@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   tandem::cli::register_chat(app);
   tandem::cli::register_info(app);
   tandem::cli::register_perplexity(app);
+  tandem::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,33 +9,72 @@
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/norm.cuh"
+#include "cuda/random_fill.cuh"
 #include "cuda/rope.cuh"
 
 namespace tandem::cuda {
 
-StandardRunner::StandardRunner(const ModelSource& source, const StandardOptions& options,
-                               void (*progress)(int64_t, int64_t))
-    : config_(source.config()), dtype_(options.dtype) {
-  TD_CHECK(dtype_ == DType::BF16 || dtype_ == DType::F16 || dtype_ == DType::F32,
-           "--dtype {}: the standard path runs in bf16, f16 or f32", dtype_name(dtype_));
+namespace {
+void check_device_and_dtype(DType dtype) {
+  TD_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32,
+           "--dtype {}: the standard path runs in bf16, f16 or f32", dtype_name(dtype));
   int devices = 0;
   TD_CUDA_CHECK(cudaGetDeviceCount(&devices));
   TD_CHECK(devices > 0, "the standard path needs a CUDA GPU and none was found");
-  TD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  gemm_ = std::make_unique<Gemm>();
+}
+}  // namespace
 
+StandardRunner::StandardRunner(const ModelSource& source, const StandardOptions& options,
+                               void (*progress)(int64_t, int64_t))
+    : config_(source.config()), dtype_(options.dtype) {
+  check_device_and_dtype(dtype_);
+  TD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   // Weights arrive one at a time as fp32 host tensors; each is converted and uploaded, then freed.
   // Norm weights and biases use the activation dtype too (HF keeps every parameter in the model dtype).
-  weight_storage_.reserve(size_t(config_.n_layers) * 8 + 4);
   w_ = load_weights(
       source,
       [this](HostTensor&& t) {
-        weight_storage_.push_back(upload(t, dtype_, stream_));
-        weight_bytes_ += weight_storage_.back().nbytes();
+        add_weight(upload(t, dtype_, stream_));
         return weight_storage_.back().view();
       },
       progress);
+  init_runtime(options);
+}
 
+StandardRunner::StandardRunner(const ModelConfig& config, const StandardOptions& options, uint64_t seed)
+    : config_(config), dtype_(options.dtype) {
+  check_device_and_dtype(dtype_);
+  TD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  // Uniform weights with std 0.7 / sqrt(fan_in) keep activations O(1) through the layers; norms near 1.
+  auto make = [&](std::initializer_list<int64_t> shape, float offset, float scale) {
+    DeviceTensor t = DeviceTensor::empty(dtype_, shape);
+    fill_uniform(t, seed++, offset, scale, stream_);
+    add_weight(std::move(t));
+    return weight_storage_.back().view();
+  };
+  auto linear = [&](int64_t out, int64_t in) { return make({out, in}, 0.0f, 0.7f * std::sqrt(3.0f / float(in))); };
+  w_.embed = make({c.vocab_size, H}, 0.0f, 1.0f);
+  w_.final_norm = make({H}, 1.0f, 0.1f);
+  w_.lm_head = c.tie_embeddings ? w_.embed : linear(c.vocab_size, H);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights lw;
+    lw.attn_norm = make({H}, 1.0f, 0.1f);
+    lw.wqkv = linear(c.qkv_dim(), H);
+    if (c.qkv_bias) lw.bqkv = make({c.qkv_dim()}, 0.0f, 0.1f);
+    lw.wo = linear(H, c.q_dim());
+    if (c.o_bias) lw.bo = make({H}, 0.0f, 0.1f);
+    lw.mlp_norm = make({H}, 1.0f, 0.1f);
+    lw.w_gate_up = linear(2 * I, H);
+    lw.w_down = linear(H, I);
+    w_.layers.push_back(lw);
+  }
+  init_runtime(options);
+}
+
+void StandardRunner::init_runtime(const StandardOptions& options) {
+  gemm_ = std::make_unique<Gemm>();
   const std::vector<float> inv = rope_inv_freq(config_);
   HostTensor inv_host = HostTensor::empty(DType::F32, {int64_t(inv.size())});
   std::memcpy(inv_host.f32(), inv.data(), inv.size() * sizeof(float));
@@ -54,12 +93,24 @@ StandardRunner::StandardRunner(const ModelSource& source, const StandardOptions&
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     k_cache_.push_back(DeviceTensor::empty(dtype_, {pool, config_.kv_dim()}));
     v_cache_.push_back(DeviceTensor::empty(dtype_, {pool, config_.kv_dim()}));
+    // Zeroed so that benchmark contexts (assume_cached) read finite values.
+    TD_CUDA_CHECK(cudaMemsetAsync(k_cache_.back().view().data, 0, size_t(k_cache_.back().nbytes()), stream_));
+    TD_CUDA_CHECK(cudaMemsetAsync(v_cache_.back().view().data, 0, size_t(v_cache_.back().nbytes()), stream_));
   }
   TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 StandardRunner::~StandardRunner() {
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+void StandardRunner::assume_cached(int32_t seq, int64_t length) {
+  auto it = seqs_.find(seq);
+  TD_CHECK(it != seqs_.end(), "unknown sequence {}", seq);
+  TD_CHECK(length >= 0 && length <= it->second.capacity, "sequence {}: cannot assume {} cached tokens (capacity {})",
+           seq, length, it->second.capacity);
+  it->second.length = length;
 }
 
 void StandardRunner::create_sequence(int32_t seq, int64_t capacity) {
@@ -118,7 +169,21 @@ StepOutput StandardRunner::forward(const Step& step, TapSink* taps) {
   const int64_t T = step.size(), R = step.num_logit_rows();
   ensure_scratch(T);
   Scratch& s = scratch_;
+  // Stage timing: an event at every stage boundary; a stage's time is the gap to the previous event.
+  std::vector<Stage> marks;
+  auto mark = [&](Stage st) {
+    if (!time_stages_) return;
+    if (marks.size() + 1 > events_.size()) {
+      cudaEvent_t e;
+      TD_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    TD_CUDA_CHECK(cudaEventRecord(events_[marks.size()], stream_));
+    marks.push_back(st);
+  };
+  mark(Stage::embed);  // the start; its own interval is not counted
   auto publish = [&](Stage st, int layer, const Tensor& t) {
+    mark(st);
     if (taps && taps->wants(st, layer)) taps->publish(st, layer, download_f32(t, stream_));
   };
 
@@ -156,6 +221,7 @@ StepOutput StandardRunner::forward(const Step& step, TapSink* taps) {
     rope(qkv, positions, inv_freq_, int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), stream_);
     publish(Stage::rope, li, qkv);
     kv_write(qkv, bases, positions, k_cache_[size_t(l)], v_cache_[size_t(l)], shape, stream_);
+    mark(Stage::kv_write);
     attention(qkv, bases, positions, k_cache_[size_t(l)], v_cache_[size_t(l)], shape, attn, stream_);
     publish(Stage::attention, li, attn);
     gemm_->linear(attn, lw.wo, h, stream_);
@@ -185,9 +251,23 @@ StepOutput StandardRunner::forward(const Step& step, TapSink* taps) {
     DeviceTensor logits = DeviceTensor::empty(DType::F32, {R, c.vocab_size});
     gather_rows(h, sel_rows, gathered, stream_);
     gemm_->linear(gathered, w_.lm_head, logits, stream_);
+    mark(Stage::logits);
     copy_to_host(logits, out.logits, stream_);
   }
   TD_CUDA_CHECK(cudaStreamSynchronize(stream_));  // host staging buffers above die at scope end
+  if (time_stages_) {
+    stage_timings_.clear();
+    std::map<Stage, StageTiming> by_stage;
+    for (size_t i = 1; i < marks.size(); ++i) {
+      float ms = 0;
+      TD_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i - 1], events_[i]));
+      StageTiming& st = by_stage[marks[i]];
+      st.stage = marks[i];
+      st.ms += ms;
+      st.calls += 1;
+    }
+    for (const auto& [stage, t] : by_stage) stage_timings_.push_back(t);
+  }
   for (int64_t t = 0; t < T; ++t) {
     Seq& q = seqs_.at(step.seq_ids[size_t(t)]);
     q.length = std::max<int64_t>(q.length, step.positions[size_t(t)] + 1);

@@ -22,10 +22,19 @@ struct StandardOptions {
   int64_t kv_pool_tokens = 0;  // 0: max(4 x context, 32768) tokens, capped at 40% of free device memory
 };
 
+// Time spent in one stage, summed over layers, for the last timed step.
+struct StageTiming {
+  Stage stage;
+  double ms = 0;
+  int calls = 0;
+};
+
 class StandardRunner final : public ModelRunner {
  public:
   StandardRunner(const ModelSource& source, const StandardOptions& options,
                  void (*progress)(int64_t, int64_t) = nullptr);
+  // Real-shape model with deterministic pseudo-random weights made on the GPU (benchmarks; no file read).
+  StandardRunner(const ModelConfig& config, const StandardOptions& options, uint64_t seed);
   ~StandardRunner() override;
 
   std::string_view path_name() const override { return "standard"; }
@@ -36,6 +45,12 @@ class StandardRunner final : public ModelRunner {
   StepOutput forward(const Step& step, TapSink* taps) override;
 
   DType dtype() const { return dtype_; }
+  // Benchmarks: treat the first `length` positions of `seq` as cached without computing them (their K/V are
+  // whatever the pool holds, zeros at first). Decode steps then read a context of that length.
+  void assume_cached(int32_t seq, int64_t length);
+  // Per-stage CUDA-event timing of every forward while enabled (adds a sync-free event pair per stage).
+  void set_stage_timing(bool on) { time_stages_ = on; }
+  const std::vector<StageTiming>& stage_timings() const { return stage_timings_; }
   int64_t weight_bytes() const { return weight_bytes_; }
   int64_t kv_pool_tokens() const { return rows_.capacity(); }
 
@@ -51,6 +66,11 @@ class StandardRunner final : public ModelRunner {
     DeviceTensor x, h, qkv, attn, gate_up, act, tokens_i32, positions_i32, kv_base_i64, rows_i32;
   };
   void ensure_scratch(int64_t tokens);
+  void init_runtime(const StandardOptions& options);
+  void add_weight(DeviceTensor t) {
+    weight_bytes_ += t.nbytes();
+    weight_storage_.push_back(std::move(t));
+  }
   Tensor rows(const DeviceTensor& t, int64_t n) const { return t.view().slice_rows(0, n); }
 
   ModelConfig config_;
@@ -65,6 +85,9 @@ class StandardRunner final : public ModelRunner {
   RowRangeAllocator rows_;
   std::map<int32_t, Seq> seqs_;
   Scratch scratch_;
+  bool time_stages_ = false;
+  std::vector<StageTiming> stage_timings_;
+  std::vector<cudaEvent_t> events_;  // pool of stage-boundary events, reused every timed step
 };
 
 }  // namespace tandem::cuda

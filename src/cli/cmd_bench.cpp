@@ -1,0 +1,294 @@
+// tandem bench: speed of a path on this GPU, reported against this GPU's own limits measured in the same run
+// (copy bandwidth for decode, bf16 GEMM peak for prefill). Writes the bench/results JSON schema.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "cli/common.h"
+#include "cuda/ceilings.h"
+#include "cuda/check.h"
+#include "cuda/device_query.h"
+#include "cuda/standard_runner.h"
+#include "runtime/bench_math.h"
+
+namespace tandem::cli {
+namespace {
+
+struct BenchArgs {
+  ModelOptions model;
+  std::string random_shape;
+  std::string phase = "all";
+  std::string batches = "1,64";
+  std::string contexts = "128";
+  std::string prefills = "512,4096";
+  int steps = 10;
+  int reps = 5;
+  std::string json;
+};
+
+std::vector<int64_t> parse_list(const std::string& s, const char* flag) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      TD_CHECK(used == item.size() && v > 0, "{}: '{}' is not a positive integer", flag, item);
+      out.push_back(v);
+    } catch (const std::logic_error&) {
+      fail("{}: '{}' is not a positive integer", flag, item);
+    }
+  }
+  TD_CHECK(!out.empty(), "{}: empty list", flag);
+  return out;
+}
+
+struct Stats {
+  double median = 0, min = 0, max = 0;
+};
+Stats stats(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return {v[v.size() / 2], v.front(), v.back()};
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string today() {
+  const std::time_t t = std::time(nullptr);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+std::string slug(std::string s) {
+  for (char& ch : s) ch = std::isalnum(static_cast<unsigned char>(ch)) ? char(std::tolower(ch)) : '-';
+  return s;
+}
+
+// Bytes a stage reads in one decode step (weights, or the KV cache for attention); 0 for the light ones.
+int64_t stage_bytes(Stage s, const ModelConfig& c, DType dt, int64_t batch, int64_t context) {
+  const int64_t e = dtype_block_bytes(dt), H = c.hidden_size, I = c.intermediate_size, L = c.n_layers;
+  switch (s) {
+    case Stage::qkv: return L * H * c.qkv_dim() * e;
+    case Stage::o_proj: return L * c.q_dim() * H * e;
+    case Stage::gate_up: return L * 2 * I * H * e;
+    case Stage::down: return L * I * H * e;
+    case Stage::attention: return decode_kv_bytes(c, dt, batch, context);
+    case Stage::logits: return c.vocab_size * H * e;
+    default: return 0;
+  }
+}
+
+void run(const BenchArgs& a) {
+  TD_CHECK(cuda::device_count() > 0, "tandem bench measures a GPU path and no CUDA GPU was found (for the CPU "
+                                     "reference path use tools/bench_cpu.py)");
+  TD_CHECK(a.model.runner.path == "auto" || a.model.runner.path == "standard",
+           "--path {}: tandem bench measures the standard path (the fused path comes later)", a.model.runner.path);
+  TD_CHECK(a.phase == "all" || a.phase == "decode" || a.phase == "prefill", "--phase {}: expected prefill, decode or all",
+           a.phase);
+  TD_CHECK(a.random_shape.empty() || a.model.model.empty(),
+           "give either -m or --random-weights, not both");
+  const auto batches = parse_list(a.batches, "--batch");
+  const auto contexts = parse_list(a.contexts, "--context");
+  const auto prefills = parse_list(a.prefills, "--prefill-tokens");
+  const auto dtype = dtype_from_name(a.model.runner.dtype);
+  TD_CHECK(dtype.has_value(), "--dtype {}: unknown", a.model.runner.dtype);
+
+  cudaStream_t stream;
+  TD_CUDA_CHECK(cudaStreamCreate(&stream));
+  std::fprintf(stderr, "measuring this GPU's limits...\n");
+  cuda::Ceilings lim;
+  lim.copy_bw_GBps = cuda::measure_copy_bandwidth_GBps(stream);
+  lim.gemm_peak_tflops = cuda::measure_gemm_peak_tflops(stream);
+  TD_CUDA_CHECK(cudaStreamDestroy(stream));
+  const std::string card = cuda::card_name();
+  std::printf("card %s, driver %s: copy %.0f GB/s (read + write), bf16 GEMM %.0f TFLOP/s\n", card.c_str(),
+              cuda::driver_version().c_str(), lim.copy_bw_GBps, lim.gemm_peak_tflops);
+
+  // KV pool large enough for the biggest decode configuration, when it fits.
+  int64_t pool = 4096;
+  for (int64_t b : batches)
+    for (int64_t c : contexts) pool = std::max(pool, b * (c + a.steps + 4));
+  for (int64_t p : prefills) pool = std::max(pool, p);
+
+  std::unique_ptr<cuda::StandardRunner> runner;
+  std::string model_name;
+  const double t0 = now_s();
+  if (!a.random_shape.empty()) {
+    ModelConfig cfg = shape_config(a.random_shape);
+    model_name = a.random_shape;
+    const int64_t kv_bytes = pool * 2 * cfg.n_layers * cfg.kv_dim() * dtype_block_bytes(*dtype);
+    size_t free_b = 0, total_b = 0;
+    TD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const int64_t weights = decode_weight_bytes(cfg, *dtype) + cfg.vocab_size * cfg.hidden_size * dtype_block_bytes(*dtype);
+    if (kv_bytes > int64_t(0.85 * double(free_b)) - weights)
+      pool = std::max<int64_t>(4096, (int64_t(0.85 * double(free_b)) - weights) /
+                                         (2 * cfg.n_layers * cfg.kv_dim() * dtype_block_bytes(*dtype)));
+    runner = std::make_unique<cuda::StandardRunner>(cfg, cuda::StandardOptions{*dtype, pool}, 1234);
+  } else {
+    const auto path = model_path(a.model);
+    model_name = path.filename().string();
+    auto src = open_model_source(path);
+    runner = std::make_unique<cuda::StandardRunner>(*src, cuda::StandardOptions{*dtype, pool}, progress_bar);
+  }
+  const ModelConfig& cfg = runner->config();
+  std::printf("model %s on the standard path, %s: %.2f GB of weights, KV pool %lld tokens, built in %.1f s\n",
+              model_name.c_str(), a.model.runner.dtype.c_str(), double(runner->weight_bytes()) / 1e9,
+              (long long)runner->kv_pool_tokens(), now_s() - t0);
+
+  nlohmann::ordered_json out;
+  out["card"] = card;
+  out["driver"] = cuda::driver_version();
+  out["commit"] = TANDEM_GIT_COMMIT;
+  out["date"] = today();
+  out["copy_bw_GBps"] = lim.copy_bw_GBps;
+  out["gemm_peak_tflops"] = lim.gemm_peak_tflops;
+  out["runs"] = nlohmann::json::array();
+  int64_t peak_mem = cuda::device_memory_used();
+  int32_t next_seq = 0;
+
+  if (a.phase != "decode") {
+    std::printf("\n%-10s %10s %12s %10s %8s\n", "prefill", "tok/s", "median ms", "TFLOP/s", "% peak");
+    for (int64_t p : prefills) {
+      if (p > cfg.max_positions || p > runner->kv_pool_tokens()) {
+        std::printf("%-10lld skipped: beyond the context or the KV pool\n", (long long)p);
+        continue;
+      }
+      std::vector<double> times;
+      for (int r = 0; r < a.reps + 1; ++r) {
+        const int32_t seq = next_seq++;
+        runner->create_sequence(seq, p);
+        Step step;
+        for (int64_t i = 0; i < p; ++i) step.add(int32_t((i * 7919 + 13) % cfg.vocab_size), seq, int32_t(i), i + 1 == p);
+        const double s0 = now_s();
+        runner->forward(step, nullptr);
+        if (r > 0) times.push_back(now_s() - s0);  // the first run warms up
+        runner->release_sequence(seq);
+        peak_mem = std::max(peak_mem, cuda::device_memory_used());
+      }
+      const Stats st = stats(times);
+      const double tflops = prefill_flops(cfg, p) / st.median / 1e12;
+      std::printf("%-10lld %10.0f %12.2f %10.1f %7.1f%%\n", (long long)p, double(p) / st.median, st.median * 1e3,
+                  tflops, 100 * tflops / lim.gemm_peak_tflops);
+      out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", "standard"},
+                             {"phase", "prefill"}, {"batch", 1}, {"context", p}, {"tok_s", double(p) / st.median},
+                             {"bytes_per_token", nullptr}, {"pct_copy_bw", nullptr}, {"tflops", tflops},
+                             {"pct_gemm_peak", 100 * tflops / lim.gemm_peak_tflops},
+                             {"step_ms_median", st.median * 1e3}, {"step_ms_min", st.min * 1e3},
+                             {"step_ms_max", st.max * 1e3}, {"reps", a.reps}});
+    }
+  }
+
+  if (a.phase != "prefill") {
+    std::printf("\n%-6s %-8s %10s %12s %14s %10s %8s\n", "batch", "context", "tok/s", "median ms", "bytes/step",
+                "GB/s", "% copy");
+    bool broke_down = false;
+    for (int64_t c : contexts) {
+      for (int64_t b : batches) {
+        if (b * (c + a.steps + 4) > runner->kv_pool_tokens() || c + a.steps + 4 > cfg.max_positions) {
+          std::printf("%-6lld %-8lld skipped: %lld KV tokens do not fit the pool of %lld\n", (long long)b,
+                      (long long)c, (long long)(b * (c + a.steps + 4)), (long long)runner->kv_pool_tokens());
+          continue;
+        }
+        std::vector<int32_t> seqs;
+        for (int64_t i = 0; i < b; ++i) {
+          seqs.push_back(next_seq++);
+          runner->create_sequence(seqs.back(), c + a.steps + 4);
+          runner->assume_cached(seqs.back(), c);
+        }
+        std::vector<double> times;
+        for (int s = 0; s < a.steps + 2; ++s) {
+          Step step;
+          for (size_t i = 0; i < seqs.size(); ++i)
+            step.add(int32_t((i * 31 + s) % cfg.vocab_size), seqs[i], int32_t(runner->sequence_length(seqs[i])), true);
+          const double s0 = now_s();
+          runner->forward(step, nullptr);
+          if (s >= 2) times.push_back(now_s() - s0);  // two warm-up steps
+        }
+        if (!broke_down) {  // per-op breakdown of one more step, at the first configuration
+          runner->set_stage_timing(true);
+          Step step;
+          for (size_t i = 0; i < seqs.size(); ++i)
+            step.add(1, seqs[i], int32_t(runner->sequence_length(seqs[i])), true);
+          runner->forward(step, nullptr);
+          runner->set_stage_timing(false);
+          nlohmann::ordered_json rows = nlohmann::json::array();
+          std::printf("  per-op breakdown of one decode step (batch %lld, context %lld):\n", (long long)b,
+                      (long long)c);
+          double total = 0;
+          for (const auto& t : runner->stage_timings()) total += t.ms;
+          for (const auto& t : runner->stage_timings()) {
+            const int64_t bytes = stage_bytes(t.stage, cfg, *dtype, b, c);
+            const double gbps = bytes > 0 ? double(bytes) / (t.ms * 1e-3) / 1e9 : 0;
+            std::printf("    %-14s %8.3f ms %5.1f%% %4d calls %10.1f MB %8.0f GB/s\n",
+                        std::string(stage_name(t.stage)).c_str(), t.ms, 100 * t.ms / total, t.calls,
+                        double(bytes) / 1e6, gbps);
+            rows.push_back({{"stage", stage_name(t.stage)}, {"ms", t.ms}, {"calls", t.calls}, {"bytes", bytes},
+                            {"GBps", gbps}});
+          }
+          out["decode_breakdown"] = {{"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
+                                     {"stages", rows}};
+          broke_down = true;
+        }
+        peak_mem = std::max(peak_mem, cuda::device_memory_used());
+        for (int32_t q : seqs) runner->release_sequence(q);
+        const Stats st = stats(times);
+        const int64_t bytes = decode_step_bytes(cfg, *dtype, b, c + a.steps / 2);
+        const double gbps = double(bytes) / st.median / 1e9;
+        std::printf("%-6lld %-8lld %10.1f %12.3f %14.3e %10.0f %7.1f%%\n", (long long)b, (long long)c,
+                    double(b) / st.median, st.median * 1e3, double(bytes), gbps, 100 * gbps / lim.copy_bw_GBps);
+        out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", "standard"},
+                               {"phase", "decode"}, {"batch", b}, {"context", c}, {"tok_s", double(b) / st.median},
+                               {"bytes_per_token", double(bytes) / double(b)},
+                               {"pct_copy_bw", 100 * gbps / lim.copy_bw_GBps}, {"tflops", nullptr},
+                               {"pct_gemm_peak", nullptr}, {"step_ms_median", st.median * 1e3},
+                               {"step_ms_min", st.min * 1e3}, {"step_ms_max", st.max * 1e3}, {"reps", a.steps}});
+      }
+    }
+  }
+  out["peak_gpu_mem_GB"] = double(peak_mem) / 1e9;
+  std::printf("\npeak GPU memory in use: %.1f GB\n", double(peak_mem) / 1e9);
+  const std::string file = a.json.empty() ? "bench/results/" + today() + "-" + slug(card) + ".json" : a.json;
+  // Append to an existing file from the same card (several models per run), else start it.
+  std::ifstream in(file);
+  if (in) {
+    nlohmann::ordered_json prev = nlohmann::ordered_json::parse(in, nullptr, false);
+    if (!prev.is_discarded() && prev.value("card", "") == card && prev.contains("runs")) {
+      for (auto& r : out["runs"]) prev["runs"].push_back(r);
+      if (out.contains("decode_breakdown")) prev["decode_breakdown_" + model_name] = out["decode_breakdown"];
+      prev["peak_gpu_mem_GB"] = std::max(prev.value("peak_gpu_mem_GB", 0.0), out["peak_gpu_mem_GB"].get<double>());
+      out = prev;
+    }
+  }
+  std::ofstream f(file);
+  TD_CHECK(f.good(), "{}: cannot write the result file", file);
+  f << out.dump(2) << "\n";
+  std::printf("results: %s\n", file.c_str());
+}
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand("bench", "measure prefill and decode speed against this GPU's own limits");
+  add_model_options(cmd, a->model, false);
+  cmd->add_option("--random-weights", a->random_shape, "real-shape model with random weights: " + known_shapes());
+  cmd->add_option("--phase", a->phase, "prefill | decode | all")->capture_default_str();
+  cmd->add_option("--batch", a->batches, "decode batch sizes")->capture_default_str();
+  cmd->add_option("--context", a->contexts, "decode context lengths (tokens cached per sequence)")
+      ->capture_default_str();
+  cmd->add_option("--prefill-tokens", a->prefills, "prefill prompt lengths")->capture_default_str();
+  cmd->add_option("--steps", a->steps, "timed decode steps per configuration")->capture_default_str();
+  cmd->add_option("--reps", a->reps, "timed prefills per length")->capture_default_str();
+  cmd->add_option("--json", a->json, "result file (default bench/results/<date>-<card>.json; appended if it exists)");
+  cmd->callback([a] { run(*a); });
+}
+
+}  // namespace tandem::cli
