@@ -47,6 +47,8 @@
 #include "cuda/embedding.cuh"
 #include "cuda/gemm.cuh"
 #include "cuda/norm.cuh"
+#include "cuda/device_buffer.h"
+#include "cuda/random_fill.cuh"
 #include "cuda/rope.cuh"
 
 namespace tandem {
@@ -855,6 +857,28 @@ TEST(OpConformanceCoverage, EveryLauncherHasACase) {
     });
     EXPECT_TRUE(covered) << "launcher `" << op << "` (declared in src/cuda/*.cuh) has no conformance case: add "
                          << "TEST_F(OpConformance, " << op << ") to tests/gpu/test_ops_conformance.cpp";
+  }
+}
+
+// fill_uniform (real-shape benchmark weights) against its host twin, for every dtype.
+TEST_F(OpConformance, fill_uniform_AllDtypesMatchHostTwin) {
+  for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+    const int64_t n = 100003;  // odd: grid-stride tail
+    cuda::DeviceTensor t = cuda::DeviceTensor::empty(dt, {n});
+    cuda::fill_uniform(t, 42, 1.0f, 0.5f, stream_);
+    sync();
+    HostTensor h = cuda::download_f32(t, stream_);
+    double mean = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = cuda::uniform_value(42, i, 1.0f, 0.5f);
+      const float rounded = dt == DType::F32 ? want : dt == DType::F16 ? fp16_to_f32(f32_to_fp16(want))
+                                                                        : bf16_to_f32(f32_to_bf16(want));
+      ASSERT_EQ(h.f32()[i], rounded) << dtype_name(dt) << " index " << i;
+      ASSERT_GE(want, 0.5f);
+      ASSERT_LT(want, 1.5f);
+      mean += want;
+    }
+    EXPECT_NEAR(mean / double(n), 1.0, 0.01);
   }
 }
 

@@ -13,6 +13,8 @@
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "cuda/device_query.h"
+#include "runtime/model_bundle.h"
 
 namespace tandem {
 namespace {
@@ -308,5 +310,30 @@ TEST(Cli, SameSeedSameOutput) {
   EXPECT_FALSE(tokens(a.output).empty());
 }
 
+}  // namespace
+}  // namespace tandem
+
+namespace tandem {
+namespace {
+// Path dispatch on a machine without a GPU (CI): auto falls back to the reference path; asking for CUDA
+// explicitly is a clear error, not a crash.
+TEST(RunnerDispatch, CpuOnlyMachine) {
+  if (cuda::device_count() > 0) GTEST_SKIP() << "this machine has a GPU; the dispatch case covered is CPU-only";
+  ModelBundle b = open_model_bundle(fixture("llama"));
+  auto r = make_runner(b, RunnerOptions{});
+  EXPECT_EQ(r->path_name(), "reference");
+  RunnerOptions cuda_opts;
+  cuda_opts.device = "cuda";
+  EXPECT_THAT([&] { try { make_runner(b, cuda_opts); } catch (const Error& e) { return std::string(e.what()); } return std::string(); }(),
+              HasSubstr("no CUDA GPU found"));
+  RunnerOptions std_opts;
+  std_opts.path = "standard";
+  EXPECT_THROW(make_runner(b, std_opts), Error);
+  RunnerOptions bad;
+  bad.device = "cpu";
+  bad.path = "standard";
+  EXPECT_THAT([&] { try { make_runner(b, bad); } catch (const Error& e) { return std::string(e.what()); } return std::string(); }(),
+              HasSubstr("--path standard runs on CUDA"));
+}
 }  // namespace
 }  // namespace tandem
