@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
 namespace {
@@ -16,26 +17,6 @@ constexpr int kMaxHeadDim = 256;  // one thread per output dimension, at most 25
 constexpr int kChunk = 64;        // keys scored per round of the online softmax
 constexpr int kCopyThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;  // work items beyond this are covered by grid-stride loops
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-// Round to the activation dtype, nearest even.
-template <typename T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else return __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
 
 // The cache row of a token, or -1 when (base, pos) does not name a row of the pool. Overflow-safe.
 __device__ __forceinline__ int64_t cache_row(int64_t base, int64_t pos, int64_t pool_rows) {

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
 namespace {
@@ -14,17 +15,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxFlatBlocks = 4096;  // flat grid-stride kernels: 1M threads cover any GPU
 constexpr int64_t kMaxRowBlocks = 65535;  // one block per row, grid-stride beyond
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-// Round to the activation dtype, nearest even.
-template <typename T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else return __float2bfloat16_rn(v);
-}
 
 unsigned flat_blocks(int64_t n) { return unsigned(std::min((n + kThreads - 1) / kThreads, kMaxFlatBlocks)); }
 

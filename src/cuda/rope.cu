@@ -7,23 +7,13 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;  // rows beyond this are covered by the grid-stride loop
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-// Round to the activation dtype, nearest even.
-template <typename T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else return __float2bfloat16_rn(v);
-}
 
 // One block per token row (grid-stride over rows). The row's cos/sin table (head_dim / 2 entries each) is built
 // once in shared memory, then every (head, i) pair of the q and k heads is rotated by one thread.

@@ -62,6 +62,8 @@ TEST_P(Golden, PrefillTapsMatchHF) {
   runner.forward(step, &taps);
 
   int compared = 0;
+  double worst = 0;
+  std::string worst_tap;
   for (int p = 0; p < exp_.num_prompts; ++p) {
     const std::string prefix = "p" + std::to_string(p) + ".";
     const int64_t len = int64_t(exp_.prompt(p).size());
@@ -75,11 +77,17 @@ TEST_P(Golden, PrefillTapsMatchHF) {
       const Comparison cmp = compare(rows, e.view());
       EXPECT_LE(cmp.rel_l2, rel_tolerance(DType::F32)) << GetParam() << " prompt " << p << " tap " << tap << ": "
                                                        << cmp.summary();
+      if (cmp.rel_l2 >= worst) {
+        worst = cmp.rel_l2;
+        worst_tap = "p" + std::to_string(p) + "." + tap;
+      }
       ++compared;
     }
   }
   // embed, final_norm, logits + 10 per layer (all but rope and kv_write, which HF does not expose), for every prompt.
   EXPECT_EQ(compared, exp_.num_prompts * (3 + 10 * int(model_->config.n_layers)));
+  std::printf("[ info ] %s: %d taps vs HF, worst rel_l2 %.2e at %s\n", GetParam().c_str(), compared, worst,
+              worst_tap.c_str());
 }
 
 // Greedy decoding of all prompts together: 16 tokens identical to HF, logits within tolerance each step.
