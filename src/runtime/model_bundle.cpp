@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -60,10 +61,42 @@ void attach_tokenizer(ModelBundle& b, const ModelSource& src, const fs::path& pa
   if (fs::exists(dir / "tokenizer.json")) {
     b.tokenizer = Tokenizer::from_hf_json(dir / "tokenizer.json");
     b.tokenizer_source = (dir / "tokenizer.json").string();
+    apply_hf_tokenizer_config(*b.tokenizer, dir, src.config().eos_token_ids);
   }
   b.chat_template_text = hf_chat_template(dir);
 }
 }  // namespace
+
+void apply_hf_tokenizer_config(Tokenizer& tok, const fs::path& dir, const std::vector<int32_t>& config_eos_ids) {
+  std::vector<int32_t> eos;
+  const fs::path cfg = dir / "tokenizer_config.json";
+  if (fs::exists(cfg)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_text(cfg));
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: not valid JSON: {}", cfg.string(), e.what());
+    }
+    auto token_id = [&](const char* key) -> std::optional<int32_t> {
+      auto it = j.find(key);
+      if (it == j.end() || it->is_null()) return std::nullopt;
+      const nlohmann::json& v = it->is_object() ? it->value("content", nlohmann::json()) : *it;
+      TD_CHECK(v.is_string(), "{}: '{}' must be a token string or {{\"content\": ...}}, got {}", cfg.string(), key,
+               it->dump());
+      const auto id = tok.piece_to_id(v.get<std::string>());
+      TD_CHECK(id.has_value(), "{}: {} '{}' is not in the vocabulary", cfg.string(), key, v.get<std::string>());
+      return id;
+    };
+    const auto add_bos_it = j.find("add_bos_token");
+    const bool add_bos = add_bos_it != j.end() && add_bos_it->is_boolean() ? add_bos_it->get<bool>() : tok.add_bos();
+    if (auto bos = token_id("bos_token")) tok.set_bos(*bos, add_bos);
+    else if (add_bos_it != j.end()) tok.set_bos(tok.bos_id(), add_bos);
+    if (auto e = token_id("eos_token")) eos.push_back(*e);
+  }
+  for (int32_t e : config_eos_ids)
+    if (std::find(eos.begin(), eos.end(), e) == eos.end()) eos.push_back(e);
+  if (!eos.empty()) tok.set_eos_ids(eos);
+}
 
 ModelBundle open_model_bundle(const fs::path& path) {
   ModelBundle b;

@@ -35,6 +35,12 @@ struct RunnerOptions {
 std::unique_ptr<ModelRunner> make_runner(const ModelBundle& bundle, const RunnerOptions& options,
                                          void (*progress)(int64_t, int64_t) = nullptr);
 
+// HF folders: tokenizer.json does not say which tokens are BOS/EOS; tokenizer_config.json does ("bos_token",
+// "eos_token" as a string or {"content": ...}, "add_bos_token"), and config.json's eos_token_id adds more
+// end-of-generation ids. Applies them to `tok`; a named token missing from the vocabulary is an error.
+void apply_hf_tokenizer_config(Tokenizer& tok, const std::filesystem::path& dir,
+                               const std::vector<int32_t>& config_eos_ids = {});
+
 // The chat format: `override_name` if given, else detected from the model's template and vocabulary.
 ChatTemplate chat_template_for(const ModelBundle& bundle, std::string_view override_name = {});
 

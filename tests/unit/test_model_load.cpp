@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "cuda/device_query.h"
 #include "runtime/model_bundle.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tandem {
 namespace {
@@ -334,6 +335,33 @@ TEST(RunnerDispatch, CpuOnlyMachine) {
   bad.path = "standard";
   EXPECT_THAT([&] { try { make_runner(b, bad); } catch (const Error& e) { return std::string(e.what()); } return std::string(); }(),
               HasSubstr("--path standard runs on CUDA"));
+}
+}  // namespace
+}  // namespace tandem
+
+namespace tandem {
+namespace {
+TEST(HfTokenizerConfig, BosEosFromTokenizerConfigAndConfig) {
+  const fs::path dir = fs::temp_directory_path() / ("tandem_tokcfg_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>", "add_bos_token": true})";
+  Tokenizer tok = Tokenizer::from_hf_json(fixture("tokenizer/smollm2/tokenizer.json"));
+  const int32_t im_start = *tok.piece_to_id("<|im_start|>"), im_end = *tok.piece_to_id("<|im_end|>");
+  apply_hf_tokenizer_config(tok, dir, {0, im_end});
+  EXPECT_EQ(tok.bos_id(), im_start);
+  EXPECT_TRUE(tok.add_bos());
+  EXPECT_EQ(tok.eos_ids(), (std::vector<int32_t>{im_end, 0}));
+  EXPECT_EQ(tok.encode("hi", true, true).front(), im_start);
+
+  std::ofstream(dir / "tokenizer_config.json") << R"({"eos_token": "<|no_such_token|>"})";
+  try {
+    apply_hf_tokenizer_config(tok, dir);
+    ADD_FAILURE() << "unknown eos token accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), AllOf(HasSubstr("tokenizer_config.json"), HasSubstr("<|no_such_token|>")));
+  }
+  fs::remove_all(dir);
 }
 }  // namespace
 }  // namespace tandem
