@@ -77,7 +77,13 @@ std::string Tensor::describe() const {
   return s + "] " + std::string(device_name(device));
 }
 
-void HostTensor::Free::operator()(void* p) const { std::free(p); }
+HostTensor HostTensor::adopt(void* data, DType dtype, std::span<const int64_t> shape,
+                             std::function<void(void*)> release) {
+  HostTensor h;
+  h.view_ = Tensor::contiguous(data, dtype, shape);
+  h.mem_ = std::unique_ptr<void, std::function<void(void*)>>(data, std::move(release));
+  return h;
+}
 
 HostTensor HostTensor::empty(DType dtype, std::span<const int64_t> shape) {
   HostTensor h;
@@ -88,7 +94,7 @@ HostTensor HostTensor::empty(DType dtype, std::span<const int64_t> shape) {
   const size_t rounded = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded ? rounded : 64);
   TD_CHECK(p != nullptr, "out of host memory allocating {} bytes for {}", bytes, h.view_.describe());
-  h.mem_.reset(p);
+  h.mem_ = std::unique_ptr<void, std::function<void(void*)>>(p, [](void* q) { std::free(q); });
   h.view_.data = p;
   return h;
 }

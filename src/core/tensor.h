@@ -3,6 +3,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <span>
@@ -65,6 +66,9 @@ class HostTensor {
   static HostTensor zeros(DType dtype, std::initializer_list<int64_t> shape);
   // Copies any CPU tensor of a float dtype (f32/f16/bf16) into a new contiguous f32 tensor.
   static HostTensor to_f32(const Tensor& src);
+  // Takes ownership of memory from elsewhere (e.g. a pinned buffer pool); `release` gives it back.
+  static HostTensor adopt(void* data, DType dtype, std::span<const int64_t> shape,
+                          std::function<void(void*)> release);
 
   const Tensor& view() const { return view_; }
   operator const Tensor&() const { return view_; }
@@ -72,10 +76,7 @@ class HostTensor {
   int64_t numel() const { return view_.numel(); }
 
  private:
-  struct Free {
-    void operator()(void* p) const;
-  };
-  std::unique_ptr<void, Free> mem_;
+  std::unique_ptr<void, std::function<void(void*)>> mem_;
   Tensor view_;
 };
 

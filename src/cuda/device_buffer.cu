@@ -1,5 +1,6 @@
 #include "cuda/device_buffer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -28,6 +29,35 @@ DeviceTensor& DeviceTensor::operator=(DeviceTensor&& o) noexcept {
     o.view_.data = nullptr;
   }
   return *this;
+}
+
+PinnedPool::~PinnedPool() {
+  for (auto& [bytes, p] : free_) cudaFreeHost(p);
+}
+
+HostTensor PinnedPool::take(DType dtype, std::span<const int64_t> shape) {
+  const size_t bytes = size_t(std::max<int64_t>(Tensor::contiguous(nullptr, dtype, shape).nbytes(), 1));
+  void* p = nullptr;
+  size_t have = bytes;
+  {
+    std::lock_guard lk(mu_);
+    auto it = free_.lower_bound(bytes);
+    if (it != free_.end() && it->first <= 2 * bytes) {  // reuse, unless it would waste more than half
+      have = it->first;
+      p = it->second;
+      free_.erase(it);
+    }
+  }
+  if (!p) TD_CUDA_CHECK(cudaMallocHost(&p, bytes));
+  std::weak_ptr<PinnedPool> pool = weak_from_this();
+  return HostTensor::adopt(p, dtype, shape, [pool, have](void* q) {
+    if (auto alive = pool.lock()) {
+      std::lock_guard lk(alive->mu_);
+      alive->free_.emplace(have, q);
+    } else {
+      cudaFreeHost(q);
+    }
+  });
 }
 
 namespace {

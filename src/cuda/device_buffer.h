@@ -4,6 +4,9 @@
 
 #include <cstddef>
 #include <initializer_list>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <span>
 
 #include "core/tensor.h"
@@ -29,6 +32,20 @@ class DeviceTensor {
 
  private:
   Tensor view_;
+};
+
+// Page-locked host buffers, reused: a step's logits land here by DMA, and the HostTensor handed to the caller
+// returns its buffer to the pool when it dies. (A fresh malloc above glibc's 32 MB mmap threshold faults in
+// every page on every step: measured 20+ ms per decode step at 64 x 152064 floats on an H200 host.)
+class PinnedPool : public std::enable_shared_from_this<PinnedPool> {
+ public:
+  ~PinnedPool();
+  // A host tensor over a pinned buffer of at least its size; thread-safe.
+  HostTensor take(DType dtype, std::span<const int64_t> shape);
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;  // bytes -> buffer
 };
 
 // Copies between a contiguous host tensor and a contiguous device tensor of the same dtype and size.

@@ -159,6 +159,16 @@ void StandardRunner::ensure_scratch(int64_t tokens) {
   scratch_ = std::move(s);
 }
 
+void StandardRunner::ensure_logit_rows(int64_t rows) {
+  if (rows <= scratch_.logit_rows) return;
+  int64_t n = 16;
+  while (n < rows) n *= 2;
+  TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  scratch_.gathered = DeviceTensor::empty(dtype_, {n, config_.hidden_size});
+  scratch_.logits = DeviceTensor::empty(DType::F32, {n, config_.vocab_size});
+  scratch_.logit_rows = n;
+}
+
 StepOutput StandardRunner::forward(const Step& step, TapSink* taps) {
   validate_step(step, config_.vocab_size, [this](int32_t seq) -> std::optional<SequenceExtent> {
     auto it = seqs_.find(seq);
@@ -243,12 +253,13 @@ StepOutput StandardRunner::forward(const Step& step, TapSink* taps) {
   rmsnorm(x, w_.final_norm, eps, h, stream_);
   publish(Stage::final_norm, -1, h);
 
-  out.logits = HostTensor::empty(DType::F32, {R, c.vocab_size});
+  const int64_t logits_shape[] = {R, c.vocab_size};
+  out.logits = pinned_->take(DType::F32, logits_shape);
   if (R > 0) {
     const Tensor sel_rows = rows(s.rows_i32, R);
     copy_to_device(logit_rows.view().slice_rows(0, R), sel_rows, stream_);
-    DeviceTensor gathered = DeviceTensor::empty(dtype_, {R, c.hidden_size});
-    DeviceTensor logits = DeviceTensor::empty(DType::F32, {R, c.vocab_size});
+    ensure_logit_rows(R);
+    const Tensor gathered = rows(s.gathered, R), logits = rows(s.logits, R);
     gather_rows(h, sel_rows, gathered, stream_);
     gemm_->linear(gathered, w_.lm_head, logits, stream_);
     mark(Stage::logits);

@@ -64,8 +64,11 @@ class StandardRunner final : public ModelRunner {
   struct Scratch {
     int64_t tokens = 0;
     DeviceTensor x, h, qkv, attn, gate_up, act, tokens_i32, positions_i32, kv_base_i64, rows_i32;
+    int64_t logit_rows = 0;  // capacity of the two below, grown separately (vocab-wide rows are large)
+    DeviceTensor gathered, logits;
   };
   void ensure_scratch(int64_t tokens);
+  void ensure_logit_rows(int64_t rows);
   void init_runtime(const StandardOptions& options);
   void add_weight(DeviceTensor t) {
     weight_bytes_ += t.nbytes();
@@ -85,6 +88,7 @@ class StandardRunner final : public ModelRunner {
   RowRangeAllocator rows_;
   std::map<int32_t, Seq> seqs_;
   Scratch scratch_;
+  std::shared_ptr<PinnedPool> pinned_ = std::make_shared<PinnedPool>();
   bool time_stages_ = false;
   std::vector<StageTiming> stage_timings_;
   std::vector<cudaEvent_t> events_;  // pool of stage-boundary events, reused every timed step
