@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
@@ -119,16 +120,6 @@ __global__ void attention_kernel(const T* __restrict__ qkv, const int64_t* __res
       __syncthreads();  // p_s and red are rewritten by the next chunk
     }
     if (d < head_dim) o[d] = from_f32<T>(acc / l_run);
-  }
-}
-
-template <typename F>
-void dispatch_float(DType dt, const char* op, F&& f) {
-  switch (dt) {
-    case DType::F32: f(std::type_identity<float>{}); break;
-    case DType::F16: f(std::type_identity<__half>{}); break;
-    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
-    default: fail("{}: unsupported dtype {}", op, dtype_name(dt));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
@@ -65,16 +66,6 @@ __global__ void gather_rows_kernel(const T* __restrict__ src, const int32_t* __r
 }
 
 bool is_float(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16; }
-
-template <typename F>
-void dispatch_float(DType dt, const char* op, F&& f) {
-  switch (dt) {
-    case DType::F32: f(std::type_identity<float>{}); break;
-    case DType::F16: f(std::type_identity<__half>{}); break;
-    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
-    default: fail("{}: unsupported dtype {}", op, dtype_name(dt));
-  }
-}
 
 // A contiguous CUDA tensor of a float dtype with `ndim` dimensions (any rank when ndim < 0).
 void check_float_cuda(const Tensor& t, int ndim, const char* op, const char* name) {

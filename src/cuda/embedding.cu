@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/dtype_dispatch.h"
 
 namespace tandem::cuda {
 namespace {
@@ -38,16 +39,6 @@ __global__ void embed_kernel(const T* __restrict__ table, const int32_t* __restr
   }
 }
 
-template <typename F>
-void dispatch_float(DType dt, F&& f) {
-  switch (dt) {
-    case DType::F32: f(std::type_identity<float>{}); break;
-    case DType::F16: f(std::type_identity<__half>{}); break;
-    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
-    default: fail("embed: unsupported dtype {}", dtype_name(dt));
-  }
-}
-
 }  // namespace
 
 void embed(const Tensor& table, const Tensor& tokens, const Tensor& out, cudaStream_t stream) {
@@ -66,7 +57,7 @@ void embed(const Tensor& table, const Tensor& tokens, const Tensor& out, cudaStr
   TD_CHECK(table.data && tokens.data && out.data, "embed: null data pointer (table {}, tokens {}, out {})",
            table.describe(), tokens.describe(), out.describe());
   const unsigned blocks = unsigned(std::min(n_tokens, kMaxBlocks));
-  dispatch_float(table.dtype, [&](auto tag) {
+  dispatch_float(table.dtype, "embed", [&](auto tag) {
     using T = typename decltype(tag)::type;
     embed_kernel<T><<<blocks, kThreads, 0, stream>>>(table.ptr<const T>(), tokens.ptr<const int32_t>(), out.ptr<T>(),
                                                      n_tokens, V, H);

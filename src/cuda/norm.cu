@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
@@ -51,16 +52,6 @@ __global__ void rmsnorm_kernel(const T* x, const T* __restrict__ w, T* out, int6
   }
 }
 
-template <typename F>
-void dispatch_float(DType dt, F&& f) {
-  switch (dt) {
-    case DType::F32: f(std::type_identity<float>{}); break;
-    case DType::F16: f(std::type_identity<__half>{}); break;
-    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
-    default: fail("rmsnorm: unsupported dtype {}", dtype_name(dt));
-  }
-}
-
 }  // namespace
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream) {
@@ -80,7 +71,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cud
   TD_CHECK(x.data && w.data && out.data, "rmsnorm: null data pointer (x {}, w {}, out {})", x.describe(),
            w.describe(), out.describe());
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
-  dispatch_float(x.dtype, [&](auto tag) {
+  dispatch_float(x.dtype, "rmsnorm", [&](auto tag) {
     using T = typename decltype(tag)::type;
     rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
     TD_CUDA_CHECK_LAUNCH();

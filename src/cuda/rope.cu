@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
 
 namespace tandem::cuda {
@@ -45,16 +46,6 @@ __global__ void rope_kernel(T* qkv, const int32_t* __restrict__ positions, const
   }
 }
 
-template <typename F>
-void dispatch_float(DType dt, F&& f) {
-  switch (dt) {
-    case DType::F32: f(std::type_identity<float>{}); break;
-    case DType::F16: f(std::type_identity<__half>{}); break;
-    case DType::BF16: f(std::type_identity<__nv_bfloat16>{}); break;
-    default: fail("rope: unsupported dtype {}", dtype_name(dt));
-  }
-}
-
 }  // namespace
 
 void rope(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq, int n_heads, int n_kv_heads,
@@ -83,7 +74,7 @@ void rope(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq, in
   const size_t shared_bytes = size_t(2 * half) * sizeof(float);
   TD_CHECK(shared_bytes <= 48 * 1024, "rope: head_dim {} is too large", head_dim);
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
-  dispatch_float(qkv.dtype, [&](auto tag) {
+  dispatch_float(qkv.dtype, "rope", [&](auto tag) {
     using T = typename decltype(tag)::type;
     rope_kernel<T><<<blocks, kThreads, shared_bytes, stream>>>(qkv.ptr<T>(), positions.ptr<const int32_t>(),
                                                                inv_freq.ptr<const float>(), rows, qkv_dim,

@@ -152,16 +152,22 @@ TEST_F(DefaultModel, PerplexityWithinHalfPercentOfHF) {
               100.0 * (r.perplexity - hf) / hf);
 }
 
-// `tandem run` on the default model answers the question (the README's `make run`), printing load time and
-// speeds; `tandem info` describes it.
-TEST_F(DefaultModel, RunAnswersParis) {
-  const std::string cmd = std::string(TANDEM_BINARY) + " run -m " + kModel.string() +
-                          " --temp 0 \"What is the capital of France?\" 2>&1";
+// Runs a shell command; returns (exit status as pclose reports it, stdout and stderr together).
+std::pair<int, std::string> run_shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  EXPECT_EQ(pclose(p), 0) << out;
+  return {pclose(p), out};
+}
+
+// `tandem run` on the default model answers the question (the README's `make run`), printing load time and
+// speeds.
+TEST_F(DefaultModel, RunAnswersParis) {
+  const std::string cmd = std::string(TANDEM_BINARY) + " run -m " + kModel.string() +
+                          " --temp 0 \"What is the capital of France?\" 2>&1";
+  const auto [status, out] = run_shell(cmd);
+  EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("Paris"), std::string::npos) << out;
   EXPECT_NE(out.find("loaded in"), std::string::npos) << out;
   EXPECT_NE(out.find("decode:"), std::string::npos) << out;
@@ -171,11 +177,8 @@ TEST_F(DefaultModel, RunAnswersParis) {
 TEST_F(DefaultModel, ChatKeepsHistory) {
   const std::string cmd = "printf 'What is the capital of France?\\nAnd of Germany?\\n/exit\\n' | " +
                           std::string(TANDEM_BINARY) + " chat -m " + kModel.string() + " --temp 0 -n 24 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  EXPECT_EQ(pclose(p), 0) << out;
+  const auto [status, out] = run_shell(cmd);
+  EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("Paris"), std::string::npos) << out;
   std::vector<long> prompt_tokens;
   for (size_t at = out.find("[", 0); at != std::string::npos; at = out.find("[", at + 1))
