@@ -13,7 +13,6 @@
 #include "cuda/ceilings.h"
 #include "cuda/check.h"
 #include "cuda/device_query.h"
-#include "cuda/standard_runner.h"
 #include "runtime/bench_math.h"
 
 namespace tandem::cli {
@@ -74,6 +73,12 @@ std::string slug(std::string s) {
 }
 
 // Bytes a stage reads in one decode step (weights, or the KV cache for attention); 0 for the light ones.
+int64_t stage_bytes(Stage s, const ModelConfig& c, DType dt, int64_t batch, int64_t context);
+int64_t variant_bytes(const Variant& v, const ModelConfig& c, DType dt, int64_t batch, int64_t context) {
+  int64_t sum = 0;
+  for (int s = int(v.stages.first); s <= int(v.stages.last); ++s) sum += stage_bytes(Stage(s), c, dt, batch, context);
+  return sum;
+}
 int64_t stage_bytes(Stage s, const ModelConfig& c, DType dt, int64_t batch, int64_t context) {
   const int64_t e = dtype_block_bytes(dt), H = c.hidden_size, I = c.intermediate_size, L = c.n_layers;
   switch (s) {
@@ -90,8 +95,10 @@ int64_t stage_bytes(Stage s, const ModelConfig& c, DType dt, int64_t batch, int6
 void run(const BenchArgs& a) {
   TD_CHECK(cuda::device_count() > 0, "tandem bench measures a GPU path and no CUDA GPU was found (for the CPU "
                                      "reference path use tools/bench_cpu.py)");
-  TD_CHECK(a.model.runner.path == "auto" || a.model.runner.path == "standard",
-           "--path {}: tandem bench measures the standard path (the fused path comes later)", a.model.runner.path);
+  RunnerOptions ropt = a.model.runner;
+  if (ropt.path == "auto") ropt.path = "standard";
+  const Plan probe = plan_for(ropt, nullptr);  // fails early on a bad --path / --variant
+  TD_CHECK(probe.device == Device::CUDA, "--path {}: tandem bench measures a GPU path", ropt.path);
   TD_CHECK(a.phase == "all" || a.phase == "decode" || a.phase == "prefill", "--phase {}: expected prefill, decode or all",
            a.phase);
   TD_CHECK(a.random_shape.empty() || a.model.model.empty(),
@@ -119,7 +126,7 @@ void run(const BenchArgs& a) {
     for (int64_t c : contexts) pool = std::max(pool, b * (c + a.steps + 4));
   for (int64_t p : prefills) pool = std::max(pool, p);
 
-  std::unique_ptr<cuda::StandardRunner> runner;
+  std::unique_ptr<Executor> runner;
   std::string model_name;
   const double t0 = now_s();
   if (!a.random_shape.empty()) {
@@ -132,17 +139,23 @@ void run(const BenchArgs& a) {
     if (kv_bytes > int64_t(0.85 * double(free_b)) - weights)
       pool = std::max<int64_t>(4096, (int64_t(0.85 * double(free_b)) - weights) /
                                          (2 * cfg.n_layers * cfg.kv_dim() * dtype_block_bytes(*dtype)));
-    runner = std::make_unique<cuda::StandardRunner>(cfg, cuda::StandardOptions{*dtype, pool}, 1234);
+    ropt.kv_tokens = pool;
+    runner = make_random_runner(cfg, ropt, 1234);
   } else {
     const auto path = model_path(a.model);
     model_name = path.filename().string();
-    auto src = open_model_source(path);
-    runner = std::make_unique<cuda::StandardRunner>(*src, cuda::StandardOptions{*dtype, pool}, progress_bar);
+    ropt.kv_tokens = pool;
+    runner = make_runner(open_model_bundle(path), ropt, progress_bar);
   }
   const ModelConfig& cfg = runner->config();
-  std::printf("model %s on the standard path, %s: %.2f GB of weights, KV pool %lld tokens, built in %.1f s\n",
-              model_name.c_str(), a.model.runner.dtype.c_str(), double(runner->weight_bytes()) / 1e9,
-              (long long)runner->kv_pool_tokens(), now_s() - t0);
+  const int64_t kv_pool_tokens = runner->host().kv_pages() * runner->host().kv_geometry().page_size;
+  const std::string path_name(runner->path_name());
+  std::printf("model %s on the %s path, %s: %.2f GB of weights, KV pool %lld tokens (pages of %lld, %s), built in "
+              "%.1f s\n",
+              model_name.c_str(), path_name.c_str(), a.model.runner.dtype.c_str(),
+              double(runner->host().weight_bytes()) / 1e9, (long long)kv_pool_tokens,
+              (long long)runner->host().kv_geometry().page_size,
+              std::string(kv_layout_name(runner->host().kv_geometry().layout)).c_str(), now_s() - t0);
 
   nlohmann::ordered_json out;
   out["card"] = card;
@@ -158,7 +171,7 @@ void run(const BenchArgs& a) {
   if (a.phase != "decode") {
     std::printf("\n%-10s %10s %12s %10s %8s\n", "prefill", "tok/s", "median ms", "TFLOP/s", "% peak");
     for (int64_t p : prefills) {
-      if (p > cfg.max_positions || p > runner->kv_pool_tokens()) {
+      if (p > cfg.max_positions || p > kv_pool_tokens) {
         std::printf("%-10lld skipped: beyond the context or the KV pool\n", (long long)p);
         continue;
       }
@@ -178,7 +191,7 @@ void run(const BenchArgs& a) {
       const double tflops = prefill_flops(cfg, p) / st.median / 1e12;
       std::printf("%-10lld %10.0f %12.2f %10.1f %7.1f%%\n", (long long)p, double(p) / st.median, st.median * 1e3,
                   tflops, 100 * tflops / lim.gemm_peak_tflops);
-      out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", "standard"},
+      out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
                              {"phase", "prefill"}, {"batch", 1}, {"context", p}, {"tok_s", double(p) / st.median},
                              {"bytes_per_token", nullptr}, {"pct_copy_bw", nullptr}, {"tflops", tflops},
                              {"pct_gemm_peak", 100 * tflops / lim.gemm_peak_tflops},
@@ -193,9 +206,9 @@ void run(const BenchArgs& a) {
     bool broke_down = false;
     for (int64_t c : contexts) {
       for (int64_t b : batches) {
-        if (b * (c + a.steps + 4) > runner->kv_pool_tokens() || c + a.steps + 4 > cfg.max_positions) {
+        if (b * (c + a.steps + 4) > kv_pool_tokens || c + a.steps + 4 > cfg.max_positions) {
           std::printf("%-6lld %-8lld skipped: %lld KV tokens do not fit the pool of %lld\n", (long long)b,
-                      (long long)c, (long long)(b * (c + a.steps + 4)), (long long)runner->kv_pool_tokens());
+                      (long long)c, (long long)(b * (c + a.steps + 4)), (long long)kv_pool_tokens);
           continue;
         }
         std::vector<int32_t> seqs;
@@ -214,25 +227,24 @@ void run(const BenchArgs& a) {
           if (s >= 2) times.push_back(now_s() - s0);  // two warm-up steps
         }
         if (!broke_down) {  // per-op breakdown of one more step, at the first configuration
-          runner->set_stage_timing(true);
+          runner->set_timing(true);
           Step step;
           for (size_t i = 0; i < seqs.size(); ++i)
             step.add(1, seqs[i], int32_t(runner->sequence_length(seqs[i])), true);
           runner->forward(step, nullptr);
-          runner->set_stage_timing(false);
+          runner->set_timing(false);
           nlohmann::ordered_json rows = nlohmann::json::array();
           std::printf("  per-op breakdown of one decode step (batch %lld, context %lld):\n", (long long)b,
                       (long long)c);
           double total = 0;
-          for (const auto& t : runner->stage_timings()) total += t.ms;
-          for (const auto& t : runner->stage_timings()) {
-            const int64_t bytes = stage_bytes(t.stage, cfg, *dtype, b, c);
+          for (const auto& t : runner->timings()) total += t.ms;
+          for (const auto& t : runner->timings()) {
+            const int64_t bytes = variant_bytes(*t.variant, cfg, *dtype, b, c);
             const double gbps = bytes > 0 ? double(bytes) / (t.ms * 1e-3) / 1e9 : 0;
-            std::printf("    %-14s %8.3f ms %5.1f%% %4d calls %10.1f MB %8.0f GB/s\n",
-                        std::string(stage_name(t.stage)).c_str(), t.ms, 100 * t.ms / total, t.calls,
-                        double(bytes) / 1e6, gbps);
-            rows.push_back({{"stage", stage_name(t.stage)}, {"ms", t.ms}, {"calls", t.calls}, {"bytes", bytes},
-                            {"GBps", gbps}});
+            std::printf("    %-28s %8.3f ms %5.1f%% %4d calls %10.1f MB %8.0f GB/s\n", t.variant->name.c_str(), t.ms,
+                        100 * t.ms / total, t.calls, double(bytes) / 1e6, gbps);
+            rows.push_back({{"stage", t.variant->stages.str()}, {"variant", t.variant->name}, {"ms", t.ms},
+                            {"calls", t.calls}, {"bytes", bytes}, {"GBps", gbps}});
           }
           out["decode_breakdown"] = {{"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
                                      {"stages", rows}};
@@ -245,7 +257,7 @@ void run(const BenchArgs& a) {
         const double gbps = double(bytes) / st.median / 1e9;
         std::printf("%-6lld %-8lld %10.1f %12.3f %14.3e %10.0f %7.1f%%\n", (long long)b, (long long)c,
                     double(b) / st.median, st.median * 1e3, double(bytes), gbps, 100 * gbps / lim.copy_bw_GBps);
-        out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", "standard"},
+        out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
                                {"phase", "decode"}, {"batch", b}, {"context", c}, {"tok_s", double(b) / st.median},
                                {"bytes_per_token", double(bytes) / double(b)},
                                {"pct_copy_bw", 100 * gbps / lim.copy_bw_GBps}, {"tflops", nullptr},

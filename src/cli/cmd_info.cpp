@@ -1,4 +1,5 @@
 // tandem info: what a model is (architecture, dimensions, tensor types, tokenizer, chat template).
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/common.h"
@@ -10,9 +11,29 @@ namespace {
 struct InfoArgs {
   ModelOptions model;
   bool verbose = false;
+  bool variants = false;
 };
 
+// Every stage with its variants per device, which preset picks each, and the plan these options give.
+void print_variants(const InfoArgs& a) {
+  const Plan plan = plan_for(a.model.runner, nullptr);
+  std::printf("%-26s %-5s %-32s %s\n", "stages", "dev", "variant", "chosen by");
+  for (Device d : {Device::CPU, Device::CUDA}) {
+    for (const Variant* v : variants_for(d)) {
+      std::string by;
+      for (const PathPreset& p : path_presets())
+        if (std::find(p.variants.begin(), p.variants.end(), v->name) != p.variants.end()) by += " " + p.name;
+      if (v->test_only) by += " (test only)";
+      const bool in_plan = plan.device == d && plan.by_stage[size_t(v->stages.first)] == v;
+      std::printf("%-26s %-5s %-32s%s%s\n", v->stages.str().c_str(), std::string(device_name(d)).c_str(),
+                  v->name.c_str(), by.c_str(), in_plan ? "  <- plan" : "");
+    }
+  }
+  std::printf("\n%s", plan.describe().c_str());
+}
+
 void run(const InfoArgs& a) {
+  if (a.variants) return print_variants(a);
   const auto path = model_path(a.model);
   ModelBundle b = open_model_bundle(path);
   const ModelSource* src = b.source.get();
@@ -58,6 +79,8 @@ void register_info(CLI::App& app) {
   add_model_options(cmd, a->model, false);
   cmd->add_option("--chat-template", a->model.chat_template, "chat format override to check");
   cmd->add_flag("-v,--verbose", a->verbose, "also list metadata and tensors (GGUF)");
+  cmd->add_flag("--variants", a->variants,
+                "list every stage's variants per device, the presets' choices and the plan of --path/--variant");
   cmd->callback([a] { run(*a); });
 }
 

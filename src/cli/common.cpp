@@ -15,11 +15,19 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
   auto* m = cmd->add_option("-m,--model", o.model, "model: HF folder, .safetensors or .gguf file");
   if (required) m->required();
   cmd->add_option("--device", o.runner.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--path", o.runner.path, "execution path: auto | reference | standard")
-      ->check(CLI::IsMember({"auto", "reference", "standard"}));
+  cmd->add_option("--path", o.runner.path, "execution path: auto | reference | standard (tandem info --variants)");
   cmd->add_option("--dtype", o.runner.dtype, "GPU weights/activations: bf16 | f16 | f32")
       ->check(CLI::IsMember({"bf16", "f16", "f32"}));
-  cmd->add_option("--kv-tokens", o.runner.kv_tokens, "GPU KV cache size in tokens (default: automatic)");
+  cmd->add_option("--kv-tokens", o.runner.kv_tokens, "KV cache size in tokens (default: automatic)");
+  cmd->add_option("--page-size", o.runner.page_size, "KV cache page size in tokens")->capture_default_str();
+  cmd->add_option("--kv-layout", o.runner.kv_layout, "KV page layout: nhd | hnd")
+      ->check(CLI::IsMember({"nhd", "hnd"}))
+      ->capture_default_str();
+  cmd->add_option("--variant", o.runner.variants,
+                  "STAGE=NAME: run stage STAGE with variant NAME instead of the path's choice (repeatable; "
+                  "tandem info --variants lists them)");
+  cmd->add_flag("--kv-poison", o.runner.kv_poison,
+                "debug: fill fresh KV pages with NaN and stop at the first attention that reads one");
   cmd->add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
 }
 
@@ -58,7 +66,7 @@ Loaded load(const ModelOptions& o) {
   l.runner = make_runner(l.bundle, o.runner, progress_bar);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const ModelConfig& c = l.bundle.config();
-  const bool gpu = l.runner->path_name() != "reference";
+  const bool gpu = l.runner->plan().device == Device::CUDA;
   std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld; %s) loaded in %.2f s; path %s on %s\n",
                path.c_str(), c.arch.c_str(), (long long)c.n_layers, (long long)c.hidden_size,
                (long long)c.vocab_size, l.bundle.source->storage_summary().c_str(), seconds,

@@ -8,7 +8,7 @@
 
 #include "runtime/generate.h"
 #include "runtime/model_bundle.h"
-#include "runtime/runner.h"
+#include "runtime/executor.h"
 
 namespace tandem::cli {
 
@@ -25,7 +25,7 @@ void add_sampling_options(CLI::App* cmd, GenerationRequest& req, uint64_t& seed,
 
 struct Loaded {
   ModelBundle bundle;
-  std::unique_ptr<ModelRunner> runner;
+  std::unique_ptr<Executor> runner;
 };
 // Opens the model and builds the runner the options ask for; reports both on stderr.
 Loaded load(const ModelOptions& o);

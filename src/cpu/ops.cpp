@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
+#include "core/checks.h"
 #include "core/parallel.h"
 
 namespace tandem::cpu {
@@ -27,21 +29,21 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-void embed(const Tensor& table, std::span<const int32_t> tokens, const Tensor& out) {
+void embed(const Tensor& table, const Tensor& tokens, const Tensor& out) {
   check_f32_2d(table, "embedding table");
   check_f32_2d(out, "embed output");
-  const int64_t H = table.shape[1];
-  TD_CHECK(out.shape[0] == int64_t(tokens.size()) && out.shape[1] == H, "embed: output {} for {} tokens of width {}",
-           out.describe(), tokens.size(), H);
-  for (size_t t = 0; t < tokens.size(); ++t) {
-    TD_CHECK(tokens[t] >= 0 && tokens[t] < table.shape[0], "embed: token id {} outside the vocabulary (size {})",
-             tokens[t], table.shape[0]);
-    std::memcpy(out.ptr<float>() + int64_t(t) * H, table.ptr<const float>() + int64_t(tokens[t]) * H,
-                size_t(H) * sizeof(float));
+  check_index_tensor("embed", "tokens", tokens, Device::CPU, DType::I32, out.shape[0]);
+  const int64_t H = table.shape[1], T = tokens.numel();
+  TD_CHECK(out.shape[1] == H, "embed: output {} for a table of width {}", out.describe(), H);
+  const int32_t* ids = tokens.ptr<const int32_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    TD_CHECK(ids[t] >= 0 && ids[t] < table.shape[0], "embed: token id {} outside the vocabulary (size {})", ids[t],
+             table.shape[0]);
+    std::memcpy(out.ptr<float>() + t * H, table.ptr<const float>() + int64_t(ids[t]) * H, size_t(H) * sizeof(float));
   }
 }
 
-void rmsnorm(const Tensor& x, const Tensor& w, double eps, const Tensor& out) {
+void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) {
   check_f32_2d(x, "rmsnorm input");
   check_f32_2d(out, "rmsnorm output");
   const int64_t T = x.shape[0], H = x.shape[1];
@@ -54,13 +56,13 @@ void rmsnorm(const Tensor& x, const Tensor& w, double eps, const Tensor& out) {
       float* o = out.ptr<float>() + t * H;
       double ss = 0;
       for (int64_t i = 0; i < H; ++i) ss += double(xr[i]) * xr[i];
-      const float inv = float(1.0 / std::sqrt(ss / double(H) + eps));
+      const float inv = float(1.0 / std::sqrt(ss / double(H) + double(eps)));
       for (int64_t i = 0; i < H; ++i) o[i] = wp[i] * (xr[i] * inv);
     }
   });
 }
 
-void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) {
+void linear(const Tensor& x, const Tensor& w, const Tensor& out) {
   check_f32_2d(x, "linear input");
   check_f32_2d(w, "linear weight");
   check_f32_2d(out, "linear output");
@@ -68,9 +70,6 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
   TD_CHECK(w.shape[1] == K, "linear: input {} does not match weight {} (in features)", x.describe(), w.describe());
   TD_CHECK(out.shape[0] == T && out.shape[1] == N, "linear: output {} for input {} and weight {}", out.describe(),
            x.describe(), w.describe());
-  const bool has_bias = bias.data != nullptr;
-  TD_CHECK(!has_bias || (bias.numel() == N && bias.dtype == DType::F32), "linear: bias {} for {} outputs",
-           bias.describe(), N);
   const float* xp = x.ptr<const float>();
   const float* wp = w.ptr<const float>();
   float* op = out.ptr<float>();
@@ -80,27 +79,37 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
       [&](int64_t b, int64_t e) {
         for (int64_t n = b; n < e; ++n) {
           const float* wr = wp + n * K;
-          const float bn = has_bias ? bias.ptr<const float>()[n] : 0.0f;
-          for (int64_t t = 0; t < T; ++t) op[t * N + n] = dot(xp + t * K, wr, K) + bn;
+          for (int64_t t = 0; t < T; ++t) op[t * N + n] = dot(xp + t * K, wr, K);
         }
       },
       16);
 }
 
-void rope(const Tensor& qkv, std::span<const int32_t> positions, std::span<const float> inv_freq, int64_t n_heads,
-          int64_t n_kv_heads, int64_t head_dim) {
+void add_bias(const Tensor& x, const Tensor& bias) {
+  check_f32_2d(x, "add_bias input");
+  const int64_t T = x.shape[0], N = x.shape[1];
+  TD_CHECK(bias.numel() == N && bias.dtype == DType::F32 && bias.device == Device::CPU,
+           "add_bias: bias {} for x {}", bias.describe(), x.describe());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) x.ptr<float>()[t * N + n] += bias.ptr<const float>()[n];
+}
+
+void rope(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq, int n_heads, int n_kv_heads,
+          int head_dim) {
   check_f32_2d(qkv, "rope input");
   const int64_t T = qkv.shape[0], half = head_dim / 2;
-  TD_CHECK(int64_t(positions.size()) == T && int64_t(inv_freq.size()) == half &&
-               qkv.shape[1] == (n_heads + 2 * n_kv_heads) * head_dim,
-           "rope: qkv {} with {} positions, {} frequencies, heads {}+2x{} of {}", qkv.describe(), positions.size(),
-           inv_freq.size(), n_heads, n_kv_heads, head_dim);
+  check_index_tensor("rope", "positions", positions, Device::CPU, DType::I32, T);
+  check_index_tensor("rope", "inv_freq", inv_freq, Device::CPU, DType::F32, half);
+  TD_CHECK(qkv.shape[1] == (n_heads + 2 * int64_t(n_kv_heads)) * head_dim,
+           "rope: qkv {} does not hold heads {}+2x{} of {}", qkv.describe(), n_heads, n_kv_heads, head_dim);
+  const int32_t* pos = positions.ptr<const int32_t>();
+  const float* freq = inv_freq.ptr<const float>();
   parallel_for(T, [&](int64_t b, int64_t e) {
     std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t t = b; t < e; ++t) {
       for (int64_t i = 0; i < half; ++i) {
         // HF: freqs = position * inv_freq in fp32, then cos/sin of that fp32 angle.
-        const float angle = float(positions[size_t(t)]) * inv_freq[size_t(i)];
+        const float angle = float(pos[t]) * freq[i];
         c[size_t(i)] = std::cos(angle);
         s[size_t(i)] = std::sin(angle);
       }
@@ -141,27 +150,170 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
   for (int64_t i = 0; i < n; ++i) out.ptr<float>()[i] = a.ptr<const float>()[i] + b.ptr<const float>()[i];
 }
 
-void attention_row(const float* q, const float* k, const float* v, int64_t lo, int64_t hi, int64_t n_heads,
-                   int64_t n_kv_heads, int64_t head_dim, float* scratch, float* out) {
-  const int64_t group = n_heads / n_kv_heads, kv_dim = n_kv_heads * head_dim;
-  const float scale = 1.0f / std::sqrt(float(head_dim));
-  for (int64_t h = 0; h < n_heads; ++h) {
-    const int64_t kvh = h / group;
-    const float* qh = q + h * head_dim;
-    float m = -INFINITY;
-    for (int64_t p = lo; p < hi; ++p) {
-      const float score = dot(qh, k + p * kv_dim + kvh * head_dim, head_dim) * scale;
-      scratch[p - lo] = score;
-      m = std::max(m, score);
+void gather_rows(const Tensor& src, const Tensor& rows, const Tensor& out) {
+  check_f32_2d(src, "gather_rows input");
+  check_f32_2d(out, "gather_rows output");
+  check_index_tensor("gather_rows", "rows", rows, Device::CPU, DType::I32, out.shape[0]);
+  const int64_t T = src.shape[0], N = src.shape[1];
+  TD_CHECK(out.shape[1] == N, "gather_rows: output {} for input {}", out.describe(), src.describe());
+  for (int64_t r = 0; r < rows.numel(); ++r) {
+    const int32_t i = rows.ptr<const int32_t>()[r];
+    float* o = out.ptr<float>() + r * N;
+    if (i < 0 || i >= T) std::fill(o, o + N, std::numeric_limits<float>::quiet_NaN());
+    else std::memcpy(o, src.ptr<const float>() + int64_t(i) * N, size_t(N) * sizeof(float));
+  }
+}
+
+void convert(const Tensor& src, const Tensor& dst) {
+  TD_CHECK(src.device == Device::CPU && dst.device == Device::CPU && src.is_contiguous() && dst.is_contiguous() &&
+               is_float_dtype(src.dtype) && is_float_dtype(dst.dtype) && src.numel() == dst.numel(),
+           "convert: {} -> {} (contiguous f32/f16/bf16 CPU tensors of equal size)", src.describe(), dst.describe());
+  for (int64_t i = 0; i < src.numel(); ++i) {
+    const float v = load_f32(src, i);
+    switch (dst.dtype) {
+      case DType::F32: dst.ptr<float>()[i] = v; break;
+      case DType::F16: dst.ptr<uint16_t>()[i] = f32_to_fp16(v); break;
+      default: dst.ptr<uint16_t>()[i] = f32_to_bf16(v); break;
     }
-    float denom = 0.0f;
-    for (int64_t p = lo; p < hi; ++p) denom += (scratch[p - lo] = std::exp(scratch[p - lo] - m));
-    float* oh = out + h * head_dim;
-    std::fill(oh, oh + head_dim, 0.0f);
-    for (int64_t p = lo; p < hi; ++p) {
-      const float w = scratch[p - lo] / denom;
-      const float* vp = v + p * kv_dim + kvh * head_dim;
-      for (int64_t d = 0; d < head_dim; ++d) oh[d] += w * vp[d];
+  }
+}
+
+namespace {
+// Checks a paged-KV call and returns the token count. The cache is f32 on the CPU.
+int64_t check_paged(const char* op, const Tensor& positions, const PagedKv& kv, const AttentionShape& s) {
+  TD_CHECK(s.n_heads > 0 && s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.head_dim > 0 &&
+               s.sliding_window >= 0,
+           "{}: bad attention shape: {} q heads, {} kv heads (must divide), head_dim {}, sliding window {}", op,
+           s.n_heads, s.n_kv_heads, s.head_dim, s.sliding_window);
+  for (const Tensor* pool : {&kv.k, &kv.v}) {
+    TD_CHECK(pool->device == Device::CPU && pool->dtype == DType::F32 && pool->ndim == 4 && pool->is_contiguous(),
+             "{}: the KV pools must be contiguous 4-D f32 CPU views, got {}", op, pool->describe());
+    const int64_t heads = kv.layout == KvLayout::NHD ? pool->shape[2] : pool->shape[1];
+    const int64_t slots = kv.layout == KvLayout::NHD ? pool->shape[1] : pool->shape[2];
+    TD_CHECK(heads == s.n_kv_heads && slots == kv.page_size && pool->shape[3] == s.head_dim,
+             "{}: KV pool {} is not {} pages of {} slots x {} heads x {} ({})", op, pool->describe(),
+             kv_layout_name(kv.layout), kv.page_size, s.n_kv_heads, s.head_dim, kv_layout_name(kv.layout));
+  }
+  TD_CHECK(kv.k.shape == kv.v.shape, "{}: K pool {} and V pool {} differ", op, kv.k.describe(), kv.v.describe());
+  check_index_tensor(op, "positions", positions, Device::CPU, DType::I32, -1);
+  const int64_t T = positions.numel();
+  check_index_tensor(op, "token_batch", kv.token_batch, Device::CPU, DType::I32, T);
+  check_index_tensor(op, "page_indptr", kv.page_indptr, Device::CPU, DType::I32, -1);
+  check_index_tensor(op, "page_indices", kv.page_indices, Device::CPU, DType::I32, -1);
+  TD_CHECK(kv.page_indptr.numel() >= 1, "{}: page_indptr is empty", op);
+  return T;
+}
+
+// Element offset of (position, kv head) of token t's sequence, or -1 when the tables do not name a slot.
+int64_t slot_offset(const PagedKv& kv, const KvStrides& st, int64_t t, int64_t pos, int64_t kvh) {
+  const int32_t b = kv.token_batch.ptr<const int32_t>()[t];
+  if (pos < 0 || b < 0 || b >= kv.batch()) return -1;
+  const int32_t* indptr = kv.page_indptr.ptr<const int32_t>();
+  const int64_t page_pos = pos / kv.page_size;
+  if (page_pos >= indptr[b + 1] - indptr[b]) return -1;
+  const int64_t entry = indptr[b] + page_pos;
+  if (entry < 0 || entry >= kv.page_indices.numel()) return -1;
+  const int32_t page = kv.page_indices.ptr<const int32_t>()[entry];
+  if (page < 0 || page >= kv.k.shape[0]) return -1;
+  return page * st.page + (pos % kv.page_size) * st.slot + kvh * st.head;
+}
+}  // namespace
+
+void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& s) {
+  const int64_t T = check_paged("kv_write", positions, kv, s);
+  check_f32_2d(qkv, "kv_write qkv");
+  const int64_t q_dim = int64_t(s.n_heads) * s.head_dim, kv_dim = int64_t(s.n_kv_heads) * s.head_dim;
+  TD_CHECK(qkv.shape[0] == T && qkv.shape[1] == q_dim + 2 * kv_dim, "kv_write: qkv {} for {} tokens of {} + 2x{}",
+           qkv.describe(), T, q_dim, kv_dim);
+  const KvStrides st = kv_strides(kv.k, kv.layout);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = positions.ptr<const int32_t>()[t];
+    const float* k = qkv.ptr<const float>() + t * qkv.shape[1] + q_dim;
+    for (int64_t h = 0; h < s.n_kv_heads; ++h) {
+      const int64_t off = slot_offset(kv, st, t, pos, h);
+      if (off < 0) break;  // never written out of bounds; attention writes NaN for such a token
+      std::memcpy(kv.k.ptr<float>() + off, k + h * s.head_dim, size_t(s.head_dim) * sizeof(float));
+      std::memcpy(kv.v.ptr<float>() + off, k + kv_dim + h * s.head_dim, size_t(s.head_dim) * sizeof(float));
+    }
+  }
+}
+
+void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& s,
+               const Tensor& out) {
+  const int64_t T = check_paged("attention", positions, kv, s);
+  check_f32_2d(qkv, "attention qkv");
+  check_f32_2d(out, "attention output");
+  const int64_t D = s.head_dim, q_dim = int64_t(s.n_heads) * D, kv_dim = int64_t(s.n_kv_heads) * D;
+  TD_CHECK(qkv.shape[0] == T && qkv.shape[1] == q_dim + 2 * kv_dim, "attention: qkv {} for {} tokens of {} + 2x{}",
+           qkv.describe(), T, q_dim, kv_dim);
+  TD_CHECK(out.shape[0] == T && out.shape[1] == q_dim, "attention: output {} for {} tokens of {}", out.describe(), T,
+           q_dim);
+  const KvStrides st = kv_strides(kv.k, kv.layout);
+  const int64_t group = s.n_heads / s.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(D));
+  parallel_for(T, [&](int64_t b, int64_t e) {
+    std::vector<float> scores;
+    std::vector<int64_t> offs;
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t pos = positions.ptr<const int32_t>()[t];
+      const int64_t lo = s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : 0;
+      float* o = out.ptr<float>() + t * q_dim;
+      for (int64_t kvh = 0; kvh < s.n_kv_heads; ++kvh) {
+        // Slot of every visible key of this head; any missing one makes the row NaN (bad tables are loud).
+        offs.clear();
+        bool bad = pos < 0;
+        for (int64_t p = lo; p <= pos && !bad; ++p) {
+          offs.push_back(slot_offset(kv, st, t, p, kvh));
+          bad = offs.back() < 0;
+        }
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+          float* oh = o + h * D;
+          if (bad) {
+            std::fill(oh, oh + D, std::numeric_limits<float>::quiet_NaN());
+            continue;
+          }
+          const float* qh = qkv.ptr<const float>() + t * qkv.shape[1] + h * D;
+          scores.resize(offs.size());
+          float m = -INFINITY;
+          for (size_t j = 0; j < offs.size(); ++j) {
+            scores[j] = dot(qh, kv.k.ptr<const float>() + offs[j], D) * scale;
+            m = std::max(m, scores[j]);
+          }
+          float denom = 0.0f;
+          for (float& sc : scores) denom += (sc = std::exp(sc - m));
+          std::fill(oh, oh + D, 0.0f);
+          for (size_t j = 0; j < offs.size(); ++j) {
+            const float w = scores[j] / denom;
+            const float* vp = kv.v.ptr<const float>() + offs[j];
+            for (int64_t d = 0; d < D; ++d) oh[d] += w * vp[d];
+          }
+        }
+      }
+    }
+  });
+}
+
+void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape& s, const Tensor& out) {
+  const int64_t T = check_paged("kv_gather", positions, kv, s);
+  check_f32_2d(out, "kv_gather output");
+  const int64_t kv_dim = int64_t(s.n_kv_heads) * s.head_dim;
+  TD_CHECK(out.shape[0] == T && out.shape[1] == 2 * kv_dim, "kv_gather: output {} for {} tokens of 2x{}",
+           out.describe(), T, kv_dim);
+  const KvStrides st = kv_strides(kv.k, kv.layout);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = positions.ptr<const int32_t>()[t];
+    float* o = out.ptr<float>() + t * 2 * kv_dim;
+    for (int64_t h = 0; h < s.n_kv_heads; ++h) {
+      const int64_t off = slot_offset(kv, st, t, pos, h);
+      float* ok = o + h * s.head_dim;
+      float* ov = o + kv_dim + h * s.head_dim;
+      if (off < 0) {
+        std::fill(ok, ok + s.head_dim, std::numeric_limits<float>::quiet_NaN());
+        std::fill(ov, ov + s.head_dim, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
+      std::memcpy(ok, kv.k.ptr<const float>() + off, size_t(s.head_dim) * sizeof(float));
+      std::memcpy(ov, kv.v.ptr<const float>() + off, size_t(s.head_dim) * sizeof(float));
     }
   }
 }

@@ -1,34 +1,41 @@
-// Reference ops: fp32, contiguous row-major tensors, obviously-correct loops, multithreaded where it pays.
-// Every fast variant of a stage is tested against these.
+// Reference ops: the CPU twins of the CUDA launchers (src/cuda/*.cuh), with the same names and the same Tensor
+// arguments (less the stream). fp32 only, contiguous row-major tensors, obviously-correct loops, multithreaded
+// where it pays. Every fast variant of a stage is tested against these; the conformance suite calls them.
 #pragma once
 #include <cstdint>
-#include <span>
 
 #include "core/tensor.h"
+#include "exec/kv_cache.h"
 
 namespace tandem::cpu {
 
-// out[t, :] = table[tokens[t], :]
-void embed(const Tensor& table, std::span<const int32_t> tokens, const Tensor& out);
-// out = x * rsqrt(mean(x^2) + eps) * w, per row (HF LlamaRMSNorm; sum of squares in double).
-void rmsnorm(const Tensor& x, const Tensor& w, double eps, const Tensor& out);
-// out[T, N] = x[T, K] · w[N, K]^T (+ bias[N]); bias may be an undefined Tensor.
-void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out);
-// HF rotate-half rotary embedding, in place, on the q heads then the k heads of each qkv row
-// (row layout q | k | v; v untouched). angle = position * inv_freq[i], i < head_dim / 2.
-void rope(const Tensor& qkv, std::span<const int32_t> positions, std::span<const float> inv_freq, int64_t n_heads,
-          int64_t n_kv_heads, int64_t head_dim);
+// out[t, :] = table[tokens[t], :]. tokens: i32 [T].
+void embed(const Tensor& table, const Tensor& tokens, const Tensor& out);
+// out = x * rsqrt(mean(x^2) + eps) * w, per row (HF LlamaRMSNorm; sum of squares in double). out may alias x.
+void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out);
+// out[T, N] = x[T, K] . w[N, K]^T (cuda::Gemm::linear).
+void linear(const Tensor& x, const Tensor& w, const Tensor& out);
+// x[t, n] += bias[n].
+void add_bias(const Tensor& x, const Tensor& bias);
+// HF rotate-half rotary embedding, in place, on the q heads then the k heads of each qkv row (layout q | k | v;
+// v untouched). angle = position * inv_freq[i], i < head_dim / 2. positions: i32 [T]; inv_freq: f32 [head_dim/2].
+void rope(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq, int n_heads, int n_kv_heads,
+          int head_dim);
 // out[T, I] = silu(gate) * up where gate_up[T, 2I] = gate | up.
 void silu_mul(const Tensor& gate_up, const Tensor& out);
-// out = a + b (same shape; out may alias a).
+// out = a + b (same shape; out may alias a or b).
 void add(const Tensor& a, const Tensor& b, const Tensor& out);
+// out[r, :] = src[rows[r], :]; an index outside [0, T) gives a NaN row. rows: i32 [R].
+void gather_rows(const Tensor& src, const Tensor& rows, const Tensor& out);
 
-// Causal GQA attention for one query row against one sequence's contiguous K/V cache.
-// q: n_heads * head_dim floats. k, v: rows of kv_dim = n_kv_heads * head_dim floats, row r = position r.
-// The query sees key positions [lo, hi). Scores and softmax in fp32 (max-subtracted), scale 1/sqrt(head_dim).
-// scratch: at least hi - lo floats. out: n_heads * head_dim floats.
-void attention_row(const float* q, const float* k, const float* v, int64_t lo, int64_t hi, int64_t n_heads,
-                   int64_t n_kv_heads, int64_t head_dim, float* scratch, float* out);
+// dst = src converted between f32/f16/bf16 (same element count).
+void convert(const Tensor& src, const Tensor& dst);
+
+// Paged KV cache ops (contracts in cuda/attention.cuh); the cache pools are f32 here.
+void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape);
+void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
+               const Tensor& out);
+void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape& shape, const Tensor& out);
 
 float dot(const float* a, const float* b, int64_t n);
 

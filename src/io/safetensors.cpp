@@ -10,13 +10,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <utility>
+
+#include "core/file.h"
 
 namespace tandem {
 namespace fs = std::filesystem;
@@ -300,12 +300,7 @@ TensorStore TensorStore::open(const fs::path& path) {
     const fs::path single = path / "model.safetensors";
     if (fs::exists(index_path)) {
       const std::string ipath = index_path.string();
-      std::ifstream in(index_path, std::ios::binary);
-      TD_CHECK(in.good(), "{}: cannot open: {}", ipath, errno_text(errno));
-      std::ostringstream ss;
-      ss << in.rdbuf();
-      TD_CHECK(!in.bad(), "{}: read failed", ipath);
-      const std::string text = ss.str();
+      const std::string text = read_file(index_path);
       const json index = parse_json_strict(text.data(), text.data() + text.size(), ipath, "index");
       TD_CHECK(index.is_object(), "{}: index must be a JSON object, got {}", ipath, index.type_name());
       TD_CHECK(index.contains("weight_map") && index.at("weight_map").is_object(),

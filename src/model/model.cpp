@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 #include "io/dequant.h"
-#include "io/hf_config.h"
+#include "model/hf_config.h"
 #include "io/safetensors.h"
 #include "model/arch.h"
 

@@ -8,9 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "cpu/reference_runner.h"
-#include "cuda/device_query.h"
-#include "cuda/standard_runner.h"
+#include "core/checks.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
 
@@ -109,23 +107,73 @@ ModelBundle open_model_bundle(const fs::path& path) {
   return b;
 }
 
-std::unique_ptr<ModelRunner> make_runner(const ModelBundle& b, const RunnerOptions& o,
-                                         void (*progress)(int64_t, int64_t)) {
-  const int gpus = cuda::device_count();
+namespace {
+bool gpu_available() {
+  const DeviceFamily* f = find_device_family(Device::CUDA);
+  return f && f->available();
+}
+
+struct Resolved {
+  const PathPreset* preset;
+  DType dtype;
+  KvLayout layout;
+};
+
+Resolved resolve(const RunnerOptions& o) {
   TD_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device {}: expected auto, cpu or cuda",
            o.device);
-  TD_CHECK(o.path == "auto" || o.path == "reference" || o.path == "standard",
-           "--path {}: expected auto, reference or standard", o.path);
-  TD_CHECK(!(o.device == "cuda" && gpus == 0), "--device cuda: no CUDA GPU found");
-  TD_CHECK(!(o.device == "cpu" && o.path == "standard"), "--path standard runs on CUDA, not with --device cpu");
-  TD_CHECK(!(o.device == "cuda" && o.path == "reference"), "--path reference runs on the CPU, not with --device cuda");
-  const bool use_gpu = o.path == "standard" || o.device == "cuda" || (o.device == "auto" && o.path == "auto" && gpus > 0);
-  if (!use_gpu) return std::make_unique<ReferenceRunner>(load_reference_model(*b.source, progress));
-  TD_CHECK(gpus > 0, "--path standard: no CUDA GPU found");
+  const std::string path = resolve_path(o);
+  const PathPreset* preset = find_path(path);
+  if (!preset) {
+    std::string known;
+    for (const PathPreset& p : path_presets()) known += ", " + p.name;
+    fail("--path {}: expected auto{}", o.path, known);
+  }
+  const std::string dev(device_name(preset->device));
+  TD_CHECK(o.device == "auto" || o.device == dev, "--path {} runs on {}, not with --device {}", path, dev == "cuda" ? "CUDA" : "the CPU", o.device);
+  TD_CHECK(preset->device != Device::CUDA || gpu_available(), "--path {}: no CUDA GPU found", path);
   const auto dtype = dtype_from_name(o.dtype);
-  TD_CHECK(dtype && (*dtype == DType::BF16 || *dtype == DType::F16 || *dtype == DType::F32),
-           "--dtype {}: expected bf16, f16 or f32", o.dtype);
-  return std::make_unique<cuda::StandardRunner>(*b.source, cuda::StandardOptions{*dtype, o.kv_tokens}, progress);
+  TD_CHECK(dtype && is_float_dtype(*dtype), "--dtype {}: expected bf16, f16 or f32", o.dtype);
+  const auto layout = kv_layout_from_name(o.kv_layout);
+  TD_CHECK(layout.has_value(), "--kv-layout {}: expected nhd or hnd", o.kv_layout);
+  TD_CHECK(o.page_size > 0 && o.page_size <= 4096, "--page-size {}: expected 1..4096 tokens", o.page_size);
+  TD_CHECK(o.kv_tokens >= 0, "--kv-tokens {}: must not be negative", o.kv_tokens);
+  return {preset, preset->device == Device::CPU ? DType::F32 : *dtype, *layout};
+}
+
+HostOptions host_options(const RunnerOptions& o, const Resolved& r) {
+  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout};
+}
+}  // namespace
+
+std::string resolve_path(const RunnerOptions& o) {
+  if (o.path != "auto") return o.path;
+  if (o.device == "cpu") return "reference";
+  if (o.device == "cuda") return "standard";
+  return gpu_available() ? "standard" : "reference";
+}
+
+Plan plan_for(const RunnerOptions& o, const ModelConfig* config) {
+  const Resolved r = resolve(o);
+  return build_plan(PlanRequest{r.preset->name, o.variants, r.layout, config, r.dtype});
+}
+
+std::unique_ptr<Executor> make_runner(const ModelBundle& b, const RunnerOptions& o, LoadProgress progress) {
+  const Resolved r = resolve(o);
+  Plan plan = build_plan(PlanRequest{r.preset->name, o.variants, r.layout, &b.config(), r.dtype});
+  const DeviceFamily* family = find_device_family(r.preset->device);
+  TD_CHECK(family, "no device family registered for {}", device_name(r.preset->device));
+  auto host = family->open(*b.source, host_options(o, r), progress);
+  return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison});
+}
+
+std::unique_ptr<Executor> make_random_runner(const ModelConfig& config, const RunnerOptions& o, uint64_t seed) {
+  const Resolved r = resolve(o);
+  Plan plan = build_plan(PlanRequest{r.preset->name, o.variants, r.layout, &config, r.dtype});
+  const DeviceFamily* family = find_device_family(r.preset->device);
+  TD_CHECK(family && family->random, "--path {}: random-weight models are made on the GPU only", r.preset->name);
+  auto host = family->random(config, host_options(o, r), seed);
+  return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison});
 }
 
 ChatTemplate chat_template_for(const ModelBundle& b, std::string_view override_name) {

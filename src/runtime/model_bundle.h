@@ -8,7 +8,7 @@
 #include <string>
 
 #include "model/model.h"
-#include "runtime/runner.h"
+#include "runtime/executor.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -27,13 +27,23 @@ ModelBundle open_model_bundle(const std::filesystem::path& path);
 
 struct RunnerOptions {
   std::string device = "auto";  // auto | cpu | cuda
-  std::string path = "auto";    // auto | reference | standard
-  std::string dtype = "bf16";   // standard path: bf16 | f16 | f32
-  int64_t kv_tokens = 0;        // standard path KV pool (0: automatic)
+  std::string path = "auto";    // auto | a path preset (reference, standard)
+  std::string dtype = "bf16";   // GPU paths: bf16 | f16 | f32 (the CPU reference is always fp32)
+  int64_t kv_tokens = 0;        // KV pool size in tokens (0: the device's default)
+  int64_t page_size = 16;       // KV page size in tokens
+  std::string kv_layout = "nhd";       // nhd | hnd
+  std::vector<std::string> variants;   // --variant STAGE=NAME overrides
+  bool kv_poison = false;              // fill fresh KV pages with NaN and check every attention output
 };
-// auto picks the standard path on a GPU when one is present, else the reference path on the CPU.
-std::unique_ptr<ModelRunner> make_runner(const ModelBundle& bundle, const RunnerOptions& options,
-                                         void (*progress)(int64_t, int64_t) = nullptr);
+// The preset `auto` resolves to: the standard path on a GPU when one is present (or --device cuda), else the
+// reference path on the CPU.
+std::string resolve_path(const RunnerOptions& options);
+// The checked plan the options ask for (no weights are read); `config` enables the per-model support checks.
+Plan plan_for(const RunnerOptions& options, const ModelConfig* config);
+std::unique_ptr<Executor> make_runner(const ModelBundle& bundle, const RunnerOptions& options,
+                                      LoadProgress progress = nullptr);
+// A real-shape model with deterministic pseudo-random weights on the device (benchmarks; GPU paths).
+std::unique_ptr<Executor> make_random_runner(const ModelConfig& config, const RunnerOptions& options, uint64_t seed);
 
 // HF folders: tokenizer.json does not say which tokens are BOS/EOS; tokenizer_config.json does ("bos_token",
 // "eos_token" as a string or {"content": ...}, "add_bos_token"), and config.json's eos_token_id adds more

@@ -7,7 +7,7 @@
 
 #include "diag/taps.h"
 #include "model/config.h"
-#include "runtime/step.h"
+#include "exec/step.h"
 
 namespace tandem {
 

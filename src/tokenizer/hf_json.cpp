@@ -4,11 +4,10 @@
 // (single: at most one special token before and after $A), Sequence}, decoder {ByteLevel, Replace(String),
 // ByteFallback, Fuse, Strip, Metaspace, Sequence}. Anything else is rejected naming the field.
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "tokenizer/internal.h"
 #include "tokenizer/tokenizer.h"
 
@@ -386,11 +385,7 @@ Tokenizer Tokenizer::from_hf_json_string(std::string_view text, std::string sour
 }
 
 Tokenizer Tokenizer::from_hf_json(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  TD_CHECK(f, "{}: cannot open tokenizer file", path.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return from_hf_json_string(ss.str(), path.string());
+  return from_hf_json_string(read_file(path), path.string());
 }
 
 }  // namespace tandem

@@ -6,11 +6,10 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
-#include "cpu/reference_runner.h"
+#include "core/file.h"
+#include "runners.h"
 #include "diag/compare.h"
 #include "io/safetensors.h"
 #include "runtime/generate.h"
@@ -72,18 +71,18 @@ TEST_F(DefaultModel, TokenizerAndChatTemplateMatchHF) {
 // Logits at every prompt position (top-16 of HF) and the full last row, within 1e-3 relative; then 64 greedy
 // tokens identical, all four prompts decoding together in one batch.
 TEST_F(DefaultModel, LogitsAndGreedyMatchHF) {
-  ReferenceRunner runner(model_);
+  auto runner = reference_runner(model_);
   const int64_t V = model_->config.vocab_size;
   const int P = 4;
   Step prefill;
   std::vector<int64_t> offsets;
   for (int p = 0; p < P; ++p) {
     const auto ids = ints("p" + std::to_string(p) + ".prompt");
-    runner.create_sequence(p, int64_t(ids.size()) + 80);
+    runner->create_sequence(p, int64_t(ids.size()) + 80);
     offsets.push_back(prefill.size());
     for (size_t i = 0; i < ids.size(); ++i) prefill.add(ids[i], p, int32_t(i), true);
   }
-  const StepOutput out = runner.forward(prefill, nullptr);
+  const StepOutput out = runner->forward(prefill, nullptr);
   double worst_rel = 0, worst_top = 0;
   std::vector<int32_t> next(static_cast<size_t>(P));
   for (int p = 0; p < P; ++p) {
@@ -119,9 +118,9 @@ TEST_F(DefaultModel, LogitsAndGreedyMatchHF) {
     Step step;
     for (int p = 0; p < P; ++p) {
       got[size_t(p)].push_back(next[size_t(p)]);
-      step.add(next[size_t(p)], p, int32_t(runner.sequence_length(p)), true);
+      step.add(next[size_t(p)], p, int32_t(runner->sequence_length(p)), true);
     }
-    const StepOutput o = runner.forward(step, nullptr);
+    const StepOutput o = runner->forward(step, nullptr);
     for (int p = 0; p < P; ++p) {
       const float* r = o.logits.f32() + p * V;
       next[size_t(p)] = int32_t(std::max_element(r, r + V) - r);
@@ -137,15 +136,12 @@ TEST_F(DefaultModel, PerplexityWithinHalfPercentOfHF) {
   // Same text through our tokenizer gives the same ids (the file is written by tools/setup.sh).
   const fs::path text = kRepo / ".deps/kjv-genesis.txt";
   if (fs::exists(text)) {
-    std::ifstream f(text, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    auto ours = bundle_->tokenizer->encode(ss.str(), false, false);
+    auto ours = bundle_->tokenizer->encode(read_file(text), false, false);
     ours.resize(std::min(ours.size(), ids.size()));
     EXPECT_EQ(ours, ids);
   }
-  ReferenceRunner runner(model_);
-  const PerplexityResult r = perplexity(runner, ids, std::stoll(meta.at("ppl_ctx")), std::stoll(meta.at("ppl_stride")));
+  auto runner = reference_runner(model_);
+  const PerplexityResult r = perplexity(*runner, ids, std::stoll(meta.at("ppl_ctx")), std::stoll(meta.at("ppl_stride")));
   EXPECT_EQ(r.scored, std::stoll(meta.at("ppl_scored")));
   EXPECT_NEAR(r.perplexity, hf, 0.005 * hf) << "tandem " << r.perplexity << " vs HF " << hf;
   std::printf("[ info ] perplexity tandem %.6f vs HF %.6f (%.4f%%)\n", r.perplexity, hf,

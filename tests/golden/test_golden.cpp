@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <memory>
 
-#include "cpu/reference_runner.h"
+#include "runners.h"
 #include "diag/compare.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -49,17 +49,17 @@ class Golden : public ::testing::TestWithParam<std::string> {
 
 // Every prompt in ONE ragged prefill step; each tap's rows for a prompt must match HF's for that prompt.
 TEST_P(Golden, PrefillTapsMatchHF) {
-  ReferenceRunner runner(model_);
+  auto runner = reference_runner(model_);
   Step step;
   std::vector<int64_t> offsets;
   for (int p = 0; p < exp_.num_prompts; ++p) {
     const auto ids = exp_.prompt(p);
-    runner.create_sequence(p, 64);
+    runner->create_sequence(p, 64);
     offsets.push_back(step.size());
     for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], p, int32_t(i), true);
   }
   TapRecorder taps;
-  runner.forward(step, &taps);
+  runner->forward(step, &taps);
 
   int compared = 0;
   double worst = 0;
@@ -92,15 +92,15 @@ TEST_P(Golden, PrefillTapsMatchHF) {
 
 // Greedy decoding of all prompts together: 16 tokens identical to HF, logits within tolerance each step.
 TEST_P(Golden, GreedyDecodeMatchesHF) {
-  ReferenceRunner runner(model_);
+  auto runner = reference_runner(model_);
   const int P = exp_.num_prompts;
   Step prefill;
   for (int p = 0; p < P; ++p) {
     const auto ids = exp_.prompt(p);
-    runner.create_sequence(p, 64);
+    runner->create_sequence(p, 64);
     for (size_t i = 0; i < ids.size(); ++i) prefill.add(ids[i], p, int32_t(i), i + 1 == ids.size());
   }
-  StepOutput out = runner.forward(prefill, nullptr);
+  StepOutput out = runner->forward(prefill, nullptr);
   const int64_t V = model_->config.vocab_size;
   auto argmax = [&](const StepOutput& o, int row) {
     const float* r = o.logits.f32() + row * V;
@@ -117,8 +117,8 @@ TEST_P(Golden, GreedyDecodeMatchesHF) {
   for (int s = 0; s < steps; ++s) {
     Step step;
     for (int p = 0; p < P; ++p)
-      step.add(want[size_t(p)][size_t(s)], p, int32_t(runner.sequence_length(p)), true);
-    out = runner.forward(step, nullptr);
+      step.add(want[size_t(p)][size_t(s)], p, int32_t(runner->sequence_length(p)), true);
+    out = runner->forward(step, nullptr);
     for (int p = 0; p < P; ++p) {
       const Tensor hf = exp_.tensor("p" + std::to_string(p) + ".decode_logits").slice_rows(s, s + 1);
       const Comparison cmp = compare(out.logits.view().slice_rows(p, p + 1), hf);
@@ -135,13 +135,13 @@ TEST_P(Golden, GreedyDecodeMatchesHF) {
 TEST_P(Golden, BatchAndChunkInvariant) {
   const auto ids = exp_.prompt(1);
   ASSERT_GE(ids.size(), 4u);
-  ReferenceRunner whole(model_), chunked(model_);
-  whole.create_sequence(0, 64);
-  chunked.create_sequence(0, 64);
-  chunked.create_sequence(7, 64);  // a bystander sequence sharing the steps
+  auto whole = reference_runner(model_), chunked = reference_runner(model_);
+  whole->create_sequence(0, 64);
+  chunked->create_sequence(0, 64);
+  chunked->create_sequence(7, 64);  // a bystander sequence sharing the steps
   Step a;
   for (size_t i = 0; i < ids.size(); ++i) a.add(ids[i], 0, int32_t(i), i + 1 == ids.size());
-  const StepOutput ref = whole.forward(a, nullptr);
+  const StepOutput ref = whole->forward(a, nullptr);
 
   const size_t cut = ids.size() / 2;
   Step first, second;
@@ -149,8 +149,8 @@ TEST_P(Golden, BatchAndChunkInvariant) {
   first.add(5, 7, 0, true);
   second.add(9, 7, 1, true);
   for (size_t i = cut; i < ids.size(); ++i) second.add(ids[i], 0, int32_t(i), i + 1 == ids.size());
-  chunked.forward(first, nullptr);
-  const StepOutput got = chunked.forward(second, nullptr);
+  chunked->forward(first, nullptr);
+  const StepOutput got = chunked->forward(second, nullptr);
   ASSERT_EQ(got.logit_rows.size(), 2u);
   const Comparison cmp = compare(got.logits.view().slice_rows(1, 2), ref.logits.view());
   EXPECT_LE(cmp.rel_l2, 1e-6) << cmp.summary();

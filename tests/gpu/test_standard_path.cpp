@@ -13,9 +13,8 @@
 #include <cstring>
 #include <filesystem>
 
-#include "cpu/reference_runner.h"
 #include "cuda/device_query.h"
-#include "cuda/standard_runner.h"
+#include "runners.h"
 #include "diag/compare.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -78,7 +77,8 @@ TEST_P(StandardFixtures, F32MatchesHF) {
   REQUIRE_GPU();
   const fs::path dir = fs::path(TANDEM_FIXTURES) / GetParam();
   auto src = open_model_source(dir);
-  cuda::StandardRunner runner(*src, {DType::F32, 4096});
+  auto runner_ptr = standard_runner(*src, DType::F32, 4096);
+  Executor& runner = *runner_ptr;
   auto exp = SafetensorsFile::open(dir / "expected.safetensors");
   const auto ids = ints(*exp, "p1.prompt");
   PrefillResult res;
@@ -113,7 +113,8 @@ TEST_P(StandardFixtures, HalfPrecisionTracksReference) {
   auto src = open_model_source(dir);
   auto exp = SafetensorsFile::open(dir / "expected.safetensors");
   const auto ids = ints(*exp, "p1.prompt");
-  ReferenceRunner ref(std::shared_ptr<const Model>(load_reference_model(*src)));
+  auto ref_ptr = reference_runner(std::shared_ptr<const Model>(load_reference_model(*src)));
+  Executor& ref = *ref_ptr;
   PrefillResult want;
   prefill(ref, ids, want, 64);
   // The qwen2 fixture's K bias makes |K| ~ 200: its attention is nearly one-hot, and rounding K to bf16 (ulp 1
@@ -123,7 +124,8 @@ TEST_P(StandardFixtures, HalfPrecisionTracksReference) {
   // plain dtype tolerance.
   const double conditioning = GetParam() == "qwen2" ? 5.0 : 1.0;
   for (DType dt : {DType::BF16, DType::F16}) {
-    cuda::StandardRunner runner(*src, {dt, 4096});
+    auto runner_ptr = standard_runner(*src, dt, 4096);
+    Executor& runner = *runner_ptr;
     PrefillResult got;
     prefill(runner, ids, got, 64);
     for (const auto& [name, t] : want.taps.taps()) {
@@ -211,8 +213,10 @@ TEST(StandardDefaultModel, Bf16AgreesWithReference) {
   const fs::path model = repo / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(model)) GTEST_SKIP() << model << " missing (tools/fetch_default_model.sh)";
   auto src = open_model_source(model);
-  ReferenceRunner ref(std::shared_ptr<const Model>(load_reference_model(*src)));
-  cuda::StandardRunner gpu(*src, {DType::BF16, 8192});
+  auto ref_ptr = reference_runner(std::shared_ptr<const Model>(load_reference_model(*src)));
+  Executor& ref = *ref_ptr;
+  auto gpu_ptr = standard_runner(*src, DType::BF16, 8192);
+  Executor& gpu = *gpu_ptr;
   auto exp = SafetensorsFile::open(fs::path(TANDEM_FIXTURES) / "default_model/default_model.safetensors");
   for (int p = 0; p < 4; ++p) {
     const auto ids = ints(*exp, "p" + std::to_string(p) + ".prompt");
@@ -241,7 +245,8 @@ TEST(StandardRealShapes, MatchHFOnTheSameGpu) {
     const std::string name = entry.path().filename().string();
     auto src = open_model_source(entry.path());
     auto exp = SafetensorsFile::open(entry.path() / "expected.safetensors");
-    cuda::StandardRunner gpu(*src, {DType::BF16, 4096});
+    auto gpu_ptr = standard_runner(*src, DType::BF16, 4096);
+    Executor& gpu = *gpu_ptr;
     const auto ids = ints(*exp, "p0.prompt");
     PrefillResult res;
     prefill(gpu, ids, res, 128);

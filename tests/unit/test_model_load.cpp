@@ -10,7 +10,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "io/hf_config.h"
+#include "core/file.h"
+#include "model/hf_config.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "cuda/device_query.h"
@@ -37,10 +38,7 @@ class ModelCopy {
   }
   ~ModelCopy() { fs::remove_all(dir_); }
   const fs::path& dir() const { return dir_; }
-  nlohmann::json config() const {
-    std::ifstream f(dir_ / "config.json");
-    return nlohmann::json::parse(f);
-  }
+  nlohmann::json config() const { return nlohmann::json::parse(read_file(dir_ / "config.json")); }
   void set_config(const nlohmann::json& j) const { std::ofstream(dir_ / "config.json") << j.dump(2); }
 
  private:
@@ -188,8 +186,7 @@ TEST(ModelLoad, TruncatedWeightsAndMissingConfig) {
 TEST(ModelLoad, ShardEscapingTheFolder) {
   ModelCopy m("llama");
   const fs::path index = m.dir() / "model.safetensors.index.json";
-  std::ifstream in(index);
-  auto j = nlohmann::json::parse(in);
+  auto j = nlohmann::json::parse(read_file(index));
   j["weight_map"]["model.norm.weight"] = "../../etc/passwd";
   std::ofstream(index) << j.dump();
   EXPECT_THAT(load_error(m.dir()), AllOf(HasSubstr("model.safetensors.index.json"), HasSubstr("../../etc/passwd")));

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
 #include "tokenizer/tokenizer.h"
@@ -155,7 +156,7 @@ TEST(TokenizerVariants, PatchedPipelinesMatchHF) {
   for (const auto& line : variants) {
     auto v = nlohmann::json::parse(line);
     std::string name = v["name"], base = v["base"];
-    auto j = nlohmann::json::parse(std::ifstream(kDir + "/" + base + "/tokenizer.json"));
+    auto j = nlohmann::json::parse(read_file(kDir + "/" + base + "/tokenizer.json"));
     for (auto& [k, val] : v["patch"].items()) {
       if (k == "model") j["model"].update(val);
       else j[k] = val;
@@ -214,7 +215,7 @@ TEST(TokenizerGguf, SmolLM2SpecFromGgufMetadataMatchesHF) {
 // earlier in training have lower ids). Merging by score is llama.cpp's algorithm, which can differ from HF's
 // merge-rank BPE where a token can be built from two different pairs; the test reports and bounds that.
 TEST(TokenizerGguf, SentencePieceScoresSpec) {
-  auto j = nlohmann::json::parse(std::ifstream(kDir + "/spm_bpe/tokenizer.json"));
+  auto j = nlohmann::json::parse(read_file(kDir + "/spm_bpe/tokenizer.json"));
   TokenizerSpec spec;
   spec.model = TokenizerModel::SentencePieceBPE;
   spec.vocab.resize(j["model"]["vocab"].size());

@@ -1,4 +1,4 @@
-#include "runtime/step.h"
+#include "exec/step.h"
 
 #include <map>
 

@@ -1,11 +1,9 @@
-#include "io/hf_config.h"
+#include "model/hf_config.h"
 
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-#include <sstream>
-
 #include "core/error.h"
+#include "core/file.h"
 
 namespace tandem {
 namespace {
@@ -140,11 +138,7 @@ HfConfig parse_hf_config(const std::string& text, const std::string& source) {
 }
 
 HfConfig read_hf_config(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  TD_CHECK(f.good(), "{}: cannot open config file", path.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_hf_config(ss.str(), path.string());
+  return parse_hf_config(read_file(path), path.string());
 }
 
 }  // namespace tandem

@@ -1,0 +1,317 @@
+#include "cuda/cuda_host.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cuda/attention.cuh"
+#include "cuda/check.h"
+#include "cuda/device_buffer.h"
+#include "cuda/device_query.h"
+#include "cuda/random_fill.cuh"
+
+namespace tandem::cuda {
+namespace {
+
+void check_device_and_dtype(DType dtype) {
+  TD_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32,
+           "--dtype {}: the CUDA paths run in bf16, f16 or f32", dtype_name(dtype));
+  TD_CHECK(device_count() > 0, "the CUDA paths need a CUDA GPU and none was found");
+}
+
+int64_t grow_to(int64_t have, int64_t need) {
+  int64_t n = std::max<int64_t>(16, have);
+  while (n < need) n *= 2;
+  return n;
+}
+
+class CudaHost final : public DeviceHost {
+ public:
+  CudaHost(const ModelConfig& config, const HostOptions& o) : config_(config), dtype_(o.dtype), options_(o) {
+    check_device_and_dtype(dtype_);
+    TD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  ~CudaHost() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    if (staging_) cudaFreeHost(staging_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  void load(const ModelSource& source, LoadProgress progress) {
+    // Weights arrive one at a time as fp32 host tensors; each is converted and uploaded, then freed. Norm weights
+    // and biases use the activation dtype too (HF keeps every parameter in the model dtype).
+    w_ = load_weights(
+        source,
+        [this](HostTensor&& t) {
+          add_weight(upload(t, dtype_, stream_));
+          return weight_storage_.back().view();
+        },
+        progress);
+    init_runtime();
+  }
+
+  void randomize(uint64_t seed) {
+    const ModelConfig& c = config_;
+    const int64_t H = c.hidden_size, I = c.intermediate_size;
+    // Uniform weights with std 0.7 / sqrt(fan_in) keep activations O(1) through the layers; norms near 1.
+    auto make = [&](std::initializer_list<int64_t> shape, float offset, float scale) {
+      DeviceTensor t = DeviceTensor::empty(dtype_, shape);
+      fill_uniform(t, seed++, offset, scale, stream_);
+      add_weight(std::move(t));
+      return weight_storage_.back().view();
+    };
+    auto linear = [&](int64_t out, int64_t in) { return make({out, in}, 0.0f, 0.7f * std::sqrt(3.0f / float(in))); };
+    w_.embed = make({c.vocab_size, H}, 0.0f, 1.0f);
+    w_.final_norm = make({H}, 1.0f, 0.1f);
+    w_.lm_head = c.tie_embeddings ? w_.embed : linear(c.vocab_size, H);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      LayerWeights lw;
+      lw.attn_norm = make({H}, 1.0f, 0.1f);
+      lw.wqkv = linear(c.qkv_dim(), H);
+      if (c.qkv_bias) lw.bqkv = make({c.qkv_dim()}, 0.0f, 0.1f);
+      lw.wo = linear(H, c.q_dim());
+      if (c.o_bias) lw.bo = make({H}, 0.0f, 0.1f);
+      lw.mlp_norm = make({H}, 1.0f, 0.1f);
+      lw.w_gate_up = linear(2 * I, H);
+      lw.w_down = linear(H, I);
+      w_.layers.push_back(lw);
+    }
+    init_runtime();
+  }
+
+  Device device() const override { return Device::CUDA; }
+  const ModelConfig& config() const override { return config_; }
+  DType dtype() const override { return dtype_; }
+  const ModelWeights& weights() const override { return w_; }
+  int64_t weight_bytes() const override { return weight_bytes_; }
+  const KvGeometry& kv_geometry() const override { return geo_; }
+  int64_t kv_pages() const override { return pages_; }
+  bool grow_kv(int64_t) override { return false; }  // the pool is sized once, from free memory
+
+  void poison_pages(std::span<const int32_t> pages) override {
+    // All 2L pools share one allocation [2L][pages][page]: one 2-D memset per run of consecutive pages sets that
+    // run in every pool. 0xFF bytes are NaN in f32, f16 and bf16.
+    const size_t page_bytes = size_t(geo_.page_elems() * dtype_block_bytes(dtype_));
+    std::vector<int32_t> sorted(pages.begin(), pages.end());
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size();) {
+      size_t j = i + 1;
+      while (j < sorted.size() && sorted[j] == sorted[j - 1] + 1) ++j;
+      char* base = static_cast<char*>(kv_.view().data) + size_t(sorted[i]) * page_bytes;
+      TD_CUDA_CHECK(cudaMemset2DAsync(base, size_t(pages_) * page_bytes, 0xFF, (j - i) * page_bytes,
+                                      size_t(2 * geo_.n_layers), stream_));
+      i = j;
+    }
+  }
+
+  void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows) override {
+    const ModelConfig& c = config_;
+    const int64_t T = step.size(), R = int64_t(logit_rows.size());
+    // The previous step ended synchronized unless it threw midway; the staging buffer below must be idle.
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    ensure_rows(T);
+    ensure_logit_rows(R);
+    slots_.x = rows(x_, T);
+    slots_.h = rows(h_, T);
+    slots_.qkv = rows(qkv_, T);
+    slots_.attn = rows(attn_, T);
+    slots_.gate_up = rows(gate_up_, T);
+    slots_.act = rows(act_, T);
+    slots_.final_rows = rows(final_rows_, R);
+    slots_.logits = rows(logits_, R);
+    ctx_.scratch_i32 = rows(scratch_, T);
+
+    // All of the step's metadata in one pinned buffer and one copy:
+    // tokens | positions | token_batch | logit_rows | page_indptr | last_page_len | page_indices.
+    const int64_t B = int64_t(tables.seq_ids.size()), N = int64_t(tables.page_indices.size());
+    const int64_t total = 3 * T + R + (B + 1) + B + N;
+    if (total > staging_ints_) {
+      if (staging_) TD_CUDA_CHECK(cudaFreeHost(staging_));
+      staging_ints_ = grow_to(staging_ints_, total);
+      TD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&staging_), size_t(staging_ints_) * sizeof(int32_t)));
+      meta_ = DeviceTensor::empty(DType::I32, {staging_ints_});
+    }
+    int32_t* dev = meta_.view().ptr<int32_t>();
+    int64_t at = 0;
+    auto put = [&](std::span<const int32_t> v) {
+      std::memcpy(staging_ + at, v.data(), v.size() * sizeof(int32_t));
+      const Tensor t = Tensor::contiguous(dev + at, DType::I32, {int64_t(v.size())}, Device::CUDA);
+      at += int64_t(v.size());
+      return t;
+    };
+    view_.tokens = T;
+    view_.token_ids = put(step.tokens);
+    view_.positions = put(step.positions);
+    kv_tables_ = PagedKv{};
+    kv_tables_.layout = geo_.layout;
+    kv_tables_.page_size = geo_.page_size;
+    kv_tables_.token_batch = put(tables.token_batch);
+    view_.logit_rows = put(logit_rows);
+    kv_tables_.page_indptr = put(tables.page_indptr);
+    kv_tables_.last_page_len = put(tables.last_page_len);
+    kv_tables_.page_indices = put(tables.page_indices);
+    TD_CUDA_CHECK(cudaMemcpyAsync(dev, staging_, size_t(at) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    host_positions_ = step.positions;
+    view_.host_positions = host_positions_;
+    const int64_t logits_shape[] = {R, c.vocab_size};
+    out_logits_ = pinned_->take(DType::F32, logits_shape);
+  }
+
+  const ActivationSlots& slots() const override { return slots_; }
+  const StepView& step_view() const override { return view_; }
+
+  PagedKv kv_layer(int layer) const override {
+    PagedKv kv = kv_tables_;
+    const int64_t pool_elems = pages_ * geo_.page_elems(), e = dtype_block_bytes(dtype_);
+    char* base = static_cast<char*>(kv_.view().data);
+    kv.k = kv_pool_view(base + 2 * layer * pool_elems * e, dtype_, Device::CUDA, geo_, pages_);
+    kv.v = kv_pool_view(base + (2 * layer + 1) * pool_elems * e, dtype_, Device::CUDA, geo_, pages_);
+    return kv;
+  }
+
+  DeviceContext& context() override { return ctx_; }
+
+  HostTensor kv_rows(int layer) override {
+    const ModelConfig& c = config_;
+    DeviceTensor out = DeviceTensor::empty(dtype_, {view_.tokens, 2 * c.kv_dim()});
+    kv_gather(view_.positions, kv_layer(layer),
+              {int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.sliding_window)}, out, stream_);
+    return download_f32(out, stream_);
+  }
+
+  HostTensor to_host(const Tensor& t) override { return download_f32(t, stream_); }
+
+  HostTensor finish_step() override {
+    if (slots_.logits.shape[0] > 0) copy_to_host(slots_.logits, out_logits_, stream_);
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return std::move(out_logits_);
+  }
+
+  void timing_reset() override { marks_ = 0; }
+  void timing_mark() override {
+    if (marks_ + 1 > events_.size()) {
+      cudaEvent_t e;
+      TD_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    TD_CUDA_CHECK(cudaEventRecord(events_[marks_++], stream_));
+  }
+  std::vector<double> timing_intervals_ms() override {
+    std::vector<double> ms;
+    for (size_t i = 1; i < marks_; ++i) {
+      float v = 0;
+      TD_CUDA_CHECK(cudaEventElapsedTime(&v, events_[i - 1], events_[i]));
+      ms.push_back(v);
+    }
+    return ms;
+  }
+
+ private:
+  void add_weight(DeviceTensor t) {
+    weight_bytes_ += t.nbytes();
+    weight_storage_.push_back(std::move(t));
+  }
+
+  void init_runtime() {
+    ctx_.stream = stream_;
+    ctx_.gemm = &gemm_;
+    const std::vector<float> inv = rope_inv_freq(config_);
+    HostTensor inv_host = HostTensor::empty(DType::F32, {int64_t(inv.size())});
+    std::memcpy(inv_host.f32(), inv.data(), inv.size() * sizeof(float));
+    inv_freq_ = upload(inv_host, DType::F32, stream_);
+    ctx_.rope_inv_freq = inv_freq_.view();
+
+    TD_CHECK(options_.page_size > 0, "--page-size {}: must be positive", options_.page_size);
+    geo_ = KvGeometry{config_.n_layers, config_.n_kv_heads, config_.head_dim, options_.page_size, options_.kv_layout};
+    int64_t tokens = options_.kv_tokens;
+    const int64_t bytes_per_token = 2 * config_.n_layers * config_.kv_dim() * dtype_block_bytes(dtype_);
+    if (tokens <= 0) {
+      size_t free_bytes = 0, total_bytes = 0;
+      TD_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+      tokens = std::min<int64_t>(std::max<int64_t>(4 * config_.max_positions, 32768),
+                                 int64_t(0.4 * double(free_bytes)) / bytes_per_token);
+    }
+    pages_ = tokens / geo_.page_size;
+    TD_CHECK(pages_ > 0, "no device memory left for a KV cache ({} bytes per token, page size {})", bytes_per_token,
+             geo_.page_size);
+    kv_ = DeviceTensor::empty(dtype_, {2 * config_.n_layers * pages_ * geo_.page_elems()});
+    // Zeroed so that benchmark contexts (assume_cached) read finite values.
+    TD_CUDA_CHECK(cudaMemsetAsync(kv_.view().data, 0, size_t(kv_.nbytes()), stream_));
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void ensure_rows(int64_t T) {
+    if (T <= rows_) return;
+    const int64_t n = grow_to(rows_, T);
+    const ModelConfig& c = config_;
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the old buffers may still be in use
+    x_ = DeviceTensor::empty(dtype_, {n, c.hidden_size});
+    h_ = DeviceTensor::empty(dtype_, {n, c.hidden_size});
+    qkv_ = DeviceTensor::empty(dtype_, {n, c.qkv_dim()});
+    attn_ = DeviceTensor::empty(dtype_, {n, c.q_dim()});
+    gate_up_ = DeviceTensor::empty(dtype_, {n, 2 * c.intermediate_size});
+    act_ = DeviceTensor::empty(dtype_, {n, c.intermediate_size});
+    scratch_ = DeviceTensor::empty(DType::I32, {n});
+    rows_ = n;
+  }
+
+  void ensure_logit_rows(int64_t R) {
+    if (R <= logit_rows_) return;
+    const int64_t n = grow_to(logit_rows_, R);
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    final_rows_ = DeviceTensor::empty(dtype_, {n, config_.hidden_size});
+    logits_ = DeviceTensor::empty(DType::F32, {n, config_.vocab_size});
+    logit_rows_ = n;
+  }
+
+  static Tensor rows(const DeviceTensor& t, int64_t n) { return t.view().slice_rows(0, n); }
+
+  ModelConfig config_;
+  DType dtype_;
+  HostOptions options_;
+  cudaStream_t stream_ = nullptr;
+  Gemm gemm_;
+  CudaContext ctx_;
+  std::vector<DeviceTensor> weight_storage_;
+  ModelWeights w_;  // device views into weight_storage_
+  int64_t weight_bytes_ = 0;
+  DeviceTensor inv_freq_;
+  KvGeometry geo_;
+  int64_t pages_ = 0;
+  DeviceTensor kv_;  // [2 L][pages][page elems]: K of layer l is pool 2l, V is 2l + 1
+  int64_t rows_ = 0, logit_rows_ = 0;
+  DeviceTensor x_, h_, qkv_, attn_, gate_up_, act_, scratch_, final_rows_, logits_;
+  int32_t* staging_ = nullptr;  // pinned
+  int64_t staging_ints_ = 0;
+  DeviceTensor meta_;
+  ActivationSlots slots_;
+  StepView view_;
+  PagedKv kv_tables_;
+  std::vector<int32_t> host_positions_;
+  std::shared_ptr<PinnedPool> pinned_ = std::make_shared<PinnedPool>();
+  HostTensor out_logits_;
+  std::vector<cudaEvent_t> events_;  // pool of boundary events, reused every timed step
+  size_t marks_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceHost> make_cuda_host(const ModelSource& source, const HostOptions& options,
+                                           LoadProgress progress) {
+  auto h = std::make_unique<CudaHost>(source.config(), options);
+  h->load(source, progress);
+  return h;
+}
+
+std::unique_ptr<DeviceHost> make_random_cuda_host(const ModelConfig& config, const HostOptions& options,
+                                                  uint64_t seed) {
+  auto h = std::make_unique<CudaHost>(config, options);
+  h->randomize(seed);
+  return h;
+}
+
+TD_REGISTER_DEVICE_FAMILY(DeviceFamily{Device::CUDA, [] { return device_count() > 0; },
+                                       [] { return device_count() > 0 ? device_name(0) : std::string("no GPU"); },
+                                       make_cuda_host, make_random_cuda_host});
+
+}  // namespace tandem::cuda

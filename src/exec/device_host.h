@@ -1,0 +1,79 @@
+// DeviceHost: what one device family keeps for a model so that the executor can run any plan of its variants:
+// the weights, the paged KV storage, the activation slots, the step's metadata on the device, transfers and
+// timing. It holds no sequence state and runs no stage itself: the executor (runtime/executor.h) does the
+// bookkeeping once for every device, and the variants do the math.
+//
+// Device families register a DeviceFamily (cpu/cpu_host.cpp, cuda/cuda_host.cpp), so the runtime opens a host by
+// device without including either.
+#pragma once
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "exec/kv_cache.h"
+#include "exec/variant.h"
+#include "model/model.h"
+#include "exec/step.h"
+
+namespace tandem {
+
+struct HostOptions {
+  DType dtype = DType::F32;     // weights and activations (the CPU reference always runs fp32)
+  int64_t kv_tokens = 0;        // KV pool size in tokens; 0: the device's default
+  int64_t page_size = 16;
+  KvLayout kv_layout = KvLayout::NHD;
+};
+
+class DeviceHost {
+ public:
+  virtual ~DeviceHost() = default;
+  virtual Device device() const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual DType dtype() const = 0;
+  virtual const ModelWeights& weights() const = 0;
+  virtual int64_t weight_bytes() const = 0;
+  virtual const KvGeometry& kv_geometry() const = 0;
+  virtual int64_t kv_pages() const = 0;
+  // Enlarges the KV pools to at least `pages` pages, keeping their contents; false when the device cannot.
+  virtual bool grow_kv(int64_t pages) = 0;
+  // Fills the given pages of every layer's K and V with NaN (--kv-poison).
+  virtual void poison_pages(std::span<const int32_t> pages) = 0;
+
+  // Sizes the slots for the step and copies its metadata to the device.
+  virtual void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows) = 0;
+  virtual const ActivationSlots& slots() const = 0;
+  virtual const StepView& step_view() const = 0;
+  virtual PagedKv kv_layer(int layer) const = 0;
+  virtual DeviceContext& context() = 0;
+  // The step's K|V rows of one layer read back through the page tables: [T, 2 kv_dim] fp32 on the host.
+  virtual HostTensor kv_rows(int layer) = 0;
+  // A slot's tensor as fp32 on the host (taps); waits for the work before it.
+  virtual HostTensor to_host(const Tensor& t) = 0;
+  // Waits for the step and returns its logits [R, V] fp32 on the host.
+  virtual HostTensor finish_step() = 0;
+
+  // Timing of the variants of a step: mark() at each boundary; intervals() after finish_step().
+  virtual void timing_reset() = 0;
+  virtual void timing_mark() = 0;
+  virtual std::vector<double> timing_intervals_ms() = 0;
+};
+
+using LoadProgress = void (*)(int64_t done, int64_t total);
+
+struct DeviceFamily {
+  Device device = Device::CPU;
+  std::function<bool()> available;
+  std::function<std::string()> describe;  // "cpu, 2 threads" / "NVIDIA H200"
+  std::function<std::unique_ptr<DeviceHost>(const ModelSource&, const HostOptions&, LoadProgress)> open;
+  // Real-shape model with deterministic pseudo-random weights (benchmarks; no file read). May be empty.
+  std::function<std::unique_ptr<DeviceHost>(const ModelConfig&, const HostOptions&, uint64_t seed)> random;
+};
+void register_device_family(DeviceFamily f);
+const DeviceFamily* find_device_family(Device d);
+
+#define TD_REGISTER_DEVICE_FAMILY(...) \
+  static const bool TD_CONCAT(td_family_registered_, __LINE__) = (::tandem::register_device_family(__VA_ARGS__), true)
+
+}  // namespace tandem

@@ -1,0 +1,157 @@
+#include "runtime/executor.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace tandem {
+
+Executor::Executor(std::unique_ptr<DeviceHost> host, Plan plan, ExecutorOptions options)
+    : host_(std::move(host)), plan_(std::move(plan)), options_(options) {
+  TD_CHECK(host_->device() == plan_.device, "path {} runs on {}, but the model was loaded on {}", plan_.path,
+           device_name(plan_.device), device_name(host_->device()));
+  TD_CHECK(host_->kv_geometry().layout == plan_.kv_layout, "the {} plan expects a {} KV cache, the host has {}",
+           plan_.path, kv_layout_name(plan_.kv_layout), kv_layout_name(host_->kv_geometry().layout));
+  pages_ = PageTable(host_->kv_geometry().page_size, host_->kv_pages());
+}
+
+void Executor::create_sequence(int32_t seq, int64_t capacity) {
+  const ModelConfig& c = config();
+  TD_CHECK(!seqs_.count(seq), "sequence {} already exists", seq);
+  TD_CHECK(capacity > 0 && capacity <= c.max_positions,
+           "sequence {}: capacity {} tokens is outside the model's context (1..{})", seq, capacity, c.max_positions);
+  pages_.add_sequence(seq);
+  seqs_[seq] = Seq{0, capacity};
+}
+
+void Executor::release_sequence(int32_t seq) {
+  pages_.release(seq);
+  seqs_.erase(seq);
+}
+
+int64_t Executor::sequence_length(int32_t seq) const {
+  auto it = seqs_.find(seq);
+  TD_CHECK(it != seqs_.end(), "unknown sequence {}", seq);
+  return it->second.length;
+}
+
+void Executor::assume_cached(int32_t seq, int64_t length) {
+  auto it = seqs_.find(seq);
+  TD_CHECK(it != seqs_.end(), "unknown sequence {}", seq);
+  TD_CHECK(length >= 0 && length <= it->second.capacity, "sequence {}: cannot assume {} cached tokens (capacity {})",
+           seq, length, it->second.capacity);
+  reserve_pages({{seq, length}});
+  it->second.length = length;
+}
+
+std::vector<int32_t> Executor::reserve_pages(const std::map<int32_t, int64_t>& length_after) {
+  int64_t need = 0;
+  for (const auto& [seq, len] : length_after) need += pages_.pages_needed(seq, len);
+  if (need > pages_.free_pages() && host_->grow_kv(pages_.num_pages() + need - pages_.free_pages()))
+    pages_.grow(host_->kv_pages());
+  if (need > pages_.free_pages()) {
+    int32_t worst = length_after.begin()->first;
+    for (const auto& [seq, len] : length_after)
+      if (pages_.pages_needed(seq, len) > pages_.pages_needed(worst, length_after.at(worst))) worst = seq;
+    fail("KV cache out of pages: this step needs {} more pages of {} tokens, {} of {} are free; sequence {} alone "
+         "needs {} for {} tokens (raise --kv-tokens or run fewer sequences at once)",
+         need, pages_.page_size(), pages_.free_pages(), pages_.num_pages(), worst,
+         pages_.pages_needed(worst, length_after.at(worst)), length_after.at(worst));
+  }
+  std::vector<int32_t> fresh;
+  for (const auto& [seq, len] : length_after) {
+    const auto got = pages_.reserve(seq, len);
+    fresh.insert(fresh.end(), got.begin(), got.end());
+  }
+  if (options_.kv_poison && !fresh.empty()) host_->poison_pages(fresh);
+  return fresh;
+}
+
+void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps) {
+  const ModelWeights& w = host_->weights();
+  const VariantArgs args{host_->config(),
+                         layer,
+                         w,
+                         layer >= 0 ? &w.layers[size_t(layer)] : nullptr,
+                         host_->slots(),
+                         host_->step_view(),
+                         kv,
+                         host_->context()};
+  v.run(args);
+  if (timing_) {
+    host_->timing_mark();
+    timed_.push_back(&v);
+  }
+  if (options_.kv_poison && v.stages.contains(Stage::attention)) {
+    const HostTensor out = host_->to_host(host_->slots().attn);
+    int64_t nan = 0, first = -1;
+    for (int64_t i = 0; i < out.numel(); ++i)
+      if (std::isnan(out.f32()[i]) && nan++ == 0) first = i / out.view().shape[1];
+    TD_CHECK(nan == 0,
+             "{}: {} of {} values are NaN with --kv-poison (first in step row {}): attention read a KV slot that "
+             "was never written; check {} (variant {})",
+             tap_name(Stage::attention, layer), nan, out.numel(), first, tap_name(Stage::kv_write, layer),
+             plan_.by_stage[size_t(Stage::kv_write)]->name);
+  }
+  const Stage last = v.stages.last;
+  if (taps && last != Stage::logits && taps->wants(last, layer)) {
+    const Slot slot = stage_output_slot(last);
+    taps->publish(last, layer, slot == Slot::kv_rows ? host_->kv_rows(layer) : host_->to_host(host_->slots().get(slot)));
+  }
+}
+
+StepOutput Executor::forward(const Step& step, TapSink* taps) {
+  validate_step(step, config().vocab_size, [this](int32_t seq) -> std::optional<SequenceExtent> {
+    auto it = seqs_.find(seq);
+    if (it == seqs_.end()) return std::nullopt;
+    return SequenceExtent{it->second.length, it->second.capacity};
+  });
+  // Positions continue each cache (validated), so a sequence's length after the step is its last position + 1.
+  std::map<int32_t, int64_t> length_after;
+  for (int64_t t = 0; t < step.size(); ++t) length_after[step.seq_ids[size_t(t)]] = step.positions[size_t(t)] + 1;
+  reserve_pages(length_after);
+  const KvStepTables tables = build_kv_tables(step.seq_ids, pages_, length_after);
+
+  StepOutput out;
+  for (int64_t t = 0; t < step.size(); ++t)
+    if (step.want_logits[size_t(t)]) out.logit_rows.push_back(int32_t(t));
+  host_->begin_step(step, tables, out.logit_rows);
+  timed_.clear();
+  if (timing_) {
+    host_->timing_reset();
+    host_->timing_mark();
+  }
+
+  auto model_level = [&](bool before_layers) {
+    for (const Variant* v : plan_.segments) {
+      const bool embed = v->stages.last == Stage::embed;
+      const bool tail = int(v->stages.first) >= int(Stage::final_norm);
+      if ((before_layers && embed) || (!before_layers && tail)) run_segment(*v, -1, nullptr, taps);
+    }
+  };
+  model_level(true);
+  for (int layer = 0; layer < int(config().n_layers); ++layer) {
+    const PagedKv kv = host_->kv_layer(layer);
+    for (const Variant* v : plan_.segments)
+      if (int(v->stages.first) >= int(kFirstLayerStage) && int(v->stages.last) <= int(kLastLayerStage))
+        run_segment(*v, layer, &kv, taps);
+  }
+  model_level(false);
+  out.logits = host_->finish_step();
+
+  for (const auto& [seq, len] : length_after) seqs_.at(seq).length = len;
+  if (timing_) {
+    const std::vector<double> ms = host_->timing_intervals_ms();
+    timings_.clear();
+    for (size_t i = 0; i < timed_.size() && i < ms.size(); ++i) {
+      auto it = std::find_if(timings_.begin(), timings_.end(), [&](const VariantTiming& t) { return t.variant == timed_[i]; });
+      if (it == timings_.end()) it = timings_.insert(timings_.end(), VariantTiming{timed_[i], 0, 0});
+      it->ms += ms[i];
+      it->calls += 1;
+    }
+  }
+  if (taps && taps->wants(Stage::logits, -1)) taps->publish(Stage::logits, -1, out.logits);
+  return out;
+}
+
+}  // namespace tandem

@@ -1,0 +1,67 @@
+// The executor: runs any plan (runtime/plan.h) over a device host (exec/device_host.h). It is the one forward
+// loop of every path: sequence bookkeeping and KV page allocation, the layer loop calling the plan's variants,
+// publishing each variant's last tap, per-variant timing, and the --kv-poison check.
+#pragma once
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "exec/device_host.h"
+#include "runtime/plan.h"
+#include "runtime/runner.h"
+
+namespace tandem {
+
+struct ExecutorOptions {
+  // Fresh KV pages are filled with NaN, and each attention output is checked: a read of a slot never written
+  // fails at once, naming the layer.
+  bool kv_poison = false;
+};
+
+// Time spent in one variant, summed over layers, for the last timed step.
+struct VariantTiming {
+  const Variant* variant = nullptr;
+  double ms = 0;
+  int calls = 0;
+};
+
+class Executor final : public ModelRunner {
+ public:
+  Executor(std::unique_ptr<DeviceHost> host, Plan plan, ExecutorOptions options = {});
+
+  std::string_view path_name() const override { return plan_.path; }
+  const ModelConfig& config() const override { return host_->config(); }
+  void create_sequence(int32_t seq, int64_t capacity) override;
+  void release_sequence(int32_t seq) override;
+  int64_t sequence_length(int32_t seq) const override;
+  StepOutput forward(const Step& step, TapSink* taps) override;
+
+  const Plan& plan() const { return plan_; }
+  DeviceHost& host() { return *host_; }
+  const PageTable& pages() const { return pages_; }
+  // Benchmarks: treat the first `length` positions of `seq` as cached without computing them (pages are
+  // reserved; their K/V are whatever the pool holds).
+  void assume_cached(int32_t seq, int64_t length);
+  void set_timing(bool on) { timing_ = on; }
+  const std::vector<VariantTiming>& timings() const { return timings_; }
+
+ private:
+  struct Seq {
+    int64_t length = 0;
+    int64_t capacity = 0;
+  };
+  // Pages for every sequence of the step, all or none; returns the fresh ones.
+  std::vector<int32_t> reserve_pages(const std::map<int32_t, int64_t>& length_after);
+  void run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps);
+
+  std::unique_ptr<DeviceHost> host_;
+  Plan plan_;
+  ExecutorOptions options_;
+  PageTable pages_;
+  std::map<int32_t, Seq> seqs_;
+  bool timing_ = false;
+  std::vector<const Variant*> timed_;  // the variant of each timing interval of this step
+  std::vector<VariantTiming> timings_;
+};
+
+}  // namespace tandem
