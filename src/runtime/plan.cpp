@@ -1,6 +1,7 @@
 #include "runtime/plan.h"
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 
 #include "core/error.h"
@@ -76,22 +77,20 @@ Plan build_plan(const PlanRequest& r) {
     }
   }
 
-  std::vector<Stage> overridden_stages;
+  std::map<Stage, std::string> set_by;  // stage -> the --variant argument that chose it
   for (const std::string& arg : r.overrides) {
     const size_t eq = arg.find('=');
     TD_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < arg.size(), "--variant {}: expected STAGE=NAME", arg);
     const std::string stage_text = arg.substr(0, eq), name = arg.substr(eq + 1);
     const auto stage = stage_from_name(stage_text);
     TD_CHECK(stage.has_value(), "--variant {}: no stage '{}'; stages: {}", arg, stage_text, stage_list());
-    TD_CHECK(std::find(overridden_stages.begin(), overridden_stages.end(), *stage) == overridden_stages.end(),
-             "--variant {}: stage {} is overridden twice", arg, stage_text);
     const Variant* v = resolve(plan.device, *stage, name, arg, plan.path);
     for (int s = int(v->stages.first); s <= int(v->stages.last); ++s) {
-      TD_CHECK(std::find(overridden_stages.begin(), overridden_stages.end(), Stage(s)) == overridden_stages.end(),
-               "--variant {}: {} covers {}, which another --variant already set", arg, v->name,
-               stage_name(Stage(s)));
+      auto prev = set_by.find(Stage(s));
+      TD_CHECK(prev == set_by.end(), "--variant {}: stage {} is already set by --variant {}", arg,
+               stage_name(Stage(s)), prev == set_by.end() ? "" : prev->second);
       plan.by_stage[size_t(s)] = v;
-      overridden_stages.push_back(Stage(s));
+      set_by[Stage(s)] = arg;
     }
     plan.overridden.push_back(v->name);
   }

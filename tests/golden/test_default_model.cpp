@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "core/file.h"
 #include "runners.h"
 #include "diag/compare.h"
@@ -146,15 +147,6 @@ TEST_F(DefaultModel, PerplexityWithinHalfPercentOfHF) {
   EXPECT_NEAR(r.perplexity, hf, 0.005 * hf) << "tandem " << r.perplexity << " vs HF " << hf;
   std::printf("[ info ] perplexity tandem %.6f vs HF %.6f (%.4f%%)\n", r.perplexity, hf,
               100.0 * (r.perplexity - hf) / hf);
-}
-
-// Runs a shell command; returns (exit status as pclose reports it, stdout and stderr together).
-std::pair<int, std::string> run_shell(const std::string& cmd) {
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  return {pclose(p), out};
 }
 
 // `tandem run` on the default model answers the question (the README's `make run`), printing load time and

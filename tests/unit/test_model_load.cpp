@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "core/file.h"
 #include "model/hf_config.h"
 #include "io/safetensors.h"
@@ -53,20 +54,6 @@ std::string load_error(const fs::path& p) {
     return e.what();
   }
   return "<no error>";
-}
-
-struct RunResult {
-  int exit_code;
-  std::string output;
-};
-RunResult run_tandem(const std::string& args) {
-  const std::string cmd = std::string(TANDEM_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
 
 TEST(ModelLoad, FixturesLoadWithTheirQuirks) {

@@ -1,0 +1,193 @@
+// The executor and the paged KV cache on the reference path, over the HF fixtures:
+//  - one scenario (several sequences, prefill and decode mixed and interleaved in one step, sequences ending on,
+//    one before and one after page boundaries, a sequence freed and its pages reused) gives bit-identical logits
+//    for page sizes 1, 16 and 64 in NHD and HND, and its prefill logits match HF's;
+//  - a test-only broken variant swapped in by --variant changes the taps from its stage on and not before;
+//  - --kv-poison with a kv_write that skips layer 1 fails at L1.attention, and is silent on a correct plan.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "diag/compare.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "runners.h"
+
+namespace tandem {
+namespace {
+namespace fs = std::filesystem;
+
+std::vector<int32_t> ints(const SafetensorsFile& f, const std::string& name) {
+  const TensorEntry* e = f.find(name);
+  if (!e) throw Error("missing " + name + " in " + f.path());
+  std::vector<int32_t> v(e->nbytes / 4);
+  std::memcpy(v.data(), e->file->data() + e->offset, e->nbytes);
+  return v;
+}
+
+class Executors : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(TANDEM_FIXTURES) / GetParam();
+    model_ = std::shared_ptr<const Model>(load_reference_model(dir_));
+    exp_ = SafetensorsFile::open(dir_ / "expected.safetensors");
+  }
+  fs::path dir_;
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<SafetensorsFile> exp_;
+};
+
+// Synthetic prompt of n tokens for sequence `seq`.
+std::vector<int32_t> synthetic(int seq, int n, int64_t vocab) {
+  std::vector<int32_t> v;
+  for (int i = 0; i < n; ++i) v.push_back(int32_t((seq * 131 + i * 17 + 3) % vocab));
+  return v;
+}
+
+struct ScenarioResult {
+  std::vector<HostTensor> logits;  // every step's
+  int64_t p0_first_row = -1;       // where prompt p0's rows start in step 0's logits
+};
+
+// The scenario: every step's logits.
+ScenarioResult run_scenario(Executor& r, const SafetensorsFile& exp) {
+  const int64_t V = r.config().vocab_size;
+  const auto p0 = ints(exp, "p0.prompt"), p1 = ints(exp, "p1.prompt");
+  ScenarioResult out;
+  auto step_of = [&](Step s) { out.logits.push_back(r.forward(s, nullptr).logits); };
+  std::map<int32_t, std::vector<int32_t>> text;  // seq -> its tokens so far
+  auto add = [&](Step& s, int32_t seq, int32_t tok) {
+    s.add(tok, seq, int32_t(text[seq].size()), true);
+    text[seq].push_back(tok);
+  };
+  for (int32_t seq : {0, 1, 2, 3, 4}) r.create_sequence(seq, 80);
+  // Step 0: p0 whole (HF's rows), the first half of p1, and a 15-token prompt (one before a 16-token page).
+  Step s0;
+  out.p0_first_row = 0;
+  for (int32_t t : p0) add(s0, 0, t);
+  for (size_t i = 0; i < p1.size() / 2; ++i) add(s0, 1, p1[i]);
+  for (int32_t t : synthetic(2, 15, V)) add(s0, 2, t);
+  step_of(s0);
+  // Step 1: interleaved: the rest of p1 with decode tokens of 0 and 2 between its tokens, and a 63-token prompt
+  // (one before a 64-token page).
+  Step s1;
+  for (size_t i = p1.size() / 2; i < p1.size(); ++i) {
+    add(s1, 1, p1[i]);
+    if (i == p1.size() / 2) add(s1, 0, 11);
+    if (i == p1.size() / 2 + 1) add(s1, 2, 12);
+  }
+  for (int32_t t : synthetic(3, 63, V)) add(s1, 3, t);
+  step_of(s1);
+  // Steps 2-4: everyone decodes: sequence 2 passes 16 and 17 tokens, sequence 3 passes 64 and 65.
+  for (int k = 0; k < 3; ++k) {
+    Step s;
+    for (int32_t seq : {3, 2, 1, 0}) add(s, seq, int32_t((seq * 7 + k * 5 + 1) % V));
+    step_of(s);
+  }
+  // Free sequence 3 (67 tokens of pages) and prefill sequence 4 into its pages, beside decodes of 0 and 2.
+  r.release_sequence(3);
+  Step s5;
+  add(s5, 0, 21);
+  for (int32_t t : synthetic(4, 40, V)) add(s5, 4, t);
+  add(s5, 2, 22);
+  step_of(s5);
+  for (int k = 0; k < 2; ++k) {
+    Step s;
+    for (int32_t seq : {4, 2, 0, 1}) add(s, seq, int32_t((seq * 3 + k + 2) % V));
+    step_of(s);
+  }
+  return out;
+}
+
+TEST_P(Executors, PageSizesAndLayoutsAreBitIdenticalAndMatchHF) {
+  std::vector<ScenarioResult> results;
+  std::vector<std::string> names;
+  for (int64_t page : {1, 16, 64})
+    for (KvLayout layout : {KvLayout::NHD, KvLayout::HND}) {
+      // A small initial pool, so that the CPU host also grows it mid-scenario.
+      auto r = reference_runner(model_, {page, layout, {}, false, 32});
+      results.push_back(run_scenario(*r, *exp_));
+      names.push_back("page " + std::to_string(page) + " " + std::string(kv_layout_name(layout)));
+      // The freed sequence's pages went back: 4 sequences remain.
+      EXPECT_EQ(r->pages().free_pages() + int64_t(r->pages().pages(0).size() + r->pages().pages(1).size() +
+                                                  r->pages().pages(2).size() + r->pages().pages(4).size()),
+                r->pages().num_pages());
+    }
+  for (size_t c = 1; c < results.size(); ++c) {
+    ASSERT_EQ(results[c].logits.size(), results[0].logits.size());
+    for (size_t s = 0; s < results[0].logits.size(); ++s) {
+      const Tensor a = results[0].logits[s].view(), b = results[c].logits[s].view();
+      ASSERT_EQ(a.numel(), b.numel());
+      EXPECT_EQ(std::memcmp(a.data, b.data, size_t(a.nbytes())), 0)
+          << GetParam() << ": step " << s << " logits differ between " << names[0] << " and " << names[c];
+    }
+  }
+  // Prompt p0 ran whole in step 0: its logits rows are HF's.
+  const Tensor hf_logits = exp_->find("p0.logits")->view();
+  const Tensor ours = results[0].logits[0].view().slice_rows(0, hf_logits.shape[0]);
+  const Comparison cmp = compare(ours, hf_logits);
+  EXPECT_LE(cmp.rel_l2, rel_tolerance(DType::F32)) << cmp.summary();
+}
+
+TEST_P(Executors, BrokenVariantChangesTapsFromItsStageOnOnly) {
+  const auto ids = ints(*exp_, "p1.prompt");
+  auto taps_of = [&](std::vector<std::string> variants) {
+    auto r = reference_runner(model_, {16, KvLayout::NHD, std::move(variants)});
+    r->create_sequence(0, 64);
+    Step step;
+    for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], 0, int32_t(i), true);
+    auto rec = std::make_unique<TapRecorder>();
+    r->forward(step, rec.get());
+    return rec;
+  };
+  const auto good = taps_of({}), bad = taps_of({"attention=test_drop_last_key"});
+  // Taps in execution order: embed, then each layer's stages, then final_norm, logits.
+  std::vector<std::string> order{"embed"};
+  for (int l = 0; l < int(model_->config.n_layers); ++l)
+    for (int s = int(kFirstLayerStage); s <= int(kLastLayerStage); ++s) order.push_back(tap_name(Stage(s), l));
+  order.push_back("final_norm");
+  order.push_back("logits");
+  bool broken = false;
+  for (const std::string& name : order) {
+    const HostTensor *a = good->find(name), *b = bad->find(name);
+    ASSERT_TRUE(a && b) << name;
+    if (name == "L0.attention") broken = true;
+    const bool same = a->numel() == b->numel() && std::memcmp(a->f32(), b->f32(), size_t(a->numel()) * 4) == 0;
+    if (broken) EXPECT_FALSE(same) << name << " should differ once attention is broken";
+    else EXPECT_TRUE(same) << name << " comes before the broken stage and must be bit-identical";
+  }
+  EXPECT_EQ(good->taps().size(), order.size());  // every stage publishes, kv_write included
+}
+
+TEST_P(Executors, KvPoisonNamesTheLayerWhoseAppendWasSkipped) {
+  const auto ids = ints(*exp_, "p1.prompt");
+  auto run = [&](std::vector<std::string> variants, bool poison) {
+    auto r = reference_runner(model_, {16, KvLayout::HND, std::move(variants), poison});
+    r->create_sequence(0, 64);
+    Step step;
+    for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], 0, int32_t(i), i + 1 == ids.size());
+    StepOutput first = r->forward(step, nullptr);
+    Step decode;
+    decode.add(5, 0, int32_t(ids.size()), true);
+    return std::pair{std::move(first.logits), r->forward(decode, nullptr).logits};
+  };
+  const auto clean = run({}, false), poisoned = run({}, true);
+  EXPECT_EQ(std::memcmp(clean.second.f32(), poisoned.second.f32(), size_t(clean.second.numel()) * 4), 0)
+      << "poisoning fresh pages must not change a correct plan's output";
+  try {
+    run({"kv_write=test_skip_layer1"}, true);
+    ADD_FAILURE() << "a skipped append under --kv-poison must fail";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("L1.attention: "));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("NaN with --kv-poison"));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("check L1.kv_write (variant kv_write.test_skip_layer1)"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Executors, ::testing::Values("llama", "qwen2", "mistral"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace tandem

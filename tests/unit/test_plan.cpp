@@ -1,0 +1,146 @@
+// Plans: presets + --variant overrides, and every check build_plan makes. Test-only variants registered here
+// (a two-stage CPU variant, an NHD-only attention, an attention that refuses head_dim 2) stand in for the fused
+// variants to come.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "cli_run.h"
+#include "core/error.h"
+#include "cpu/ops.h"
+#include "runtime/plan.h"
+
+namespace tandem {
+namespace {
+using ::testing::HasSubstr;
+
+std::string error_of(const PlanRequest& r) {
+  try {
+    build_plan(r);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+Variant test_variant(std::string name, Stage first, Stage last, std::vector<KvLayout> layouts = {}) {
+  Variant v;
+  v.name = std::move(name);
+  v.device = Device::CPU;
+  v.stages = {first, last};
+  v.kv_layouts = std::move(layouts);
+  v.test_only = true;
+  v.run = [](const VariantArgs&) {};
+  return v;
+}
+
+TD_REGISTER_VARIANT(test_variant("qkv_rope.test_fused", Stage::qkv, Stage::rope));
+TD_REGISTER_VARIANT(test_variant("attention.test_nhd_only", Stage::attention, Stage::attention, {KvLayout::NHD}));
+TD_REGISTER_VARIANT([] {
+  Variant v = test_variant("attention.test_picky", Stage::attention, Stage::attention, {KvLayout::NHD, KvLayout::HND});
+  v.unsupported = [](const ModelConfig& c, DType) -> std::optional<std::string> {
+    if (c.head_dim == 2) return "head_dim 2 is not instantiated";
+    return std::nullopt;
+  };
+  return v;
+}());
+TD_REGISTER_PATH(PathPreset{"test_fused_cpu", Device::CPU, "reference with a fused qkv..rope", [] {
+                              std::vector<std::string> v;
+                              for (int s = 0; s < kNumStages; ++s)
+                                if (Stage(s) != Stage::qkv && Stage(s) != Stage::rope)
+                                  v.push_back(std::string(stage_name(Stage(s))) + ".reference");
+                              v.push_back("qkv_rope.test_fused");
+                              return v;
+                            }()});
+
+TEST(Plan, PresetsCoverEveryStageOnOneDevice) {
+  for (const char* path : {"reference", "standard", "test_fused_cpu"}) {
+    const Plan p = build_plan({path});
+    for (int s = 0; s < kNumStages; ++s) ASSERT_NE(p.by_stage[size_t(s)], nullptr) << path << " " << s;
+    for (const Variant* v : p.segments) EXPECT_EQ(v->device, p.device) << v->name;
+  }
+  EXPECT_EQ(build_plan({"reference"}).device, Device::CPU);
+  EXPECT_EQ(build_plan({"standard"}).device, Device::CUDA);
+  EXPECT_EQ(build_plan({"test_fused_cpu"}).segments.size(), size_t(kNumStages - 1));
+}
+
+TEST(Plan, OverrideChangesExactlyTheStageAsked) {
+  const Plan base = build_plan({"reference"});
+  for (const char* name : {"test_drop_last_key", "attention.test_drop_last_key"}) {
+    const Plan p = build_plan({"reference", {std::string("attention=") + name}});
+    for (int s = 0; s < kNumStages; ++s) {
+      if (Stage(s) == Stage::attention) EXPECT_EQ(p.by_stage[size_t(s)]->name, "attention.test_drop_last_key");
+      else EXPECT_EQ(p.by_stage[size_t(s)], base.by_stage[size_t(s)]) << stage_name(Stage(s));
+    }
+    EXPECT_EQ(p.overridden, std::vector<std::string>{"attention.test_drop_last_key"});
+  }
+  // A multi-stage variant swapped in whole, and a preset's multi-stage variant replaced whole.
+  const Plan fused = build_plan({"reference", {"qkv=qkv_rope.test_fused"}});
+  EXPECT_EQ(fused.by_stage[size_t(Stage::rope)]->name, "qkv_rope.test_fused");
+  EXPECT_EQ(fused.segments.size(), size_t(kNumStages - 1));
+  const Plan unfused = build_plan({"test_fused_cpu", {"qkv=reference", "rope=reference"}});
+  EXPECT_EQ(unfused.by_stage[size_t(Stage::qkv)]->name, "qkv.reference");
+  EXPECT_EQ(unfused.by_stage[size_t(Stage::rope)]->name, "rope.reference");
+}
+
+TEST(Plan, EachInvalidCombinationIsNamed) {
+  EXPECT_THAT(error_of({"nonsense", {}}), HasSubstr("--path nonsense: no such path; known: "));
+  EXPECT_THAT(error_of({"reference", {"attention"}}), HasSubstr("--variant attention: expected STAGE=NAME"));
+  EXPECT_THAT(error_of({"reference", {"atention=reference"}}), HasSubstr("no stage 'atention'; stages: embed, "));
+  EXPECT_THAT(error_of({"reference", {"attention=fast"}}),
+              HasSubstr("no variant 'fast' for stage attention on cpu; there: attention.reference, "));
+  EXPECT_THAT(error_of({"reference", {"attention=qkv.reference"}}),
+              HasSubstr("qkv.reference covers qkv, not attention"));
+  // Another device's variant: a plan stays on one device.
+  EXPECT_THAT(error_of({"reference", {"attention=attention.standard"}}),
+              HasSubstr("attention.standard runs on cuda, and the reference path runs on cpu"));
+  EXPECT_THAT(error_of({"standard", {"attention=attention.reference"}}),
+              HasSubstr("attention.reference runs on cpu, and the standard path runs on cuda"));
+  EXPECT_THAT(error_of({"reference", {"attention=reference", "attention=test_drop_last_key"}}),
+              HasSubstr("--variant attention=test_drop_last_key: stage attention is already set by --variant attention=reference"));
+  // Splitting a multi-stage variant names it, its range and the stage that broke it.
+  EXPECT_THAT(error_of({"test_fused_cpu", {"rope=reference"}}),
+              HasSubstr("qkv_rope.test_fused covers qkv..rope as one kernel and cannot be split, but rope is "
+                        "rope.reference"));
+  EXPECT_THAT(error_of({"reference", {"qkv=qkv_rope.test_fused", "rope=reference"}}),
+              HasSubstr("--variant rope=reference: stage rope is already set by --variant qkv=qkv_rope.test_fused"));
+  // KV layout disagreement names the variant, its layouts and its KV neighbours.
+  EXPECT_THAT(error_of({"reference", {"attention=test_nhd_only"}, KvLayout::HND}),
+              HasSubstr("attention.test_nhd_only reads/writes the KV cache in nhd only, but the cache is hnd "
+                        "(--kv-layout); its KV neighbours: kv_write.reference"));
+  EXPECT_EQ(build_plan({"reference", {"attention=test_nhd_only"}, KvLayout::NHD}).kv_layout, KvLayout::NHD);
+  // A variant that cannot run the model says why.
+  ModelConfig c;
+  c.head_dim = 2;
+  EXPECT_THAT(error_of({"reference", {"attention=test_picky"}, KvLayout::NHD, &c, DType::F32}),
+              HasSubstr("attention.test_picky cannot run this model: head_dim 2 is not instantiated"));
+  c.head_dim = 64;
+  EXPECT_NO_THROW(build_plan({"reference", {"attention=test_picky"}, KvLayout::NHD, &c, DType::F32}));
+}
+
+TEST(Plan, RegistryRejectsMalformedVariants) {
+  EXPECT_THROW(register_variant(test_variant("attention.reference", Stage::attention, Stage::attention)), Error);
+  EXPECT_THROW(register_variant(test_variant("x.test", Stage::rope, Stage::qkv)), Error);
+  EXPECT_THROW(register_variant(test_variant("x.test2", Stage::mlp_residual, Stage::final_norm)), Error);
+  EXPECT_THROW(register_variant(test_variant("x.test3", Stage::embed, Stage::attn_norm)), Error);
+}
+
+TEST(Plan, InfoVariantsShowsTheTableAndTheOverride) {
+  RunResult r = run_tandem("info --variants --path reference");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("attention.reference"));
+  EXPECT_THAT(r.output, HasSubstr("attention.standard"));
+  EXPECT_THAT(r.output, HasSubstr("(test only)"));
+  EXPECT_THAT(r.output, HasSubstr("path reference on cpu, KV layout nhd"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("(--variant)")));
+  r = run_tandem("info --variants --path reference --variant attention=test_drop_last_key --kv-layout hnd");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("attention.test_drop_last_key  (--variant)"));
+  EXPECT_THAT(r.output, HasSubstr("KV layout hnd"));
+  EXPECT_THAT(r.output, HasSubstr("kv_write.reference\n"));
+  r = run_tandem("info --variants --path reference --variant attention=attention.standard");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("attention.standard runs on cuda"));
+}
+
+}  // namespace
+}  // namespace tandem
