@@ -24,20 +24,10 @@ from safetensors.torch import save_file
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM)
 
+from fixture_common import capture_prefill, randomize, rope_kwargs
+
 DECODE_STEPS = 16
 PROMPT_LENGTHS = [6, 19, 1]
-V5 = int(transformers.__version__.split(".")[0]) >= 5
-
-
-def rope_kwargs(theta, scaling=None):
-    """transformers 5 takes rope_parameters; 4.x takes rope_theta + rope_scaling."""
-    if V5:
-        params = {"rope_type": "default", "rope_theta": theta}
-        if scaling:
-            params.update(scaling)
-        return {"rope_parameters": params}
-    return {"rope_theta": theta, "rope_scaling": scaling}
-
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 8192}
@@ -68,22 +58,6 @@ FIXTURES = {
 }
 
 
-def randomize(model, spec, gen):
-    """HF's init leaves norms at 1 and biases at 0; real checkpoints have neither, so randomize all."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.08 * torch.randn(p.shape, generator=gen))
-        if spec.get("k_bias_absmax"):
-            for layer in model.model.layers:
-                b = torch.randn(layer.self_attn.k_proj.bias.shape, generator=gen)
-                layer.self_attn.k_proj.bias.copy_(b / b.abs().max() * spec["k_bias_absmax"])
-
-
 def write_classic_config(path):
     """Rewrite a transformers-5 config.json in the rope_theta/rope_scaling form hub checkpoints use."""
     with open(path) as f:
@@ -94,50 +68,6 @@ def write_classic_config(path):
         cfg["rope_scaling"] = params if params.get("rope_type", "default") != "default" else None
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2)
-
-
-def first_tensor(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
-
-
-def capture_prefill(model, ids):
-    """Run one prefill with hooks that record every stage tandem names."""
-    taps = {}
-
-    def out_hook(name):
-        return lambda mod, inp, out: taps.__setitem__(name, first_tensor(out)[0].detach().clone())
-
-    def in_hook(name):
-        return lambda mod, inp: taps.__setitem__(name, first_tensor(inp)[0].detach().clone())
-
-    hooks = [model.model.embed_tokens.register_forward_hook(out_hook("embed")),
-             model.model.norm.register_forward_hook(out_hook("final_norm"))]
-    for i, layer in enumerate(model.model.layers):
-        a, m = layer.self_attn, layer.mlp
-        hooks += [
-            layer.input_layernorm.register_forward_hook(out_hook(f"L{i}.attn_norm")),
-            a.q_proj.register_forward_hook(out_hook(f"L{i}.q")),
-            a.k_proj.register_forward_hook(out_hook(f"L{i}.k")),
-            a.v_proj.register_forward_hook(out_hook(f"L{i}.v")),
-            a.o_proj.register_forward_pre_hook(in_hook(f"L{i}.attention")),
-            a.o_proj.register_forward_hook(out_hook(f"L{i}.o_proj")),
-            layer.post_attention_layernorm.register_forward_pre_hook(in_hook(f"L{i}.attn_residual")),
-            layer.post_attention_layernorm.register_forward_hook(out_hook(f"L{i}.mlp_norm")),
-            m.gate_proj.register_forward_hook(out_hook(f"L{i}.gate")),
-            m.up_proj.register_forward_hook(out_hook(f"L{i}.up")),
-            m.down_proj.register_forward_pre_hook(in_hook(f"L{i}.act")),
-            m.down_proj.register_forward_hook(out_hook(f"L{i}.down")),
-            layer.register_forward_hook(out_hook(f"L{i}.mlp_residual")),
-        ]
-    out = model(torch.tensor([ids], device=model.device), use_cache=True)
-    for h in hooks:
-        h.remove()
-    taps["logits"] = out.logits[0].detach().clone()
-    # tandem's fused stage outputs: qkv = [q | k | v], gate_up = [gate | up] along the last dim.
-    for i in range(len(model.model.layers)):
-        taps[f"L{i}.qkv"] = torch.cat([taps.pop(f"L{i}.q"), taps.pop(f"L{i}.k"), taps.pop(f"L{i}.v")], dim=-1)
-        taps[f"L{i}.gate_up"] = torch.cat([taps.pop(f"L{i}.gate"), taps.pop(f"L{i}.up")], dim=-1)
-    return taps, out
 
 
 def greedy_decode(model, prefill_out):
@@ -158,7 +88,7 @@ def build(name, spec, out_root, seed):
     cfg = spec["cfg_cls"](**spec["cfg"])
     cfg._attn_implementation = "eager"
     model = spec["cls"](cfg).eval()
-    randomize(model, spec, gen)
+    randomize(model, gen, weight_std=0.08, k_bias_absmax=spec.get("k_bias_absmax"))
 
     folder = os.path.join(out_root, name)
     shutil.rmtree(folder, ignore_errors=True)

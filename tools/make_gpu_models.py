@@ -16,7 +16,6 @@ tests/gpu/test_standard_path.cpp reads them when TANDEM_GPU_MODELS points at --o
     python3 tools/make_gpu_models.py --out /tmp/gpu_models [--only llama-3.2-1b-shape]
 """
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import capture_prefill, rope_kwargs  # noqa: E402
+from fixture_common import capture_prefill, fan_in_std, randomize, rope_kwargs  # noqa: E402
 
 PROMPT_LEN = 24
 DECODE_STEPS = 32
@@ -49,29 +48,12 @@ SHAPES = {
 }
 
 
-def randomize(model, k_bias_absmax, gen):
-    """Weights scaled by fan-in so activations stay O(1) through every layer, and logits have real margins."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.7 / math.sqrt(p.shape[1])))
-        if k_bias_absmax:
-            for layer in model.model.layers:
-                b = torch.randn(layer.self_attn.k_proj.bias.shape, generator=gen)
-                layer.self_attn.k_proj.bias.copy_(b / b.abs().max() * k_bias_absmax)
-
-
 def build(name, out_root, seed):
     cls, cfg_cls, cfg, k_bias = SHAPES[name]
     gen = torch.Generator().manual_seed(seed)
     model = cls(cfg_cls(**cfg)).eval()
-    randomize(model, k_bias, gen)
+    # Weights scaled by fan-in so activations stay O(1) through every layer, and logits have real margins.
+    randomize(model, gen, weight_std=fan_in_std(0.7), embed_std=1.0, k_bias_absmax=k_bias)
     folder = os.path.join(out_root, name)
     shutil.rmtree(folder, ignore_errors=True)
     model.to(torch.bfloat16).save_pretrained(folder)

@@ -28,6 +28,7 @@ if ! command -v nvcc >/dev/null 2>&1; then
   fi
 fi
 tools/fetch_default_model.sh
+tools/fetch_flashinfer.sh
 
 # Public-domain evaluation text for `tandem perplexity` tests: Genesis 1-3 (KJV) from Debian's bible-kjv.
 if [ ! -s .deps/kjv-genesis.txt ]; then

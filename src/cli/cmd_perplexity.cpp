@@ -1,9 +1,8 @@
 // tandem perplexity -m M -f FILE [--ctx N --stride S]: exp(mean NLL) of a text (see runtime/perplexity.h).
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include "cli/common.h"
+#include "core/file.h"
 #include "runtime/perplexity.h"
 
 namespace tandem::cli {
@@ -16,13 +15,10 @@ struct PplArgs {
 };
 
 void run(const PplArgs& a) {
-  std::ifstream f(a.file, std::ios::binary);
-  TD_CHECK(f.good(), "{}: cannot open the text file", a.file);
-  std::stringstream ss;
-  ss << f.rdbuf();
+  const std::string text = read_file(a.file);
   Loaded l = load(a.model);
   TD_CHECK(l.bundle.tokenizer.has_value(), "{}: perplexity of a text needs a tokenizer", model_path(a.model).string());
-  std::vector<int32_t> ids = l.bundle.tokenizer->encode(ss.str(), a.bos, false);
+  std::vector<int32_t> ids = l.bundle.tokenizer->encode(text, a.bos, false);
   if (a.max_tokens > 0 && int64_t(ids.size()) > a.max_tokens) ids.resize(size_t(a.max_tokens));
   const int64_t stride = a.stride > 0 ? a.stride : a.ctx;
   std::fprintf(stderr, "%s: %zu tokens, ctx %lld, stride %lld\n", a.file.c_str(), ids.size(), (long long)a.ctx,

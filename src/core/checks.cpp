@@ -32,6 +32,12 @@ void check_shape(const char* op, const char* what, const Tensor& t, std::initial
   TD_CHECK(ok, "{}: {} must have shape {}], got {}", op, what, want, t.describe());
 }
 
+void check_same_shape(const char* op, const char* what, const Tensor& t, const Tensor& like) {
+  bool ok = t.ndim == like.ndim;
+  for (int i = 0; ok && i < t.ndim; ++i) ok = t.shape[size_t(i)] == like.shape[size_t(i)];
+  TD_CHECK(ok, "{}: {} must have shape {}, got {}", op, what, like.shape_str(), t.describe());
+}
+
 void check_dtype(const char* op, const char* what, const Tensor& t, DType d) {
   TD_CHECK(t.dtype == d, "{}: {} must be {}, got {}", op, what, dtype_name(d), t.describe());
 }

@@ -17,6 +17,8 @@ void check_float_tensor(const char* op, const char* what, const Tensor& t, Devic
 void check_index_tensor(const char* op, const char* what, const Tensor& t, Device device, DType dtype, int64_t n);
 // t has exactly these dims (-1: any size in that dim).
 void check_shape(const char* op, const char* what, const Tensor& t, std::initializer_list<int64_t> dims);
+// t has the shape of `like`, any rank ("add: b (a's shape) must have shape [3, 10], got f16[3, 11] ...").
+void check_same_shape(const char* op, const char* what, const Tensor& t, const Tensor& like);
 // t has dtype `d` ("... must be bf16 like x, got ...").
 void check_dtype(const char* op, const char* what, const Tensor& t, DType d);
 // Data pointers are set whenever the tensor has elements.

@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
+#include "core/checks.h"
 #include "cuda/check.h"
-#include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
+#include "cuda/dtype_dispatch.h"
 
 namespace tandem::cuda {
 namespace {
@@ -19,43 +21,102 @@ constexpr int kChunk = 64;        // keys scored per round of the online softmax
 constexpr int kCopyThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;  // work items beyond this are covered by grid-stride loops
 
-// The cache row of a token, or -1 when (base, pos) does not name a row of the pool. Overflow-safe.
-__device__ __forceinline__ int64_t cache_row(int64_t base, int64_t pos, int64_t pool_rows) {
-  if (base < 0 || base >= pool_rows || pos < 0 || pos >= pool_rows - base) return -1;
-  return base + pos;
+// The step's page tables and the pool geometry, as the kernels see them (device pointers, element strides).
+struct Pages {
+  const int32_t* indptr;   // [batch + 1]
+  const int32_t* indices;  // [n_indices]
+  const int32_t* token_batch;  // [T]
+  int64_t batch, n_indices, num_pages, page_size;
+  int64_t s_page, s_slot, s_head;  // head_dim is contiguous
+};
+
+// Where token t's entry starts in pg.indices, or -1 when the token names no slot of its entry's pages: batch index
+// outside [0, batch), position < 0, a page range that is not inside page_indices, or pos / page_size beyond the
+// entry's pages. Reads only in-bounds table elements.
+__device__ __forceinline__ int64_t entry_first_page(const Pages& pg, int64_t t, int64_t pos) {
+  const int64_t b = pg.token_batch[t];
+  if (b < 0 || b >= pg.batch || pos < 0) return -1;
+  const int64_t begin = pg.indptr[b], end = pg.indptr[b + 1];
+  if (begin < 0 || begin > end || end > pg.n_indices) return -1;
+  if (pos / pg.page_size >= end - begin) return -1;
+  return begin;
 }
 
-// One block per token (grid-stride): copies the token's k and v heads into its cache row.
+// Element offset of position pos (head 0, dim 0) in a pool, or -1 when the page id is outside the pool. `first`
+// from entry_first_page, pos within the entry's pages.
+__device__ __forceinline__ int64_t slot_offset(const Pages& pg, int64_t first, int64_t pos) {
+  const int64_t page = pg.indices[first + pos / pg.page_size];
+  if (page < 0 || page >= pg.num_pages) return -1;
+  return page * pg.s_page + (pos % pg.page_size) * pg.s_slot;
+}
+
 template <typename T>
-__global__ void kv_write_kernel(const T* __restrict__ qkv, const int64_t* __restrict__ kv_base,
-                                const int32_t* __restrict__ positions, T* __restrict__ k_cache,
-                                T* __restrict__ v_cache, int64_t n_tokens, int64_t qkv_dim, int64_t q_dim,
-                                int64_t kv_dim, int64_t pool_rows) {
+__device__ __forceinline__ T quiet_nan() {
+  return from_f32<T>(__int_as_float(0x7fc00000));
+}
+
+// One block per token (grid-stride): copies the token's k and v heads into its slot. A token that names no slot
+// is skipped (attention and kv_gather write NaN for it).
+template <typename T>
+__global__ void kv_write_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ positions, Pages pg,
+                                T* __restrict__ k_pool, T* __restrict__ v_pool, int64_t n_tokens, int64_t qkv_dim,
+                                int64_t q_dim, int head_dim, int n_kv_heads) {
+  const int64_t kv_dim = int64_t(n_kv_heads) * head_dim;
   for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
-    const int64_t row = cache_row(kv_base[t], positions[t], pool_rows);
-    if (row < 0) continue;  // never written out of bounds; attention() writes NaN for such a token
+    const int64_t pos = positions[t];
+    const int64_t first = entry_first_page(pg, t, pos);
+    if (first < 0) continue;
+    const int64_t slot = slot_offset(pg, first, pos);
+    if (slot < 0) continue;
     const T* k = qkv + t * qkv_dim + q_dim;
     const T* v = k + kv_dim;
     for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-      k_cache[row * kv_dim + i] = k[i];
-      v_cache[row * kv_dim + i] = v[i];
+      const int64_t h = i / head_dim, d = i - h * head_dim;
+      const int64_t dst = slot + h * pg.s_head + d;
+      k_pool[dst] = k[i];
+      v_pool[dst] = v[i];
     }
   }
 }
 
-// One block per (token, q head), grid-stride over the T * n_heads work items; blockDim.x >= head_dim, a multiple
-// of 32. Keys [lo, pos] are visited in chunks of kChunk: the chunk's scores are computed by all warps (one warp
-// per key, lanes split head_dim), the chunk max by a block reduction, and each thread d rescales and extends its
-// running output acc[d] (online softmax). Shared memory is fixed: nothing is sized by the context length.
+// One block per token (grid-stride): out[t] = k heads | v heads of the token's slot, or a NaN row.
 template <typename T>
-__global__ void attention_kernel(const T* __restrict__ qkv, const int64_t* __restrict__ kv_base,
-                                 const int32_t* __restrict__ positions, const T* __restrict__ k_cache,
-                                 const T* __restrict__ v_cache, T* __restrict__ out, int64_t n_tokens,
-                                 int n_heads, int n_kv_heads, int head_dim, int window, int64_t pool_rows,
+__global__ void kv_gather_kernel(const int32_t* __restrict__ positions, Pages pg, const T* __restrict__ k_pool,
+                                 const T* __restrict__ v_pool, T* __restrict__ out, int64_t n_tokens, int head_dim,
+                                 int n_kv_heads) {
+  const int64_t kv_dim = int64_t(n_kv_heads) * head_dim;
+  for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+    const int64_t pos = positions[t];
+    const int64_t first = entry_first_page(pg, t, pos);
+    const int64_t slot = first < 0 ? -1 : slot_offset(pg, first, pos);
+    T* o = out + t * 2 * kv_dim;
+    if (slot < 0) {
+      for (int64_t i = threadIdx.x; i < 2 * kv_dim; i += blockDim.x) o[i] = quiet_nan<T>();
+      continue;
+    }
+    for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+      const int64_t h = i / head_dim, d = i - h * head_dim;
+      const int64_t src = slot + h * pg.s_head + d;
+      o[i] = k_pool[src];
+      o[kv_dim + i] = v_pool[src];
+    }
+  }
+}
+
+// One block per (token, q head), grid-stride over the T * n_heads work items; blockDim.x >= max(head_dim, kChunk),
+// a multiple of 32. Keys [lo, pos] are visited in chunks of kChunk: the chunk's slot offsets are looked up once
+// (token_batch -> page_indptr -> page_indices), its scores computed by all warps (one warp per key, lanes split
+// head_dim), the chunk max taken by a block reduction, and each thread d rescales and extends its running output
+// acc[d] (online softmax). Shared memory is fixed: nothing is sized by the context length.
+template <typename T>
+__global__ void attention_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ positions, Pages pg,
+                                 const T* __restrict__ k_pool, const T* __restrict__ v_pool, T* __restrict__ out,
+                                 int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim, int window,
                                  float scale) {
   __shared__ float q_s[kMaxHeadDim];
-  __shared__ float p_s[kChunk];  // scores, then softmax numerators, of the current chunk
-  __shared__ float red[32];      // per-warp maxima
+  __shared__ float p_s[kChunk];      // scores, then softmax numerators, of the current chunk
+  __shared__ int64_t off_s[kChunk];  // element offsets of the chunk's keys (kv head included) in the pools
+  __shared__ float red[32];          // per-warp maxima
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   const int d = threadIdx.x;  // the output dimension this thread owns (if < head_dim)
@@ -68,28 +129,41 @@ __global__ void attention_kernel(const T* __restrict__ qkv, const int64_t* __res
     const int64_t t = w / n_heads;
     const int h = int(w % n_heads);
     const int kvh = h / group;
-    const int64_t pos = positions[t], base = kv_base[t];
+    const int64_t pos = positions[t];
     T* o = out + t * q_dim + int64_t(h) * head_dim;
-    // The branch is uniform over the block, so the barriers below are reached by all threads or none.
-    if (cache_row(base, pos, pool_rows) < 0) {  // bad (base, position): a loud NaN row, no stray reads
-      if (d < head_dim) o[d] = from_f32<T>(__int_as_float(0x7fc00000));
+    // Every thread reads the same table entries, so the branch is uniform over the block and the barriers below
+    // are reached by all threads or none.
+    const int64_t first = entry_first_page(pg, t, pos);
+    if (first < 0) {  // a bad position or batch index: a loud NaN row, no stray reads
+      if (d < head_dim) o[d] = quiet_nan<T>();
       continue;
     }
     const int64_t lo = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
     const T* q = qkv + t * qkv_dim + int64_t(h) * head_dim;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) q_s[i] = to_f32(q[i]);
-    __syncthreads();
+    const int64_t head_off = int64_t(kvh) * pg.s_head;
 
-    const T* k_head = k_cache + base * kv_dim + int64_t(kvh) * head_dim;  // + p * kv_dim for position p
-    const T* v_head = v_cache + base * kv_dim + int64_t(kvh) * head_dim;
     float m_run = -INFINITY;  // running max of the scores seen so far
     float l_run = 0.0f;       // running sum of exp(score - m_run)
     float acc = 0.0f;         // running sum of exp(score - m_run) * v[d]
+    bool bad_page = false;
     for (int64_t c0 = lo; c0 <= pos; c0 += kChunk) {
       const int n = pos - c0 + 1 < kChunk ? int(pos - c0 + 1) : kChunk;
+      // 0. Slot offsets of the chunk's keys. A page id outside the pool makes the whole row NaN (uniform: the
+      //    barrier's OR is the same for every thread), and no key of the chunk is read.
+      int local_bad = 0;
+      for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const int64_t off = slot_offset(pg, first, c0 + j);
+        local_bad |= off < 0;
+        off_s[j] = off + head_off;
+      }
+      if (__syncthreads_or(local_bad)) {
+        bad_page = true;
+        break;
+      }
       // 1. Scores of the chunk: warp `warp` takes keys j = warp, warp + n_warps, ...
       for (int j = warp; j < n; j += n_warps) {
-        const T* k = k_head + (c0 + j) * kv_dim;
+        const T* k = k_pool + off_s[j];
         float partial = 0.0f;
         for (int i = lane; i < head_dim; i += 32) partial += q_s[i] * to_f32(k[i]);
         partial = warp_sum(partial);
@@ -114,88 +188,153 @@ __global__ void attention_kernel(const T* __restrict__ qkv, const int64_t* __res
       for (int j = 0; j < n; ++j) {
         const float p = p_s[j];
         l_run += p;
-        if (d < head_dim) acc += p * to_f32(v_head[(c0 + j) * kv_dim + d]);
+        if (d < head_dim) acc += p * to_f32(v_pool[off_s[j] + d]);
       }
       m_run = m_new;
-      __syncthreads();  // p_s and red are rewritten by the next chunk
+      __syncthreads();  // p_s, off_s and red are rewritten by the next chunk
     }
-    if (d < head_dim) o[d] = from_f32<T>(acc / l_run);
+    if (d < head_dim) o[d] = bad_page ? quiet_nan<T>() : from_f32<T>(acc / l_run);
   }
 }
 
-// Validates what kv_write and attention share; returns the token count.
-int64_t check_common(const char* op, const Tensor& qkv, const Tensor& kv_base, const Tensor& positions,
-                     const Tensor& k_cache, const Tensor& v_cache, const AttentionShape& s) {
+// ---------------------------------------------------------------------------------------------------- validation
+
+void check_shape_args(const char* op, const AttentionShape& s) {
   TD_CHECK(s.n_heads > 0 && s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.head_dim > 0 &&
                s.head_dim <= kMaxHeadDim && s.sliding_window >= 0,
            "{}: bad attention shape: {} q heads, {} kv heads (must divide), head_dim {} (1..{}), sliding window {}",
            op, s.n_heads, s.n_kv_heads, s.head_dim, kMaxHeadDim, s.sliding_window);
-  TD_CHECK(qkv.device == Device::CUDA && qkv.ndim == 2 && qkv.is_contiguous() &&
-               (qkv.dtype == DType::F32 || qkv.dtype == DType::F16 || qkv.dtype == DType::BF16),
-           "{}: qkv must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", op, qkv.describe());
-  const int64_t T = qkv.shape[0];
+}
+
+// Validates the pools and the page tables against the shape and a step of T tokens; returns the kernels' view.
+Pages check_paged(const char* op, const PagedKv& kv, const AttentionShape& s, int64_t T) {
+  TD_CHECK(kv.layout == KvLayout::NHD || kv.layout == KvLayout::HND, "{}: unknown kv layout {}", op,
+           int(kv.layout));
+  TD_CHECK(kv.page_size > 0, "{}: kv.page_size must be positive, got {} (kv.k {})", op, kv.page_size,
+           kv.k.describe());
+  check_float_tensor(op, "kv.k", kv.k, Device::CUDA, 4);
+  const int64_t ps = kv.page_size, heads = s.n_kv_heads, hd = s.head_dim;
+  if (kv.layout == KvLayout::NHD)
+    check_shape(op, "kv.k (NHD pool: [pages, page_size, n_kv_heads, head_dim])", kv.k, {-1, ps, heads, hd});
+  else
+    check_shape(op, "kv.k (HND pool: [pages, n_kv_heads, page_size, head_dim])", kv.k, {-1, heads, ps, hd});
+  check_float_tensor(op, "kv.v", kv.v, Device::CUDA, 4);
+  check_dtype(op, "kv.v", kv.v, kv.k.dtype);
+  TD_CHECK(kv.v.shape == kv.k.shape && kv.v.strides == kv.k.strides,
+           "{}: kv.v must have the shape and strides of kv.k {}, got {}", op, kv.k.describe(), kv.v.describe());
+
+  check_index_tensor(op, "kv.page_indptr", kv.page_indptr, Device::CUDA, DType::I32, -1);
+  TD_CHECK(kv.page_indptr.numel() >= 1, "{}: kv.page_indptr must hold B + 1 >= 1 entries, got {}", op,
+           kv.page_indptr.describe());
+  const int64_t B = kv.batch();
+  check_index_tensor(op, "kv.page_indices", kv.page_indices, Device::CUDA, DType::I32, -1);
+  check_index_tensor(op, "kv.last_page_len", kv.last_page_len, Device::CUDA, DType::I32, B);
+  check_index_tensor(op, "kv.token_batch", kv.token_batch, Device::CUDA, DType::I32, T);
+  check_data(op, {&kv.k, &kv.v, &kv.page_indptr, &kv.page_indices, &kv.last_page_len, &kv.token_batch});
+
+  const KvStrides st = kv_strides(kv.k, kv.layout);
+  Pages pg{};
+  pg.indptr = kv.page_indptr.ptr<const int32_t>();
+  pg.indices = kv.page_indices.ptr<const int32_t>();
+  pg.token_batch = kv.token_batch.ptr<const int32_t>();
+  pg.batch = B;
+  pg.n_indices = kv.page_indices.numel();
+  pg.num_pages = kv.k.shape[0];
+  pg.page_size = ps;
+  pg.s_page = st.page;
+  pg.s_slot = st.slot;
+  pg.s_head = st.head;
+  return pg;
+}
+
+// qkv [T, qkv_dim] of a float dtype, the cache of the same dtype, positions i32 [T]; returns T.
+int64_t check_qkv(const char* op, const Tensor& qkv, const Tensor& positions, const PagedKv& kv,
+                  const AttentionShape& s) {
+  check_float_tensor(op, "qkv", qkv, Device::CUDA, 2);
   const int64_t kv_dim = int64_t(s.n_kv_heads) * s.head_dim;
   const int64_t qkv_dim = int64_t(s.n_heads) * s.head_dim + 2 * kv_dim;
-  TD_CHECK(qkv.shape[1] == qkv_dim, "{}: qkv {} does not hold {} + 2x{} heads of {}", op, qkv.describe(),
-           s.n_heads, s.n_kv_heads, s.head_dim);
-  TD_CHECK(kv_base.device == Device::CUDA && kv_base.ndim == 1 && kv_base.is_contiguous() &&
-               kv_base.dtype == DType::I64 && kv_base.shape[0] == T,
-           "{}: kv_base must be a contiguous 1-D i64 CUDA tensor [{}], got {}", op, T, kv_base.describe());
-  TD_CHECK(positions.device == Device::CUDA && positions.ndim == 1 && positions.is_contiguous() &&
-               positions.dtype == DType::I32 && positions.shape[0] == T,
-           "{}: positions must be a contiguous 1-D i32 CUDA tensor [{}], got {}", op, T, positions.describe());
-  for (const Tensor* c : {&k_cache, &v_cache})
-    TD_CHECK(c->device == Device::CUDA && c->ndim == 2 && c->is_contiguous() && c->dtype == qkv.dtype &&
-                 c->shape[1] == kv_dim,
-             "{}: {} must be a contiguous CUDA tensor [pool_rows, {}] of dtype {}, got {}", op,
-             c == &k_cache ? "k_cache" : "v_cache", kv_dim, dtype_name(qkv.dtype), c->describe());
-  TD_CHECK(k_cache.shape[0] == v_cache.shape[0], "{}: k_cache {} and v_cache {} differ in rows", op,
-           k_cache.describe(), v_cache.describe());
-  if (T > 0)
-    TD_CHECK(qkv.data && kv_base.data && positions.data && k_cache.data && v_cache.data,
-             "{}: null data pointer (qkv {}, kv_base {}, positions {}, k_cache {}, v_cache {})", op, qkv.describe(),
-             kv_base.describe(), positions.describe(), k_cache.describe(), v_cache.describe());
+  check_shape(op, "qkv (q | k | v heads)", qkv, {-1, qkv_dim});
+  const int64_t T = qkv.shape[0];
+  check_index_tensor(op, "positions", positions, Device::CUDA, DType::I32, T);
+  check_data(op, {&qkv, &positions});
+  check_float_tensor(op, "kv.k", kv.k, Device::CUDA, 4);
+  check_dtype(op, "kv.k (the cache holds the activation dtype)", kv.k, qkv.dtype);
   return T;
+}
+
+bool overlaps(const Tensor& a, const Tensor& b) {
+  const char *a0 = static_cast<const char*>(a.data), *b0 = static_cast<const char*>(b.data);
+  return a.numel() > 0 && b.numel() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
 }
 
 }  // namespace
 
-void kv_write(const Tensor& qkv, const Tensor& kv_base, const Tensor& positions, const Tensor& k_cache,
-              const Tensor& v_cache, const AttentionShape& shape, cudaStream_t stream) {
-  const int64_t T = check_common("kv_write", qkv, kv_base, positions, k_cache, v_cache, shape);
+void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
+              cudaStream_t stream) {
+  const char* op = "kv_write";
+  check_shape_args(op, shape);
+  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
+  const Pages pg = check_paged(op, kv, shape, T);
   if (T == 0) return;
   const int64_t kv_dim = int64_t(shape.n_kv_heads) * shape.head_dim;
   const int64_t q_dim = int64_t(shape.n_heads) * shape.head_dim;
   const unsigned blocks = unsigned(std::min(T, kMaxBlocks));
-  dispatch_float(qkv.dtype, "kv_write", [&](auto tag) {
+  dispatch_float(qkv.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
-    kv_write_kernel<D><<<blocks, kCopyThreads, 0, stream>>>(
-        qkv.ptr<const D>(), kv_base.ptr<const int64_t>(), positions.ptr<const int32_t>(), k_cache.ptr<D>(),
-        v_cache.ptr<D>(), T, q_dim + 2 * kv_dim, q_dim, kv_dim, k_cache.shape[0]);
+    kv_write_kernel<D><<<blocks, kCopyThreads, 0, stream>>>(qkv.ptr<const D>(), positions.ptr<const int32_t>(), pg,
+                                                             kv.k.ptr<D>(), kv.v.ptr<D>(), T, q_dim + 2 * kv_dim,
+                                                             q_dim, shape.head_dim, shape.n_kv_heads);
     TD_CUDA_CHECK_LAUNCH();
   });
 }
 
-void attention(const Tensor& qkv, const Tensor& kv_base, const Tensor& positions, const Tensor& k_cache,
-               const Tensor& v_cache, const AttentionShape& shape, const Tensor& out, cudaStream_t stream) {
-  const int64_t T = check_common("attention", qkv, kv_base, positions, k_cache, v_cache, shape);
+void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
+               const Tensor& out, cudaStream_t stream) {
+  const char* op = "attention";
+  check_shape_args(op, shape);
+  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
+  const Pages pg = check_paged(op, kv, shape, T);
   const int64_t q_dim = int64_t(shape.n_heads) * shape.head_dim;
-  TD_CHECK(out.device == Device::CUDA && out.ndim == 2 && out.is_contiguous() && out.dtype == qkv.dtype &&
-               out.shape[0] == T && out.shape[1] == q_dim,
-           "attention: out must be a contiguous CUDA tensor [{}, {}] of dtype {}, got {}", T, q_dim,
-           dtype_name(qkv.dtype), out.describe());
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_shape(op, "out", out, {T, q_dim});
+  check_dtype(op, "out", out, qkv.dtype);
+  check_data(op, {&out});
+  TD_CHECK(!overlaps(out, qkv), "{}: out {} must not alias qkv {}", op, out.describe(), qkv.describe());
   if (T == 0) return;
-  TD_CHECK(out.data, "attention: null data pointer (out {})", out.describe());
-  // One thread per output dimension, at least two warps so that scoring a chunk is spread over warps.
-  const int threads = (std::max(shape.head_dim, 64) + 31) / 32 * 32;
+  // One thread per output dimension, at least two warps (and at least kChunk threads, so that a chunk's slot
+  // offsets are looked up in one pass) so that scoring a chunk is spread over warps.
+  const int threads = (std::max(shape.head_dim, kChunk) + 31) / 32 * 32;
   const unsigned blocks = unsigned(std::min(T * shape.n_heads, kMaxBlocks));
   const float scale = 1.0f / std::sqrt(float(shape.head_dim));  // as the CPU reference
-  dispatch_float(qkv.dtype, "attention", [&](auto tag) {
+  dispatch_float(qkv.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
-    attention_kernel<D><<<blocks, threads, 0, stream>>>(
-        qkv.ptr<const D>(), kv_base.ptr<const int64_t>(), positions.ptr<const int32_t>(), k_cache.ptr<const D>(),
-        v_cache.ptr<const D>(), out.ptr<D>(), T, shape.n_heads, shape.n_kv_heads, shape.head_dim,
-        shape.sliding_window, k_cache.shape[0], scale);
+    attention_kernel<D><<<blocks, threads, 0, stream>>>(qkv.ptr<const D>(), positions.ptr<const int32_t>(), pg,
+                                                         kv.k.ptr<const D>(), kv.v.ptr<const D>(), out.ptr<D>(), T,
+                                                         shape.n_heads, shape.n_kv_heads, shape.head_dim,
+                                                         shape.sliding_window, scale);
+    TD_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape& shape, const Tensor& out,
+               cudaStream_t stream) {
+  const char* op = "kv_gather";
+  check_shape_args(op, shape);
+  check_index_tensor(op, "positions", positions, Device::CUDA, DType::I32, -1);
+  const int64_t T = positions.numel();
+  const Pages pg = check_paged(op, kv, shape, T);
+  const int64_t kv_dim = int64_t(shape.n_kv_heads) * shape.head_dim;
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_shape(op, "out (k | v heads)", out, {T, 2 * kv_dim});
+  check_dtype(op, "out (the cache's dtype)", out, kv.k.dtype);
+  check_data(op, {&positions, &out});
+  if (T == 0) return;
+  const unsigned blocks = unsigned(std::min(T, kMaxBlocks));
+  dispatch_float(out.dtype, op, [&](auto tag) {
+    using D = typename decltype(tag)::type;
+    kv_gather_kernel<D><<<blocks, kCopyThreads, 0, stream>>>(positions.ptr<const int32_t>(), pg,
+                                                              kv.k.ptr<const D>(), kv.v.ptr<const D>(), out.ptr<D>(),
+                                                              T, shape.head_dim, shape.n_kv_heads);
     TD_CUDA_CHECK_LAUNCH();
   });
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/checks.h"
 #include "cuda/check.h"
 #include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
@@ -65,32 +66,18 @@ __global__ void gather_rows_kernel(const T* __restrict__ src, const int32_t* __r
   }
 }
 
-bool is_float(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16; }
-
-// A contiguous CUDA tensor of a float dtype with `ndim` dimensions (any rank when ndim < 0).
-void check_float_cuda(const Tensor& t, int ndim, const char* op, const char* name) {
-  TD_CHECK(t.device == Device::CUDA && (ndim < 0 || t.ndim == ndim) && t.is_contiguous() && is_float(t.dtype),
-           "{}: {} must be a contiguous {}f32/f16/bf16 CUDA tensor, got {}", op, name,
-           ndim < 0 ? std::string() : std::to_string(ndim) + "-D ", t.describe());
-}
-
-bool same_shape(const Tensor& a, const Tensor& b) {
-  if (a.ndim != b.ndim) return false;
-  for (int i = 0; i < a.ndim; ++i)
-    if (a.shape[size_t(i)] != b.shape[size_t(i)]) return false;
-  return true;
-}
-
 }  // namespace
 
 void add_bias(const Tensor& x, const Tensor& bias, cudaStream_t stream) {
-  check_float_cuda(x, 2, "add_bias", "x");
-  check_float_cuda(bias, 1, "add_bias", "bias");
+  const char* op = "add_bias";
+  check_float_tensor(op, "x", x, Device::CUDA, 2);
+  check_float_tensor(op, "bias", bias, Device::CUDA, 1);
   const int64_t N = x.shape[1];
-  TD_CHECK(bias.dtype == x.dtype && bias.shape[0] == N, "add_bias: bias {} for x {}", bias.describe(), x.describe());
+  check_dtype(op, "bias (x's dtype)", bias, x.dtype);
+  check_shape(op, "bias (x's width)", bias, {N});
   const int64_t n = x.numel();
   if (n == 0) return;
-  TD_CHECK(x.data && bias.data, "add_bias: null data pointer (x {}, bias {})", x.describe(), bias.describe());
+  check_data(op, {&x, &bias});
   dispatch_float(x.dtype, "add_bias", [&](auto tag) {
     using T = typename decltype(tag)::type;
     add_bias_kernel<T><<<flat_blocks(n), kThreads, 0, stream>>>(x.ptr<T>(), bias.ptr<const T>(), n, N);
@@ -99,16 +86,16 @@ void add_bias(const Tensor& x, const Tensor& bias, cudaStream_t stream) {
 }
 
 void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
-  check_float_cuda(gate_up, 2, "silu_mul", "gate_up");
-  check_float_cuda(out, 2, "silu_mul", "out");
-  const int64_t T = gate_up.shape[0], I = out.shape[1];
-  TD_CHECK(out.dtype == gate_up.dtype && out.shape[0] == T && gate_up.shape[1] == 2 * I,
-           "silu_mul: gate_up {} must be [T, 2I] of out {} ([T, I], same dtype)", gate_up.describe(),
-           out.describe());
+  const char* op = "silu_mul";
+  check_float_tensor(op, "gate_up", gate_up, Device::CUDA, 2);
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  const int64_t T = gate_up.shape[0], I = gate_up.shape[1] / 2;
+  TD_CHECK(gate_up.shape[1] % 2 == 0, "silu_mul: gate_up must be [T, 2I] (an even width), got {}", gate_up.describe());
+  check_dtype(op, "out (gate_up's dtype)", out, gate_up.dtype);
+  check_shape(op, "out ([T, I] for gate_up [T, 2I])", out, {T, I});
   const int64_t n = out.numel();
   if (n == 0) return;
-  TD_CHECK(gate_up.data && out.data, "silu_mul: null data pointer (gate_up {}, out {})", gate_up.describe(),
-           out.describe());
+  check_data(op, {&gate_up, &out});
   dispatch_float(out.dtype, "silu_mul", [&](auto tag) {
     using D = typename decltype(tag)::type;
     silu_mul_kernel<D><<<flat_blocks(n), kThreads, 0, stream>>>(gate_up.ptr<const D>(), out.ptr<D>(), n, I);
@@ -117,15 +104,17 @@ void silu_mul(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
 }
 
 void add(const Tensor& a, const Tensor& b, const Tensor& out, cudaStream_t stream) {
-  check_float_cuda(a, -1, "add", "a");
-  check_float_cuda(b, -1, "add", "b");
-  check_float_cuda(out, -1, "add", "out");
-  TD_CHECK(same_shape(a, b) && same_shape(a, out) && b.dtype == a.dtype && out.dtype == a.dtype,
-           "add: {} + {} -> {} (shapes and dtypes must match)", a.describe(), b.describe(), out.describe());
+  const char* op = "add";
+  check_float_tensor(op, "a", a, Device::CUDA, -1);
+  check_float_tensor(op, "b", b, Device::CUDA, -1);
+  check_float_tensor(op, "out", out, Device::CUDA, -1);
+  check_same_shape(op, "b (a's shape)", b, a);
+  check_dtype(op, "b (a's dtype)", b, a.dtype);
+  check_same_shape(op, "out (a's shape)", out, a);
+  check_dtype(op, "out (a's dtype)", out, a.dtype);
   const int64_t n = a.numel();
   if (n == 0) return;
-  TD_CHECK(a.data && b.data && out.data, "add: null data pointer (a {}, b {}, out {})", a.describe(), b.describe(),
-           out.describe());
+  check_data(op, {&a, &b, &out});
   dispatch_float(a.dtype, "add", [&](auto tag) {
     using T = typename decltype(tag)::type;
     add_kernel<T><<<flat_blocks(n), kThreads, 0, stream>>>(a.ptr<const T>(), b.ptr<const T>(), out.ptr<T>(), n);
@@ -134,12 +123,13 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out, cudaStream_t strea
 }
 
 void convert(const Tensor& src, const Tensor& dst, cudaStream_t stream) {
-  check_float_cuda(src, -1, "convert", "src");
-  check_float_cuda(dst, -1, "convert", "dst");
+  const char* op = "convert";
+  check_float_tensor(op, "src", src, Device::CUDA, -1);
+  check_float_tensor(op, "dst", dst, Device::CUDA, -1);
   TD_CHECK(src.numel() == dst.numel(), "convert: {} -> {} (element counts differ)", src.describe(), dst.describe());
   const int64_t n = src.numel();
   if (n == 0) return;
-  TD_CHECK(src.data && dst.data, "convert: null data pointer (src {}, dst {})", src.describe(), dst.describe());
+  check_data(op, {&src, &dst});
   if (src.data == dst.data && src.dtype == dst.dtype) return;  // converting in place to the same dtype
   const char* s0 = static_cast<const char*>(src.data);
   const char* d0 = static_cast<const char*>(dst.data);
@@ -160,16 +150,15 @@ void convert(const Tensor& src, const Tensor& dst, cudaStream_t stream) {
 }
 
 void gather_rows(const Tensor& src, const Tensor& rows, const Tensor& out, cudaStream_t stream) {
-  check_float_cuda(src, 2, "gather_rows", "src");
-  check_float_cuda(out, 2, "gather_rows", "out");
-  TD_CHECK(rows.device == Device::CUDA && rows.ndim == 1 && rows.is_contiguous() && rows.dtype == DType::I32,
-           "gather_rows: rows must be a contiguous 1-D i32 CUDA tensor, got {}", rows.describe());
+  const char* op = "gather_rows";
+  check_float_tensor(op, "src", src, Device::CUDA, 2);
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_index_tensor(op, "rows", rows, Device::CUDA, DType::I32, -1);
   const int64_t R = rows.shape[0], N = src.shape[1];
-  TD_CHECK(out.dtype == src.dtype && out.shape[0] == R && out.shape[1] == N,
-           "gather_rows: out {} for {} rows of src {}", out.describe(), R, src.describe());
+  check_dtype(op, "out (src's dtype)", out, src.dtype);
+  check_shape(op, "out ([rows, src width])", out, {R, N});
   if (R == 0 || N == 0) return;
-  TD_CHECK(src.data && rows.data && out.data, "gather_rows: null data pointer (src {}, rows {}, out {})",
-           src.describe(), rows.describe(), out.describe());
+  check_data(op, {&src, &rows, &out});
   const unsigned blocks = unsigned(std::min(R, kMaxRowBlocks));
   dispatch_float(src.dtype, "gather_rows", [&](auto tag) {
     using T = typename decltype(tag)::type;

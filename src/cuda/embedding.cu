@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/checks.h"
 #include "cuda/check.h"
 #include "cuda/dtype_dispatch.h"
 
@@ -42,20 +43,15 @@ __global__ void embed_kernel(const T* __restrict__ table, const int32_t* __restr
 }  // namespace
 
 void embed(const Tensor& table, const Tensor& tokens, const Tensor& out, cudaStream_t stream) {
-  TD_CHECK(table.device == Device::CUDA && table.ndim == 2 && table.is_contiguous() &&
-               (table.dtype == DType::F32 || table.dtype == DType::F16 || table.dtype == DType::BF16),
-           "embed: table must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", table.describe());
-  TD_CHECK(tokens.device == Device::CUDA && tokens.ndim == 1 && tokens.is_contiguous() && tokens.dtype == DType::I32,
-           "embed: tokens must be a contiguous 1-D i32 CUDA tensor, got {}", tokens.describe());
-  TD_CHECK(out.device == Device::CUDA && out.ndim == 2 && out.is_contiguous() && out.dtype == table.dtype,
-           "embed: out must be a contiguous 2-D CUDA tensor of the table's dtype {}, got {}",
-           dtype_name(table.dtype), out.describe());
+  const char* op = "embed";
+  check_float_tensor(op, "table", table, Device::CUDA, 2);
+  check_index_tensor(op, "tokens", tokens, Device::CUDA, DType::I32, -1);
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_dtype(op, "out (the table's dtype)", out, table.dtype);
   const int64_t n_tokens = tokens.shape[0], V = table.shape[0], H = table.shape[1];
-  TD_CHECK(out.shape[0] == n_tokens && out.shape[1] == H, "embed: out {} for {} tokens of table {}", out.describe(),
-           n_tokens, table.describe());
+  check_shape(op, "out ([tokens, table width])", out, {n_tokens, H});
   if (n_tokens == 0 || H == 0) return;
-  TD_CHECK(table.data && tokens.data && out.data, "embed: null data pointer (table {}, tokens {}, out {})",
-           table.describe(), tokens.describe(), out.describe());
+  check_data(op, {&table, &tokens, &out});
   const unsigned blocks = unsigned(std::min(n_tokens, kMaxBlocks));
   dispatch_float(table.dtype, "embed", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 
+#include "core/checks.h"
 #include "cuda/check.h"
 
 namespace tandem::cuda {
@@ -62,24 +63,19 @@ Gemm::~Gemm() {
 }
 
 void Gemm::linear(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream) {
-  const auto is_float = [](DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16; };
-  TD_CHECK(x.device == Device::CUDA && x.ndim == 2 && x.is_contiguous() && is_float(x.dtype),
-           "linear: x must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", x.describe());
-  TD_CHECK(w.device == Device::CUDA && w.ndim == 2 && w.is_contiguous() && w.dtype == x.dtype,
-           "linear: w must be a contiguous 2-D CUDA tensor of x's dtype {}, got {}", dtype_name(x.dtype),
-           w.describe());
-  TD_CHECK(out.device == Device::CUDA && out.ndim == 2 && out.is_contiguous() &&
-               (out.dtype == x.dtype || out.dtype == DType::F32),
-           "linear: out must be a contiguous 2-D CUDA tensor of dtype {} or f32, got {}", dtype_name(x.dtype),
-           out.describe());
+  const char* name = "linear";
+  check_float_tensor(name, "x", x, Device::CUDA, 2);
+  check_float_tensor(name, "w", w, Device::CUDA, 2);
+  check_dtype(name, "w (x's dtype)", w, x.dtype);
+  check_float_tensor(name, "out", out, Device::CUDA, 2);
+  TD_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, "linear: out must be x's dtype {} or f32, got {}",
+           dtype_name(x.dtype), out.describe());
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
-  TD_CHECK(w.shape[1] == K, "linear: x {} does not match w {} (in features)", x.describe(), w.describe());
-  TD_CHECK(out.shape[0] == T && out.shape[1] == N, "linear: out {} for x {} and w {}", out.describe(), x.describe(),
-           w.describe());
+  check_shape(name, "w ([out features, x's in features])", w, {-1, K});
+  check_shape(name, "out ([x rows, w rows])", out, {T, N});
   TD_CHECK(N > 0 && K > 0, "linear: empty weight {}", w.describe());
   if (T == 0) return;
-  TD_CHECK(x.data && w.data && out.data, "linear: null data pointer (x {}, w {}, out {})", x.describe(), w.describe(),
-           out.describe());
+  check_data(name, {&x, &w, &out});
 
   if (!handle_) {
     TD_CUBLAS_CHECK(cublasLtCreate(&handle_));

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/checks.h"
 #include "cuda/check.h"
 #include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
@@ -55,21 +56,19 @@ __global__ void rmsnorm_kernel(const T* x, const T* __restrict__ w, T* out, int6
 }  // namespace
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream) {
-  TD_CHECK(x.device == Device::CUDA && x.ndim == 2 && x.is_contiguous() &&
-               (x.dtype == DType::F32 || x.dtype == DType::F16 || x.dtype == DType::BF16),
-           "rmsnorm: x must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", x.describe());
+  const char* op = "rmsnorm";
+  check_float_tensor(op, "x", x, Device::CUDA, 2);
   const int64_t rows = x.shape[0], H = x.shape[1];
-  TD_CHECK(w.device == Device::CUDA && w.ndim == 1 && w.is_contiguous() && w.dtype == x.dtype && w.shape[0] == H,
-           "rmsnorm: weight must be a contiguous 1-D CUDA tensor [{}] of dtype {}, got {}", H, dtype_name(x.dtype),
-           w.describe());
-  TD_CHECK(out.device == Device::CUDA && out.ndim == 2 && out.is_contiguous() && out.dtype == x.dtype &&
-               out.shape[0] == rows && out.shape[1] == H,
-           "rmsnorm: out must be a contiguous CUDA tensor like x {}, got {}", x.describe(), out.describe());
+  check_float_tensor(op, "weight", w, Device::CUDA, 1);
+  check_dtype(op, "weight (x's dtype)", w, x.dtype);
+  check_shape(op, "weight", w, {H});
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_dtype(op, "out (x's dtype)", out, x.dtype);
+  check_same_shape(op, "out (x's shape)", out, x);
   TD_CHECK(eps >= 0.0f, "rmsnorm: eps must not be negative, got {}", eps);
   if (rows == 0) return;
   TD_CHECK(H > 0, "rmsnorm: empty rows in {}", x.describe());
-  TD_CHECK(x.data && w.data && out.data, "rmsnorm: null data pointer (x {}, w {}, out {})", x.describe(),
-           w.describe(), out.describe());
+  check_data(op, {&x, &w, &out});
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
   dispatch_float(x.dtype, "rmsnorm", [&](auto tag) {
     using T = typename decltype(tag)::type;

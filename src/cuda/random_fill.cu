@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "core/checks.h"
 #include "cuda/check.h"
 
 namespace tandem::cuda {
@@ -37,10 +38,10 @@ float uniform_value(uint64_t seed, int64_t i, float offset, float scale) {
 }
 
 void fill_uniform(const Tensor& t, uint64_t seed, float offset, float scale, cudaStream_t stream) {
-  TD_CHECK(t.device == Device::CUDA && t.is_contiguous(), "fill_uniform: {} must be a contiguous CUDA tensor",
-           t.describe());
+  check_float_tensor("fill_uniform", "t", t, Device::CUDA, -1);
   const int64_t n = t.numel();
   if (n == 0) return;
+  check_data("fill_uniform", {&t});
   const int threads = 256;
   const int blocks = int(std::min<int64_t>((n + threads - 1) / threads, 65535));
   switch (t.dtype) {

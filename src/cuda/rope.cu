@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/checks.h"
 #include "cuda/check.h"
 #include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
@@ -50,26 +51,18 @@ __global__ void rope_kernel(T* qkv, const int32_t* __restrict__ positions, const
 
 void rope(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq, int n_heads, int n_kv_heads,
           int head_dim, cudaStream_t stream) {
-  TD_CHECK(qkv.device == Device::CUDA && qkv.ndim == 2 && qkv.is_contiguous() &&
-               (qkv.dtype == DType::F32 || qkv.dtype == DType::F16 || qkv.dtype == DType::BF16),
-           "rope: qkv must be a contiguous 2-D f32/f16/bf16 CUDA tensor, got {}", qkv.describe());
+  const char* op = "rope";
+  check_float_tensor(op, "qkv", qkv, Device::CUDA, 2);
   TD_CHECK(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
            "rope: bad head layout {} q heads, {} kv heads, head_dim {} (head_dim must be even)", n_heads,
            n_kv_heads, head_dim);
   const int64_t rows = qkv.shape[0];
   const int64_t qkv_dim = (int64_t(n_heads) + 2 * int64_t(n_kv_heads)) * head_dim;
-  TD_CHECK(qkv.shape[1] == qkv_dim, "rope: qkv {} does not hold {} + 2x{} heads of {}", qkv.describe(), n_heads,
-           n_kv_heads, head_dim);
-  TD_CHECK(positions.device == Device::CUDA && positions.ndim == 1 && positions.is_contiguous() &&
-               positions.dtype == DType::I32 && positions.shape[0] == rows,
-           "rope: positions must be a contiguous 1-D i32 CUDA tensor [{}], got {}", rows, positions.describe());
-  TD_CHECK(inv_freq.device == Device::CUDA && inv_freq.ndim == 1 && inv_freq.is_contiguous() &&
-               inv_freq.dtype == DType::F32 && inv_freq.shape[0] == head_dim / 2,
-           "rope: inv_freq must be a contiguous 1-D f32 CUDA tensor [{}], got {}", head_dim / 2,
-           inv_freq.describe());
+  check_shape(op, "qkv (q | k | v heads)", qkv, {-1, qkv_dim});
+  check_index_tensor(op, "positions", positions, Device::CUDA, DType::I32, rows);
+  check_index_tensor(op, "inv_freq", inv_freq, Device::CUDA, DType::F32, head_dim / 2);
   if (rows == 0) return;
-  TD_CHECK(qkv.data && positions.data && inv_freq.data, "rope: null data pointer (qkv {}, positions {}, inv_freq {})",
-           qkv.describe(), positions.describe(), inv_freq.describe());
+  check_data(op, {&qkv, &positions, &inv_freq});
   const int half = head_dim / 2;
   const size_t shared_bytes = size_t(2 * half) * sizeof(float);
   TD_CHECK(shared_bytes <= 48 * 1024, "rope: head_dim {} is too large", head_dim);

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "core/checks.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
@@ -17,22 +18,16 @@ namespace {
 namespace fs = std::filesystem;
 constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // HF keeps the template in tokenizer_config.json ("chat_template": string, or a list of {name, template})
 // or, in newer folders, in chat_template.jinja.
 std::string hf_chat_template(const fs::path& dir) {
-  if (fs::exists(dir / "chat_template.jinja")) return read_text(dir / "chat_template.jinja");
+  if (fs::exists(dir / "chat_template.jinja")) return read_file(dir / "chat_template.jinja");
   const fs::path cfg = dir / "tokenizer_config.json";
   if (!fs::exists(cfg)) return {};
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_text(cfg));
+    j = nlohmann::json::parse(read_file(cfg));
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", cfg.string(), e.what());
   }
@@ -70,7 +65,7 @@ void apply_hf_tokenizer_config(Tokenizer& tok, const fs::path& dir, const std::v
   if (fs::exists(cfg)) {
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(read_text(cfg));
+      j = nlohmann::json::parse(read_file(cfg));
     } catch (const nlohmann::json::exception& e) {
       fail("{}: not valid JSON: {}", cfg.string(), e.what());
     }

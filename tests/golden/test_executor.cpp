@@ -14,18 +14,11 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "runners.h"
+#include "scenario.h"
 
 namespace tandem {
 namespace {
 namespace fs = std::filesystem;
-
-std::vector<int32_t> ints(const SafetensorsFile& f, const std::string& name) {
-  const TensorEntry* e = f.find(name);
-  if (!e) throw Error("missing " + name + " in " + f.path());
-  std::vector<int32_t> v(e->nbytes / 4);
-  std::memcpy(v.data(), e->file->data() + e->offset, e->nbytes);
-  return v;
-}
 
 class Executors : public ::testing::TestWithParam<std::string> {
  protected:
@@ -38,68 +31,6 @@ class Executors : public ::testing::TestWithParam<std::string> {
   std::shared_ptr<const Model> model_;
   std::unique_ptr<SafetensorsFile> exp_;
 };
-
-// Synthetic prompt of n tokens for sequence `seq`.
-std::vector<int32_t> synthetic(int seq, int n, int64_t vocab) {
-  std::vector<int32_t> v;
-  for (int i = 0; i < n; ++i) v.push_back(int32_t((seq * 131 + i * 17 + 3) % vocab));
-  return v;
-}
-
-struct ScenarioResult {
-  std::vector<HostTensor> logits;  // every step's
-  int64_t p0_first_row = -1;       // where prompt p0's rows start in step 0's logits
-};
-
-// The scenario: every step's logits.
-ScenarioResult run_scenario(Executor& r, const SafetensorsFile& exp) {
-  const int64_t V = r.config().vocab_size;
-  const auto p0 = ints(exp, "p0.prompt"), p1 = ints(exp, "p1.prompt");
-  ScenarioResult out;
-  auto step_of = [&](Step s) { out.logits.push_back(r.forward(s, nullptr).logits); };
-  std::map<int32_t, std::vector<int32_t>> text;  // seq -> its tokens so far
-  auto add = [&](Step& s, int32_t seq, int32_t tok) {
-    s.add(tok, seq, int32_t(text[seq].size()), true);
-    text[seq].push_back(tok);
-  };
-  for (int32_t seq : {0, 1, 2, 3, 4}) r.create_sequence(seq, 80);
-  // Step 0: p0 whole (HF's rows), the first half of p1, and a 15-token prompt (one before a 16-token page).
-  Step s0;
-  out.p0_first_row = 0;
-  for (int32_t t : p0) add(s0, 0, t);
-  for (size_t i = 0; i < p1.size() / 2; ++i) add(s0, 1, p1[i]);
-  for (int32_t t : synthetic(2, 15, V)) add(s0, 2, t);
-  step_of(s0);
-  // Step 1: interleaved: the rest of p1 with decode tokens of 0 and 2 between its tokens, and a 63-token prompt
-  // (one before a 64-token page).
-  Step s1;
-  for (size_t i = p1.size() / 2; i < p1.size(); ++i) {
-    add(s1, 1, p1[i]);
-    if (i == p1.size() / 2) add(s1, 0, 11);
-    if (i == p1.size() / 2 + 1) add(s1, 2, 12);
-  }
-  for (int32_t t : synthetic(3, 63, V)) add(s1, 3, t);
-  step_of(s1);
-  // Steps 2-4: everyone decodes: sequence 2 passes 16 and 17 tokens, sequence 3 passes 64 and 65.
-  for (int k = 0; k < 3; ++k) {
-    Step s;
-    for (int32_t seq : {3, 2, 1, 0}) add(s, seq, int32_t((seq * 7 + k * 5 + 1) % V));
-    step_of(s);
-  }
-  // Free sequence 3 (67 tokens of pages) and prefill sequence 4 into its pages, beside decodes of 0 and 2.
-  r.release_sequence(3);
-  Step s5;
-  add(s5, 0, 21);
-  for (int32_t t : synthetic(4, 40, V)) add(s5, 4, t);
-  add(s5, 2, 22);
-  step_of(s5);
-  for (int k = 0; k < 2; ++k) {
-    Step s;
-    for (int32_t seq : {4, 2, 0, 1}) add(s, seq, int32_t((seq * 3 + k + 2) % V));
-    step_of(s);
-  }
-  return out;
-}
 
 TEST_P(Executors, PageSizesAndLayoutsAreBitIdenticalAndMatchHF) {
   std::vector<ScenarioResult> results;

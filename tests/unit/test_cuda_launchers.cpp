@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "core/tensor.h"
@@ -16,6 +17,7 @@
 #include "cuda/gemm.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
+#include "exec/kv_cache.h"
 
 namespace tandem {
 namespace {
@@ -115,35 +117,150 @@ TEST(CudaLaunchers, ElementwiseRejectsBadArguments) {
   EXPECT_THAT(error_of([&] { cuda::gather_rows(src, rows, out_rows, nullptr); }), names("gather_rows", out_rows));
 }
 
-TEST(CudaLaunchers, AttentionRejectsBadArguments) {
-  const cuda::AttentionShape shape{4, 2, 64, 0};  // qkv_dim 512, kv_dim 128
-  const Tensor qkv = dev(DType::BF16, {3, 512}), base = dev(DType::I64, {3}), pos = dev(DType::I32, {3});
-  const Tensor k = dev(DType::BF16, {50, 128}), v = dev(DType::BF16, {50, 128}), out = dev(DType::BF16, {3, 256});
+// A valid paged step for the attention tests: 4 q heads, 2 kv heads of 64 (qkv_dim 512, kv_dim 128), 3 tokens of
+// 2 sequences, NHD pools of 10 pages of 16 slots.
+struct PagedArgs {
+  AttentionShape shape{4, 2, 64, 0};
+  Tensor qkv = dev(DType::BF16, {3, 512}), pos = dev(DType::I32, {3}), out = dev(DType::BF16, {3, 256});
+  Tensor gathered = dev(DType::BF16, {3, 256});
+  PagedKv kv;
+  PagedArgs() {
+    kv.k = dev(DType::BF16, {10, 16, 2, 64});
+    kv.v = dev(DType::BF16, {10, 16, 2, 64});
+    kv.layout = KvLayout::NHD;
+    kv.page_size = 16;
+    kv.page_indptr = dev(DType::I32, {3});
+    kv.page_indices = dev(DType::I32, {5});
+    kv.last_page_len = dev(DType::I32, {2});
+    kv.token_batch = dev(DType::I32, {3});
+  }
+  std::string attention() const {
+    return error_of([&] { cuda::attention(qkv, pos, kv, shape, out, nullptr); });
+  }
+  std::string kv_write() const {
+    return error_of([&] { cuda::kv_write(qkv, pos, kv, shape, nullptr); });
+  }
+  std::string kv_gather() const {
+    return error_of([&] { cuda::kv_gather(pos, kv, shape, gathered, nullptr); });
+  }
+};
 
-  cuda::AttentionShape bad_group = shape;
-  bad_group.n_kv_heads = 3;
-  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base, pos, k, v, bad_group, out, nullptr); }),
-              HasSubstr("kv heads"));
-  cuda::AttentionShape big_head = shape;
-  big_head.head_dim = 512;
-  EXPECT_THAT(error_of([&] { cuda::kv_write(qkv, base, pos, k, v, big_head, nullptr); }), HasSubstr("head_dim"));
+TEST(CudaLaunchers, AttentionRejectsBadShapes) {
+  PagedArgs a;
+  a.shape.n_kv_heads = 3;
+  EXPECT_THAT(a.attention(), AllOf(HasSubstr("attention"), HasSubstr("kv heads"), Not(HasSubstr("CUDA error"))));
+  a = PagedArgs();
+  a.shape.head_dim = 512;
+  EXPECT_THAT(a.kv_write(), AllOf(HasSubstr("kv_write"), HasSubstr("head_dim"), Not(HasSubstr("CUDA error"))));
+  a = PagedArgs();
+  a.shape.sliding_window = -1;
+  EXPECT_THAT(a.kv_gather(), AllOf(HasSubstr("kv_gather"), HasSubstr("sliding window")));
+  a = PagedArgs();
+  a.kv.page_size = 0;
+  EXPECT_THAT(a.attention(), AllOf(HasSubstr("attention"), HasSubstr("page_size"), Not(HasSubstr("CUDA error"))));
+}
 
-  const Tensor cpu_qkv = host(DType::BF16, {3, 512});
-  EXPECT_THAT(error_of([&] { cuda::attention(cpu_qkv, base, pos, k, v, shape, out, nullptr); }),
-              names("attention", cpu_qkv));
-  EXPECT_THAT(error_of([&] { cuda::kv_write(cpu_qkv, base, pos, k, v, shape, nullptr); }),
-              names("kv_write", cpu_qkv));
-  const Tensor base32 = dev(DType::I32, {3});
-  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base32, pos, k, v, shape, out, nullptr); }),
-              names("attention", base32));
-  const Tensor v_f16 = dev(DType::F16, {50, 128});
-  EXPECT_THAT(error_of([&] { cuda::kv_write(qkv, base, pos, k, v_f16, shape, nullptr); }), names("kv_write", v_f16));
-  const Tensor k_narrow = dev(DType::BF16, {50, 64});
-  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base, pos, k_narrow, v, shape, out, nullptr); }),
-              names("attention", k_narrow));
-  const Tensor out_bad = dev(DType::BF16, {3, 255});
-  EXPECT_THAT(error_of([&] { cuda::attention(qkv, base, pos, k, v, shape, out_bad, nullptr); }),
-              names("attention", out_bad));
+TEST(CudaLaunchers, AttentionRejectsBadActivations) {
+  PagedArgs a;
+  a.qkv = host(DType::BF16, {3, 512});
+  EXPECT_THAT(a.attention(), names("attention", a.qkv));
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.qkv));
+  a = PagedArgs();
+  a.qkv = dev(DType::BF16, {3, 511});
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.qkv));
+  a = PagedArgs();
+  a.pos = dev(DType::I64, {3});
+  EXPECT_THAT(a.attention(), names("attention", a.pos));
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.pos));
+  a = PagedArgs();
+  a.pos = dev(DType::I32, {2});  // T = 3 rows of qkv
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.pos));
+  a = PagedArgs();
+  a.out = dev(DType::BF16, {3, 255});
+  EXPECT_THAT(a.attention(), names("attention", a.out));
+  a = PagedArgs();
+  a.out = dev(DType::F32, {3, 256});
+  EXPECT_THAT(a.attention(), names("attention", a.out));
+  a = PagedArgs();
+  a.out = Tensor::contiguous(a.qkv.data, DType::BF16, {3, 256}, Device::CUDA);  // aliases qkv
+  EXPECT_THAT(a.attention(), AllOf(names("attention", a.out), HasSubstr("alias")));
+  a = PagedArgs();
+  a.gathered = dev(DType::BF16, {3, 128});  // k | v is 2 x kv_dim
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.gathered));
+  a = PagedArgs();
+  a.gathered = dev(DType::F16, {3, 256});
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.gathered));
+  a = PagedArgs();
+  a.qkv.data = nullptr;
+  EXPECT_THAT(a.kv_write(), AllOf(names("kv_write", a.qkv), HasSubstr("null")));
+}
+
+TEST(CudaLaunchers, AttentionRejectsBadPools) {
+  PagedArgs a;
+  const Tensor k_f16 = dev(DType::F16, {10, 16, 2, 64});
+  a.kv.k = a.kv.v = k_f16;  // the cache must hold qkv's dtype
+  EXPECT_THAT(a.attention(), names("attention", k_f16));
+  EXPECT_THAT(a.kv_write(), names("kv_write", k_f16));
+  a = PagedArgs();
+  a.kv.v = dev(DType::F16, {10, 16, 2, 64});
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.kv.v));
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.kv.v));
+  a = PagedArgs();
+  a.kv.k = dev(DType::BF16, {10, 16, 2, 32});  // head_dim 32, not 64
+  EXPECT_THAT(a.attention(), names("attention", a.kv.k));
+  a = PagedArgs();
+  a.kv.k = a.kv.v = dev(DType::BF16, {10, 16, 4, 64});  // 4 kv heads, not 2
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.kv.k));
+  a = PagedArgs();
+  a.kv.k = dev(DType::BF16, {160, 128});  // a 2-D (contiguous) cache
+  EXPECT_THAT(a.attention(), names("attention", a.kv.k));
+  a = PagedArgs();
+  a.kv.page_size = 8;  // the view has 16 slots a page
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.kv.k));
+  a = PagedArgs();
+  a.kv.layout = KvLayout::HND;  // the view is NHD: [10, 16, 2, 64] is not [*, 2, 16, 64]
+  EXPECT_THAT(a.attention(), names("attention", a.kv.k));
+  a = PagedArgs();
+  a.kv.v = dev(DType::BF16, {9, 16, 2, 64});  // fewer pages than k
+  EXPECT_THAT(a.attention(), names("attention", a.kv.v));
+  a = PagedArgs();
+  std::swap(a.kv.k.strides[1], a.kv.k.strides[2]);  // not contiguous
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.kv.k));
+  a = PagedArgs();
+  a.kv.k = host(DType::BF16, {10, 16, 2, 64});
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.kv.k));
+  a = PagedArgs();
+  a.kv.v.data = nullptr;
+  EXPECT_THAT(a.attention(), AllOf(names("attention", a.kv.v), HasSubstr("null")));
+}
+
+TEST(CudaLaunchers, AttentionRejectsBadPageTables) {
+  PagedArgs a;
+  a.kv.page_indptr = dev(DType::I64, {3});
+  EXPECT_THAT(a.attention(), names("attention", a.kv.page_indptr));
+  a = PagedArgs();
+  a.kv.page_indptr = dev(DType::I32, {0});  // B + 1 >= 1
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.kv.page_indptr));
+  a = PagedArgs();
+  a.kv.page_indices = host(DType::I32, {5});
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.kv.page_indices));
+  a = PagedArgs();
+  a.kv.page_indices = dev(DType::I32, {5, 1});
+  EXPECT_THAT(a.attention(), names("attention", a.kv.page_indices));
+  a = PagedArgs();
+  a.kv.last_page_len = dev(DType::I32, {3});  // B = 2
+  EXPECT_THAT(a.attention(), names("attention", a.kv.last_page_len));
+  a = PagedArgs();
+  a.kv.token_batch = dev(DType::I32, {4});  // T = 3
+  EXPECT_THAT(a.kv_write(), names("kv_write", a.kv.token_batch));
+  EXPECT_THAT(a.attention(), names("attention", a.kv.token_batch));
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.kv.token_batch));
+  a = PagedArgs();
+  a.kv.token_batch = dev(DType::I16, {3});
+  EXPECT_THAT(a.kv_gather(), names("kv_gather", a.kv.token_batch));
+  a = PagedArgs();
+  a.kv.page_indices.data = nullptr;
+  EXPECT_THAT(a.kv_write(), AllOf(names("kv_write", a.kv.page_indices), HasSubstr("null")));
 }
 
 TEST(CudaLaunchers, GemmRejectsBadArgumentsWithoutCreatingAHandle) {
@@ -168,11 +285,22 @@ TEST(CudaLaunchers, EmptyBatchesAreNoOps) {
   EXPECT_NO_THROW(cuda::embed(dev(DType::BF16, {10, 64}), no_ids, none, nullptr));
   EXPECT_NO_THROW(cuda::rmsnorm(none, dev(DType::BF16, {64}), 1e-6f, none, nullptr));
   EXPECT_NO_THROW(cuda::add(none, none, none, nullptr));
-  const Tensor no_base = Tensor::contiguous(nullptr, DType::I64, {0}, Device::CUDA);
+  // A step of no tokens over a valid cache (an empty batch: page_indptr = [0]).
+  PagedKv kv;
+  kv.k = dev(DType::BF16, {10, 2, 16, 64});
+  kv.v = dev(DType::BF16, {10, 2, 16, 64});
+  kv.layout = KvLayout::HND;
+  kv.page_size = 16;
+  kv.page_indptr = dev(DType::I32, {1});
+  kv.page_indices = no_ids;
+  kv.last_page_len = no_ids;
+  kv.token_batch = no_ids;
   const Tensor no_qkv = Tensor::contiguous(nullptr, DType::BF16, {0, 512}, Device::CUDA);
   const Tensor no_out = Tensor::contiguous(nullptr, DType::BF16, {0, 256}, Device::CUDA);
-  EXPECT_NO_THROW(cuda::attention(no_qkv, no_base, no_ids, dev(DType::BF16, {50, 128}), dev(DType::BF16, {50, 128}),
-                                  {4, 2, 64, 0}, no_out, nullptr));
+  const AttentionShape shape{4, 2, 64, 0};
+  EXPECT_NO_THROW(cuda::kv_write(no_qkv, no_ids, kv, shape, nullptr));
+  EXPECT_NO_THROW(cuda::attention(no_qkv, no_ids, kv, shape, no_out, nullptr));
+  EXPECT_NO_THROW(cuda::kv_gather(no_ids, kv, shape, no_out, nullptr));
   cuda::Gemm gemm;
   EXPECT_NO_THROW(gemm.linear(Tensor::contiguous(nullptr, DType::BF16, {0, 96}, Device::CUDA),
                               dev(DType::BF16, {64, 96}), Tensor::contiguous(nullptr, DType::BF16, {0, 64}, Device::CUDA),

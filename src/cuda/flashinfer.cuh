@@ -1,0 +1,112 @@
+// The one FlashInfer adapter: causal GQA attention over the paged KV cache (exec/kv_cache.h) for a ragged step,
+// prefill and decode tokens of several sequences mixed, through FlashInfer 0.7.2.post1's FA2 batch-prefill
+// kernel (headers from tools/fetch_flashinfer.sh; built by cmake/flashinfer.cmake). Every FlashInfer call of the
+// engine lives in flashinfer.cu; this header includes none of FlashInfer's, so the rest of the build does not
+// need its include path.
+//
+// Contract (the same as cuda::attention, cuda/attention.cuh, for a step whose tokens are grouped by sequence):
+// token t of the step belongs to batch entry b (tables.qo_indptr[b] <= t < tables.qo_indptr[b + 1]); entry b's
+// qo_len = qo_indptr[b + 1] - qo_indptr[b] tokens are its *last* qo_len positions, kv_len - qo_len .. kv_len - 1
+// (kv_len = tables.kv_len[b], the cached tokens after this step's append: call kv_write for the whole step before
+// run()). Query row i of entry b sits at position p = kv_len - qo_len + i and attends to positions [lo, p] with
+// lo = max(0, p - window + 1) when shape.sliding_window > 0, else 0 (FlashInfer's window_left = window - 1).
+// Scores scaled by 1/sqrt(head_dim) (always set), softmax and the weighted sum in fp32, the output rounded once.
+// q, the caches and out share one dtype (bf16 or f16). Logits are masked with IEEE -inf (0.7.2.post1, so rows
+// whose scores are all very negative are still a proper softmax, unlike the old -5e4 sentinel).
+//
+// Kernel choice: one FA2 batch-prefill kernel (MaskMode::kCausal, PosEncodingMode::kNone, the sliding-window
+// variant DefaultAttention<false, true, false, false> with window_left = -1 for full attention) serves every
+// token. A decode token is a prefill of one query (for qo_len = 1 the causal mask is a no-op): this is FlashInfer's
+// "tensor-core decode" path (Python's use_tensor_cores=True), and it covers every query/KV group size, including
+// 7 (Qwen2.5-0.5B/7B), which the CUDA-core decode kernel (DISPATCH_GQA_GROUP_SIZE: 1, 2, 3, 4, 6, 8, 16) lacks.
+// Instantiated: {bf16, f16} x head_dim {64, 128} x CTA tile {16, 64, 128} (every tile the plan can pick for these
+// head dims), equal K/V strides, in flashinfer.cu alone.
+//
+// Use: construct once per model (workspaces), plan() once per step on the host tables, run() once per layer with
+// that layer's PagedKv (its device tables must hold the same values as the planned host tables), all on one
+// stream. plan() copies its metadata to the device asynchronously from a double-buffered pinned buffer; it waits
+// for the copy of the plan before the last, so the host may run ahead by one step. Not for CUDA-graph capture yet
+// (the plan is made with enable_cuda_graph = false; workspaces grow on demand, which synchronizes the device).
+//
+// Checks: always, cheap structural checks (sizes, dtypes, devices, strides against the layout, K and V strides
+// equal, T matching the plan); in debug builds (NDEBUG unset) also validate_flashinfer_tables() on every plan and,
+// on the first run() after a plan, a read-back of the device tables compared with the planned host tables.
+// Failures throw tandem::Error naming the sequence (batch entry and sequence id) and the offending value;
+// FlashInfer's own exceptions and CUDA errors are rethrown as tandem::Error.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "exec/kv_cache.h"
+
+namespace tandem::cuda {
+
+// Whether the adapter was instantiated for this geometry and dtype; if not, `why` (when given) says what is
+// missing. Instantiated: dtype bf16 or f16; head_dim 64 or 128; n_heads a multiple of n_kv_heads with group size
+// n_heads / n_kv_heads in 1..16 (any group size works through the prefill kernel; the tests cover 1-8);
+// sliding_window >= 0.
+bool flashinfer_supports(const AttentionShape& shape, DType dtype, std::string* why = nullptr);
+
+// Throws tandem::Error unless the host tables of a step are valid FlashInfer metadata: seq_ids, kv_len and
+// last_page_len have B entries and page_indptr B + 1; page_indptr starts at 0, never decreases and ends at
+// page_indices.size(); every page index lies in [0, num_pages) and none appears twice in the step; every entry
+// has at least one page, its last_page_len lies in 1..page_size and kv_len = (pages - 1) * page_size +
+// last_page_len; qo_indptr is present (tokens grouped by sequence), starts at 0, rises by at least 1 per entry
+// and ends at token_batch.size(); token_batch agrees with qo_indptr; qo_len <= kv_len per entry; all counts fit
+// int32. The message names the entry, its sequence id and the value. Always compiled; plan() calls it in debug
+// builds.
+void validate_flashinfer_tables(const KvStepTables& tables, int64_t page_size, int64_t num_pages);
+
+// What the last plan() chose (for tests and reports).
+struct FlashInferPlanSummary {
+  int64_t batch = 0;                                          // B
+  int64_t tokens = 0;                                         // T
+  int64_t cta_tile_q = 0;                                     // 16, 64 or 128
+  int64_t padded_batch_size = 0;                              // CTAs along x
+  bool split_kv = false;                                      // KV split into chunks, partial results merged
+  size_t float_workspace_bytes = 0, int_workspace_bytes = 0;  // what this plan needs
+};
+
+class FlashInferAttention {
+ public:
+  // page_size and layout: the KV pools'. max_tokens / max_batch: the largest step expected (workspaces are sized
+  // for them with FlashInfer's PrefillPlanWorkspaceSize and grow if a step needs more). disable_split_kv: one
+  // CTA per (query tile, head) over the whole KV (slower for long contexts; for tests that compare split and
+  // unsplit). Throws tandem::Error when flashinfer_supports() is false or no CUDA device is present.
+  FlashInferAttention(const AttentionShape& shape, DType dtype, int64_t page_size, KvLayout layout,
+                      int64_t max_tokens = 8192, int64_t max_batch = 256, bool disable_split_kv = false);
+  ~FlashInferAttention();
+  FlashInferAttention(const FlashInferAttention&) = delete;
+  FlashInferAttention& operator=(const FlashInferAttention&) = delete;
+
+  // Plans the step (host work plus one async copy on `stream`). tables.qo_indptr must be non-empty (the step's
+  // tokens grouped by sequence). num_pages: the pools' page count (bounds the page indices in debug checks).
+  const FlashInferPlanSummary& plan(const KvStepTables& tables, int64_t num_pages, cudaStream_t stream);
+
+  // One layer: out[t, h * head_dim + d] per the contract above. q: [T, W] with W >= n_heads * head_dim (the q
+  // part is the first n_heads * head_dim columns, e.g. the rows of a fused qkv tensor with their row stride) or
+  // [T, n_heads, head_dim], innermost stride 1, rows 16-byte aligned; out: contiguous [T, n_heads * head_dim] (or
+  // [T, n_heads, head_dim]), not aliasing q. kv: the layer's pools and the step's device tables, matching the
+  // last plan(). T = 0 is a no-op.
+  void run(const Tensor& q, const PagedKv& kv, const Tensor& out, cudaStream_t stream);
+
+  const FlashInferPlanSummary& last_plan() const { return summary_; }
+  const AttentionShape& shape() const { return shape_; }
+  DType dtype() const { return dtype_; }
+
+ private:
+  struct State;
+  AttentionShape shape_;
+  DType dtype_;
+  int64_t page_size_;
+  KvLayout layout_;
+  FlashInferPlanSummary summary_;
+  std::unique_ptr<State> st_;
+};
+
+}  // namespace tandem::cuda
