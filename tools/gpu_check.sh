@@ -19,6 +19,8 @@ if ! pkg-config --exists libpcre2-8 2>/dev/null && [ -d .deps/pcre2-root ]; then
   export PKG_CONFIG_SYSROOT_DIR=$PWD/.deps/pcre2-root
   export LD_LIBRARY_PATH=$PWD/.deps/pcre2-root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
+# FlashInfer's headers travel as the archive tools/fetch_flashinfer.sh makes (carry: [".deps/flashinfer.tar.gz"]).
+if [ ! -f .deps/flashinfer/.stamp ] && [ -f .deps/flashinfer.tar.gz ]; then tar xzf .deps/flashinfer.tar.gz -C .deps; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 if has build; then
   cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }

@@ -120,10 +120,13 @@ void run(const BenchArgs& a) {
   std::printf("card %s, driver %s: copy %.0f GB/s (read + write), bf16 GEMM %.0f TFLOP/s\n", card.c_str(),
               cuda::driver_version().c_str(), lim.copy_bw_GBps, lim.gemm_peak_tflops);
 
+  // Tokens a sequence of n tokens occupies in whole KV pages.
+  const int64_t page = a.model.runner.page_size;
+  auto paged_tokens = [page](int64_t n) { return (n + page - 1) / page * page; };
   // KV pool large enough for the biggest decode configuration, when it fits.
   int64_t pool = 4096;
   for (int64_t b : batches)
-    for (int64_t c : contexts) pool = std::max(pool, b * (c + a.steps + 4));
+    for (int64_t c : contexts) pool = std::max(pool, b * paged_tokens(c + a.steps + 4));
   for (int64_t p : prefills) pool = std::max(pool, p);
 
   std::unique_ptr<Executor> runner;
@@ -206,9 +209,9 @@ void run(const BenchArgs& a) {
     bool broke_down = false;
     for (int64_t c : contexts) {
       for (int64_t b : batches) {
-        if (b * (c + a.steps + 4) > kv_pool_tokens || c + a.steps + 4 > cfg.max_positions) {
+        if (b * paged_tokens(c + a.steps + 4) > kv_pool_tokens || c + a.steps + 4 > cfg.max_positions) {
           std::printf("%-6lld %-8lld skipped: %lld KV tokens do not fit the pool of %lld\n", (long long)b,
-                      (long long)c, (long long)(b * (c + a.steps + 4)), (long long)kv_pool_tokens);
+                      (long long)c, (long long)(b * paged_tokens(c + a.steps + 4)), (long long)kv_pool_tokens);
           continue;
         }
         std::vector<int32_t> seqs;
