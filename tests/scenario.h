@@ -7,6 +7,10 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include "diag/taps.h"
+#include "exec/variant.h"
 #include "io/safetensors.h"
 #include "runtime/executor.h"
 
@@ -82,4 +86,27 @@ inline ScenarioResult run_scenario(Executor& r, const SafetensorsFile& exp) {
   return out;
 }
 
+// Every tap a full plan publishes, in execution order: embed, each layer's stages, final_norm, logits.
+inline std::vector<std::string> taps_in_order(int n_layers) {
+  std::vector<std::string> order{"embed"};
+  for (int l = 0; l < n_layers; ++l)
+    for (int s = int(kFirstLayerStage); s <= int(kLastLayerStage); ++s) order.push_back(tap_name(Stage(s), l));
+  order.push_back("final_norm");
+  order.push_back("logits");
+  return order;
+}
+
+// Taps before `first_broken` must be bit-identical between the two runs, that one and every later one must differ.
+inline void expect_broken_from(const TapRecorder& good, const TapRecorder& bad, int n_layers,
+                               const std::string& first_broken) {
+  bool broken = false;
+  for (const std::string& name : taps_in_order(n_layers)) {
+    const HostTensor *a = good.find(name), *b = bad.find(name);
+    ASSERT_TRUE(a && b) << name;
+    if (name == first_broken) broken = true;
+    const bool same = a->numel() == b->numel() && std::memcmp(a->f32(), b->f32(), size_t(a->numel()) * 4) == 0;
+    if (broken) EXPECT_FALSE(same) << name << " should differ once " << first_broken << " is broken";
+    else EXPECT_TRUE(same) << name << " comes before the broken stage and must be bit-identical";
+  }
+}
 }  // namespace tandem

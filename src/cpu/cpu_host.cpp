@@ -117,7 +117,7 @@ class CpuHost final : public DeviceHost {
     const ModelConfig& c = model_->config;
     HostTensor out = HostTensor::empty(DType::F32, {view_.tokens, 2 * c.kv_dim()});
     kv_gather(view_.positions, kv_layer(layer),
-              {int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.sliding_window)}, out);
+              attention_shape(c), out);
     return out;
   }
 

@@ -8,9 +8,6 @@
 namespace tandem::cpu {
 namespace {
 
-AttentionShape attention_shape(const ModelConfig& c) {
-  return {int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.sliding_window)};
-}
 
 const std::vector<KvLayout> kBothLayouts{KvLayout::NHD, KvLayout::HND};
 

@@ -175,7 +175,7 @@ class CudaHost final : public DeviceHost {
     const ModelConfig& c = config_;
     DeviceTensor out = DeviceTensor::empty(dtype_, {view_.tokens, 2 * c.kv_dim()});
     kv_gather(view_.positions, kv_layer(layer),
-              {int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.sliding_window)}, out, stream_);
+              attention_shape(c), out, stream_);
     return download_f32(out, stream_);
   }
 

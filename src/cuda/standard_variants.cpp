@@ -14,9 +14,6 @@
 namespace tandem::cuda {
 namespace {
 
-AttentionShape attention_shape(const ModelConfig& c) {
-  return {int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.sliding_window)};
-}
 CudaContext& ctx(const VariantArgs& a) { return static_cast<CudaContext&>(a.device); }
 cudaStream_t stream(const VariantArgs& a) { return ctx(a).stream; }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "model/config.h"
 
 namespace tandem {
 
@@ -12,6 +13,10 @@ std::optional<KvLayout> kv_layout_from_name(std::string_view name) {
   if (name == "nhd" || name == "NHD") return KvLayout::NHD;
   if (name == "hnd" || name == "HND") return KvLayout::HND;
   return std::nullopt;
+}
+
+AttentionShape attention_shape(const ModelConfig& c) {
+  return {int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.sliding_window)};
 }
 
 Tensor kv_pool_view(void* data, DType dtype, Device device, const KvGeometry& g, int64_t num_pages) {

@@ -70,6 +70,10 @@ struct AttentionShape {
   int sliding_window = 0;  // 0: full causal attention; else a query at p sees keys (p - window, p]
 };
 
+struct ModelConfig;
+// The attention geometry of a model.
+AttentionShape attention_shape(const ModelConfig& c);
+
 // The step's page tables on the host (see the file comment).
 struct KvStepTables {
   std::vector<int32_t> seq_ids;  // [B] the batch: sequences in order of first appearance in the step

@@ -74,22 +74,8 @@ TEST_P(Executors, BrokenVariantChangesTapsFromItsStageOnOnly) {
     return rec;
   };
   const auto good = taps_of({}), bad = taps_of({"attention=test_drop_last_key"});
-  // Taps in execution order: embed, then each layer's stages, then final_norm, logits.
-  std::vector<std::string> order{"embed"};
-  for (int l = 0; l < int(model_->config.n_layers); ++l)
-    for (int s = int(kFirstLayerStage); s <= int(kLastLayerStage); ++s) order.push_back(tap_name(Stage(s), l));
-  order.push_back("final_norm");
-  order.push_back("logits");
-  bool broken = false;
-  for (const std::string& name : order) {
-    const HostTensor *a = good->find(name), *b = bad->find(name);
-    ASSERT_TRUE(a && b) << name;
-    if (name == "L0.attention") broken = true;
-    const bool same = a->numel() == b->numel() && std::memcmp(a->f32(), b->f32(), size_t(a->numel()) * 4) == 0;
-    if (broken) EXPECT_FALSE(same) << name << " should differ once attention is broken";
-    else EXPECT_TRUE(same) << name << " comes before the broken stage and must be bit-identical";
-  }
-  EXPECT_EQ(good->taps().size(), order.size());  // every stage publishes, kv_write included
+  expect_broken_from(*good, *bad, int(model_->config.n_layers), "L0.attention");
+  EXPECT_EQ(good->taps().size(), taps_in_order(int(model_->config.n_layers)).size());  // every stage publishes, kv_write included
 }
 
 TEST_P(Executors, KvPoisonNamesTheLayerWhoseAppendWasSkipped) {

@@ -70,21 +70,7 @@ TEST_P(GpuExecutors, BrokenVariantChangesTapsFromItsStageOnOnly) {
     return rec;
   };
   const auto good = taps_of({}), bad = taps_of({"attention=test_drop_last_key"});
-  const int L = int(src_->config().n_layers);
-  std::vector<std::string> order{"embed"};
-  for (int l = 0; l < L; ++l)
-    for (int s = int(kFirstLayerStage); s <= int(kLastLayerStage); ++s) order.push_back(tap_name(Stage(s), l));
-  order.push_back("final_norm");
-  order.push_back("logits");
-  bool broken = false;
-  for (const std::string& name : order) {
-    const HostTensor *a = good->find(name), *b = bad->find(name);
-    ASSERT_TRUE(a && b) << name;
-    if (name == "L0.attention") broken = true;
-    const bool same = a->numel() == b->numel() && std::memcmp(a->f32(), b->f32(), size_t(a->numel()) * 4) == 0;
-    if (broken) EXPECT_FALSE(same) << name << " should differ once attention is broken";
-    else EXPECT_TRUE(same) << name << " comes before the broken stage and must be bit-identical";
-  }
+  expect_broken_from(*good, *bad, int(src_->config().n_layers), "L0.attention");
 }
 
 TEST_P(GpuExecutors, KvPoisonNamesTheLayerWhoseAppendWasSkipped) {
