@@ -96,7 +96,7 @@ void run(const BenchArgs& a) {
   TD_CHECK(cuda::device_count() > 0, "tandem bench measures a GPU path and no CUDA GPU was found (for the CPU "
                                      "reference path use tools/bench_cpu.py)");
   RunnerOptions ropt = a.model.runner;
-  if (ropt.path == "auto") ropt.path = "standard";
+  if (ropt.path == "auto") ropt.path = "fused";
   const Plan probe = plan_for(ropt, nullptr);  // fails early on a bad --path / --variant
   TD_CHECK(probe.device == Device::CUDA, "--path {}: tandem bench measures a GPU path", ropt.path);
   TD_CHECK(a.phase == "all" || a.phase == "decode" || a.phase == "prefill", "--phase {}: expected prefill, decode or all",

@@ -15,10 +15,13 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
   auto* m = cmd->add_option("-m,--model", o.model, "model: HF folder, .safetensors or .gguf file");
   if (required) m->required();
   cmd->add_option("--device", o.runner.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--path", o.runner.path, "execution path: auto | reference | standard (tandem info --variants)");
+  cmd->add_option("--path", o.runner.path, "execution path: auto (fused on a GPU, else reference) | reference | standard | fused (tandem info --variants)");
   cmd->add_option("--dtype", o.runner.dtype, "GPU weights/activations: bf16 | f16 | f32")
       ->check(CLI::IsMember({"bf16", "f16", "f32"}));
   cmd->add_option("--kv-tokens", o.runner.kv_tokens, "KV cache size in tokens (default: automatic)");
+  cmd->add_option("--gpu-memory-utilization", o.runner.gpu_memory_utilization,
+                  "GPU: fraction of the card's memory this process may use; the KV cache gets what the weights "
+                  "and activations leave (default: KV for 4 contexts or 32768 tokens, at most 40% of free memory)");
   cmd->add_option("--page-size", o.runner.page_size, "KV cache page size in tokens")->capture_default_str();
   cmd->add_option("--kv-layout", o.runner.kv_layout, "KV page layout: nhd | hnd")
       ->check(CLI::IsMember({"nhd", "hnd"}))
@@ -65,6 +68,7 @@ Loaded load(const ModelOptions& o) {
   l.bundle = open_model_bundle(path);
   l.runner = make_runner(l.bundle, o.runner, progress_bar);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (const std::string& n : l.runner->plan().notices) std::fprintf(stderr, "note: %s\n", n.c_str());
   const ModelConfig& c = l.bundle.config();
   const bool gpu = l.runner->plan().device == Device::CUDA;
   std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld; %s) loaded in %.2f s; path %s on %s\n",

@@ -86,6 +86,8 @@ class CpuHost final : public DeviceHost {
     tables_ = tables;
     auto i32 = [](std::vector<int32_t>& v) { return Tensor::contiguous(v.data(), DType::I32, {int64_t(v.size())}); };
     view_.tokens = T;
+    view_.tables = &tables_;
+    ++view_.serial;
     view_.token_ids = i32(tokens_);
     view_.positions = i32(positions_);
     view_.logit_rows = i32(logit_rows_);

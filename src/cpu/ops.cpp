@@ -318,4 +318,27 @@ void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape&
   }
 }
 
+// ---------------------------------------------------------------------------------------------------- fused twins
+// The fused CUDA launchers' twins are their definitions: the standard ops in sequence.
+
+void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& positions, const Tensor& inv_freq,
+                       const PagedKv& kv, const AttentionShape& shape) {
+  if (bias.data) add_bias(qkv, bias);
+  rope(qkv, positions, inv_freq, shape.n_heads, shape.n_kv_heads, shape.head_dim);
+  kv_write(qkv, positions, kv, shape);
+}
+
+void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float eps, const Tensor& out) {
+  add(x, delta, x);
+  rmsnorm(x, w, eps, out);
+}
+
+void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out) {
+  TD_CHECK(x.dtype == DType::F32 && w.dtype == DType::F32 && x.shape.size() == 2 && w.shape.size() == 2,
+           "gate_up_silu: f32 [T, H] and [2I, H], got {} and {}", x.describe(), w.describe());
+  HostTensor gate_up = HostTensor::empty(DType::F32, {x.shape[0], w.shape[0]});
+  linear(x, w, gate_up.view());
+  silu_mul(gate_up.view(), out);
+}
+
 }  // namespace tandem::cpu

@@ -37,6 +37,12 @@ void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, co
                const Tensor& out);
 void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape& shape, const Tensor& out);
 
+// Fused twins (contracts in cuda/attention.cuh, norm.cuh, gemv.cuh): the standard ops in sequence.
+void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& positions, const Tensor& inv_freq,
+                       const PagedKv& kv, const AttentionShape& shape);
+void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float eps, const Tensor& out);
+void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out);
+
 float dot(const float* a, const float* b, int64_t n);
 
 }  // namespace tandem::cpu

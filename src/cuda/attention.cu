@@ -79,6 +79,65 @@ __global__ void kv_write_kernel(const T* __restrict__ qkv, const int32_t* __rest
   }
 }
 
+// One block per token (grid-stride), the fused path's QKV epilogue: bias, RoPE and the K/V append of one token in
+// one pass over its qkv row. Rounding points are those of add_bias -> rope -> kv_write (each biased value rounded
+// to the activation dtype before it is rotated; each rotated value rounded once), so the cache and the qkv row come
+// out as the three standard kernels leave them. The row's cos/sin table is built once in shared memory.
+template <typename T>
+__global__ void qkv_rope_kv_write_kernel(T* qkv, const T* __restrict__ bias, const int32_t* __restrict__ positions,
+                                         const float* __restrict__ inv_freq, Pages pg, T* __restrict__ k_pool,
+                                         T* __restrict__ v_pool, int64_t n_tokens, int n_heads, int n_kv_heads,
+                                         int head_dim) {
+  extern __shared__ float cs[];  // [0, half): cos, [half, 2 half): sin
+  const int half = head_dim / 2;
+  float* c = cs;
+  float* s = cs + half;
+  const int64_t q_dim = int64_t(n_heads) * head_dim, kv_dim = int64_t(n_kv_heads) * head_dim;
+  const int64_t qkv_dim = q_dim + 2 * kv_dim;
+  const int64_t n_pairs = int64_t(n_heads + n_kv_heads) * half;
+  auto biased = [&](const T* row, int64_t i) {
+    return bias ? to_f32(from_f32<T>(to_f32(row[i]) + to_f32(bias[i]))) : to_f32(row[i]);
+  };
+  for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+    const int64_t pos = positions[t];
+    const float fpos = float(positions[t]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      const float angle = fpos * inv_freq[i];
+      c[i] = cosf(angle);
+      s[i] = sinf(angle);
+    }
+    __syncthreads();
+    const int64_t first = entry_first_page(pg, t, pos);
+    const int64_t slot = first < 0 ? -1 : slot_offset(pg, first, pos);  // -1: no slot; the row is still roped
+    T* row = qkv + t * qkv_dim;
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+      const int64_t head = p / half;
+      const int i = int(p % half);
+      const int64_t a = head * head_dim + i, b = a + half;
+      const float x1 = biased(row, a), x2 = biased(row, b);
+      const T r1 = from_f32<T>(x1 * c[i] - x2 * s[i]), r2 = from_f32<T>(x2 * c[i] + x1 * s[i]);
+      row[a] = r1;
+      row[b] = r2;
+      if (head >= n_heads && slot >= 0) {
+        const int64_t kvh = head - n_heads;
+        const int64_t dst = slot + kvh * pg.s_head;
+        k_pool[dst + i] = r1;
+        k_pool[dst + i + half] = r2;
+      }
+    }
+    for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+      const int64_t col = q_dim + kv_dim + i;
+      const T v = from_f32<T>(biased(row, col));
+      row[col] = v;
+      if (slot >= 0) {
+        const int64_t h = i / head_dim, d = i - h * head_dim;
+        v_pool[slot + h * pg.s_head + d] = v;
+      }
+    }
+    __syncthreads();  // the table is rebuilt for the next token
+  }
+}
+
 // One block per token (grid-stride): out[t] = k heads | v heads of the token's slot, or a NaN row.
 template <typename T>
 __global__ void kv_gather_kernel(const int32_t* __restrict__ positions, Pages pg, const T* __restrict__ k_pool,
@@ -284,6 +343,35 @@ void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, con
     kv_write_kernel<D><<<blocks, kCopyThreads, 0, stream>>>(qkv.ptr<const D>(), positions.ptr<const int32_t>(), pg,
                                                              kv.k.ptr<D>(), kv.v.ptr<D>(), T, q_dim + 2 * kv_dim,
                                                              q_dim, shape.head_dim, shape.n_kv_heads);
+    TD_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& positions, const Tensor& inv_freq,
+                       const PagedKv& kv, const AttentionShape& shape, cudaStream_t stream) {
+  const char* op = "qkv_rope_kv_write";
+  check_shape_args(op, shape);
+  TD_CHECK(shape.head_dim % 2 == 0, "{}: head_dim {} must be even (rotate-half RoPE)", op, shape.head_dim);
+  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
+  const Pages pg = check_paged(op, kv, shape, T);
+  const int64_t qkv_dim = qkv.shape[1];
+  if (bias.data) {
+    check_float_tensor(op, "bias", bias, Device::CUDA, 1);
+    check_dtype(op, "bias (qkv's dtype)", bias, qkv.dtype);
+    check_shape(op, "bias", bias, {qkv_dim});
+    check_data(op, {&bias});
+  }
+  check_index_tensor(op, "inv_freq", inv_freq, Device::CUDA, DType::F32, shape.head_dim / 2);
+  check_data(op, {&inv_freq});
+  if (T == 0) return;
+  const unsigned blocks = unsigned(std::min(T, kMaxBlocks));
+  const size_t shared_bytes = size_t(shape.head_dim) * sizeof(float);
+  dispatch_float(qkv.dtype, op, [&](auto tag) {
+    using D = typename decltype(tag)::type;
+    qkv_rope_kv_write_kernel<D><<<blocks, kCopyThreads, shared_bytes, stream>>>(
+        qkv.ptr<D>(), bias.data ? bias.ptr<const D>() : nullptr, positions.ptr<const int32_t>(),
+        inv_freq.ptr<const float>(), pg, kv.k.ptr<D>(), kv.v.ptr<D>(), T, shape.n_heads, shape.n_kv_heads,
+        shape.head_dim);
     TD_CUDA_CHECK_LAUNCH();
   });
 }

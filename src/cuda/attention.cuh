@@ -24,6 +24,13 @@ namespace tandem::cuda {
 void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
               cudaStream_t stream);
 
+// The fused path's QKV epilogue, in one kernel: qkv += bias (when bias.data is set; [qkv_dim]), rotate-half RoPE
+// of the q and k heads at the token's position (angle = position * inv_freq[i], f32 [head_dim / 2]), and the
+// append of the roped k and the v heads into the token's slot. Equal to add_bias -> rope -> kv_write, rounding
+// included (elementwise: the same values, bit for bit). The qkv row is left roped (q is what attention reads).
+void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& positions, const Tensor& inv_freq,
+                       const PagedKv& kv, const AttentionShape& shape, cudaStream_t stream);
+
 // out[t, h * head_dim + d] = sum_p softmax_p(q_t,h . k_p,kvh / sqrt(head_dim)) v_p,kvh[d], kvh = h / group.
 // qkv: [T, qkv_dim] (the q part is read); out: [T, n_heads * head_dim], same dtype as qkv and the cache.
 void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,

@@ -140,6 +140,9 @@ class CudaHost final : public DeviceHost {
       return t;
     };
     view_.tokens = T;
+    tables_ = tables;
+    view_.tables = &tables_;
+    ++view_.serial;
     view_.token_ids = put(step.tokens);
     view_.positions = put(step.positions);
     kv_tables_ = PagedKv{};
@@ -228,8 +231,22 @@ class CudaHost final : public DeviceHost {
     if (tokens <= 0) {
       size_t free_bytes = 0, total_bytes = 0;
       TD_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-      tokens = std::min<int64_t>(std::max<int64_t>(4 * config_.max_positions, 32768),
-                                 int64_t(0.4 * double(free_bytes)) / bytes_per_token);
+      const double util = options_.gpu_memory_utilization;
+      if (util > 0) {
+        // What this process may still take: util * total less what is in use now (our weights, other processes),
+        // less a reserve for activations, logits, GEMM and FlashInfer workspaces.
+        constexpr double kReserve = 1.0 * (1 << 30);
+        const double used = double(total_bytes - free_bytes);
+        const double budget = util * double(total_bytes) - used - kReserve;
+        TD_CHECK(budget >= double(bytes_per_token * geo_.page_size),
+                 "--gpu-memory-utilization {}: {:.2f} GiB of {:.2f} GiB allowed, but {:.2f} GiB are in use already "
+                 "(weights and other processes) and 1 GiB is kept for activations: no room for a KV cache (raise it)",
+                 util, util * double(total_bytes) / (1 << 30), double(total_bytes) / (1 << 30), used / (1 << 30));
+        tokens = int64_t(budget / double(bytes_per_token));
+      } else {
+        tokens = std::min<int64_t>(std::max<int64_t>(4 * config_.max_positions, 32768),
+                                   int64_t(0.4 * double(free_bytes)) / bytes_per_token);
+      }
     }
     pages_ = tokens / geo_.page_size;
     TD_CHECK(pages_ > 0, "no device memory left for a KV cache ({} bytes per token, page size {})", bytes_per_token,
@@ -287,6 +304,7 @@ class CudaHost final : public DeviceHost {
   ActivationSlots slots_;
   StepView view_;
   PagedKv kv_tables_;
+  KvStepTables tables_;  // the host copy of what kv_tables_ holds on the device
   std::vector<int32_t> host_positions_;
   std::shared_ptr<PinnedPool> pinned_ = std::make_shared<PinnedPool>();
   HostTensor out_logits_;

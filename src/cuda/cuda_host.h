@@ -11,12 +11,17 @@
 
 namespace tandem::cuda {
 
+class FlashInferAttention;
+
 class CudaContext final : public DeviceContext {
  public:
   Device device() const override { return Device::CUDA; }
   cudaStream_t stream = nullptr;
   Gemm* gemm = nullptr;
   Tensor scratch_i32;  // i32 [rows of the step] for variants that need one small device array
+  // attention.flashinfer's adapter (workspaces; made on first use) and the step serial it last planned.
+  std::shared_ptr<FlashInferAttention> flashinfer;
+  int64_t flashinfer_planned = -1;
 };
 
 std::unique_ptr<DeviceHost> make_cuda_host(const ModelSource& source, const HostOptions& options,

@@ -98,6 +98,8 @@ class FlashInferAttention {
   const FlashInferPlanSummary& last_plan() const { return summary_; }
   const AttentionShape& shape() const { return shape_; }
   DType dtype() const { return dtype_; }
+  int64_t page_size() const { return page_size_; }
+  KvLayout layout() const { return layout_; }
 
  private:
   struct State;

@@ -53,6 +53,33 @@ __global__ void rmsnorm_kernel(const T* x, const T* __restrict__ w, T* out, int6
   }
 }
 
+
+// One block per row (grid-stride): x = round(x + delta), then out = rmsnorm(x) as rmsnorm_kernel. Each element is
+// read and written by one thread only; out may alias delta (read before the reduction's barrier), not x.
+template <typename T>
+__global__ void add_rmsnorm_kernel(T* x, const T* delta, const T* __restrict__ w, T* out, int64_t rows, int64_t H,
+                                   float eps) {
+  __shared__ float red[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    T* xr = x + r * H;
+    const T* dr = delta + r * H;
+    T* o = out + r * H;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+      const T sum = from_f32<T>(to_f32(xr[i]) + to_f32(dr[i]));  // the standard add kernel's rounding
+      xr[i] = sum;
+      const float v = to_f32(sum);
+      ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    const float inv = rsqrtf(ss / float(H) + eps);
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+      const float normed = to_f32(from_f32<T>(to_f32(xr[i]) * inv));
+      o[i] = from_f32<T>(to_f32(w[i]) * normed);
+    }
+  }
+}
+
 }  // namespace
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream) {
@@ -73,6 +100,35 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cud
   dispatch_float(x.dtype, "rmsnorm", [&](auto tag) {
     using T = typename decltype(tag)::type;
     rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+    TD_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float eps, const Tensor& out,
+                 cudaStream_t stream) {
+  const char* op = "add_rmsnorm";
+  check_float_tensor(op, "x", x, Device::CUDA, 2);
+  const int64_t rows = x.shape[0], H = x.shape[1];
+  check_float_tensor(op, "delta", delta, Device::CUDA, 2);
+  check_dtype(op, "delta (x's dtype)", delta, x.dtype);
+  check_same_shape(op, "delta (x's shape)", delta, x);
+  check_float_tensor(op, "weight", w, Device::CUDA, 1);
+  check_dtype(op, "weight (x's dtype)", w, x.dtype);
+  check_shape(op, "weight", w, {H});
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_dtype(op, "out (x's dtype)", out, x.dtype);
+  check_same_shape(op, "out (x's shape)", out, x);
+  TD_CHECK(eps >= 0.0f, "add_rmsnorm: eps must not be negative, got {}", eps);
+  TD_CHECK(out.data != x.data || rows == 0, "add_rmsnorm: out must not alias x (the residual stream) {}",
+           x.describe());
+  if (rows == 0) return;
+  TD_CHECK(H > 0, "add_rmsnorm: empty rows in {}", x.describe());
+  check_data(op, {&x, &delta, &w, &out});
+  const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
+  dispatch_float(x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    add_rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<T>(), delta.ptr<const T>(), w.ptr<const T>(),
+                                                           out.ptr<T>(), rows, H, eps);
     TD_CUDA_CHECK_LAUNCH();
   });
 }

@@ -10,4 +10,9 @@
 
 namespace tandem::cuda {
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream);
+
+// The fused path's residual add + RMSNorm in one kernel: x = x + delta (rounded to the dtype, as the add kernel),
+// then out = rmsnorm(x, w) with the rounding points above. delta, out: [T, H] like x; out may alias delta, not x.
+void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float eps, const Tensor& out,
+                 cudaStream_t stream);
 }

@@ -24,6 +24,9 @@ struct HostOptions {
   int64_t kv_tokens = 0;        // KV pool size in tokens; 0: the device's default
   int64_t page_size = 16;
   KvLayout kv_layout = KvLayout::NHD;
+  // GPU: when > 0 (and kv_tokens is 0), the KV pool takes what is left of this fraction of the card's memory
+  // after the weights and an activation reserve (vLLM's --gpu-memory-utilization).
+  double gpu_memory_utilization = 0;
 };
 
 class DeviceHost {

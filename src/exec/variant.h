@@ -58,6 +58,8 @@ struct StepView {
   Tensor positions;   // i32 [T]
   Tensor logit_rows;  // i32 [R]: the step row of each logits row
   std::span<const int32_t> host_positions;  // the same positions on the host
+  const KvStepTables* tables = nullptr;     // the step's page tables on the host (what kv tensors hold)
+  int64_t serial = 0;                       // increments every step: variants that plan once per step key on it
 };
 
 // What a device family gives its variants beyond the tensors (the CUDA one adds the stream and GEMM handle).
@@ -89,6 +91,10 @@ struct Variant {
   // Why it cannot run this model in this dtype, or nullopt when it can. May be empty (always supported).
   std::function<std::optional<std::string>(const ModelConfig&, DType)> unsupported;
   std::function<void(const VariantArgs&)> run;
+  // Variants that must be in the same plan, and why (e.g. a norm that the previous layer's fused residual kernel
+  // already computed). build_plan rejects a plan that lacks one; a preset's fallback replaces both.
+  std::vector<std::string> needs;
+  std::string needs_why;
 
   std::string_view impl() const;  // the part after the last '.'
   bool touches_kv() const { return !kv_layouts.empty(); }
@@ -106,6 +112,9 @@ struct PathPreset {
   Device device = Device::CPU;
   std::string summary;
   std::vector<std::string> variants;  // each stage covered exactly once
+  // A preset whose variants replace, stage by stage, any of these that cannot run the model (with a notice); empty:
+  // such a model is an error.
+  std::string fallback;
 };
 void register_path(PathPreset p);
 const std::vector<PathPreset>& path_presets();

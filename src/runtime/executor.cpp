@@ -1,10 +1,43 @@
 #include "runtime/executor.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 
 namespace tandem {
+namespace {
+
+// The step's tokens grouped by sequence (sequences in order of first appearance, each one's tokens in step order),
+// as indices into the step; empty when the step is grouped already.
+std::vector<int32_t> grouped_order(std::span<const int32_t> seq_ids) {
+  std::map<int32_t, int32_t> rank;
+  bool grouped = true;
+  for (size_t t = 0; t < seq_ids.size(); ++t) {
+    auto [it, fresh] = rank.emplace(seq_ids[t], int32_t(rank.size()));
+    if (!fresh && t > 0 && seq_ids[t - 1] != seq_ids[t]) grouped = false;
+  }
+  if (grouped) return {};
+  std::vector<int32_t> order(seq_ids.size());
+  for (size_t t = 0; t < order.size(); ++t) order[t] = int32_t(t);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return rank[seq_ids[size_t(a)]] < rank[seq_ids[size_t(b)]]; });
+  return order;
+}
+
+// Row i of `in` [N, ...] moves to row dest[i].
+HostTensor scatter_rows(const HostTensor& in, const std::vector<int32_t>& dest) {
+  const Tensor& v = in.view();
+  HostTensor out = HostTensor::empty(v.dtype, std::span<const int64_t>(v.shape.data(), size_t(v.ndim)));
+  const size_t row_bytes = size_t(v.nbytes() / std::max<int64_t>(1, v.shape[0]));
+  for (size_t i = 0; i < dest.size(); ++i)
+    std::memcpy(static_cast<char*>(out.view().data) + size_t(dest[i]) * row_bytes,
+                static_cast<const char*>(v.data) + i * row_bytes, row_bytes);
+  return out;
+}
+
+}  // namespace
 
 Executor::Executor(std::unique_ptr<DeviceHost> host, Plan plan, ExecutorOptions options)
     : host_(std::move(host)), plan_(std::move(plan)), options_(options) {
@@ -96,16 +129,28 @@ void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSi
   const Stage last = v.stages.last;
   if (taps && last != Stage::logits && taps->wants(last, layer)) {
     const Slot slot = stage_output_slot(last);
-    taps->publish(last, layer, slot == Slot::kv_rows ? host_->kv_rows(layer) : host_->to_host(host_->slots().get(slot)));
+    HostTensor t = slot == Slot::kv_rows ? host_->kv_rows(layer) : host_->to_host(host_->slots().get(slot));
+    // Tap rows are in the caller's token order, whatever order the step ran in.
+    if (!order_.empty() && t.view().shape[0] == int64_t(order_.size())) t = scatter_rows(t, order_);
+    taps->publish(last, layer, t);
   }
 }
 
-StepOutput Executor::forward(const Step& step, TapSink* taps) {
-  validate_step(step, config().vocab_size, [this](int32_t seq) -> std::optional<SequenceExtent> {
+StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
+  // Every kernel (FlashInfer's above all) takes a step whose tokens are grouped by sequence; a step that
+  // interleaves sequences runs regrouped, and its logits rows and taps are put back in the caller's order.
+  validate_step(caller_step, config().vocab_size, [this](int32_t seq) -> std::optional<SequenceExtent> {
     auto it = seqs_.find(seq);
     if (it == seqs_.end()) return std::nullopt;
     return SequenceExtent{it->second.length, it->second.capacity};
   });
+  order_ = grouped_order(caller_step.seq_ids);
+  Step regrouped;
+  if (!order_.empty())
+    for (int32_t t : order_)
+      regrouped.add(caller_step.tokens[size_t(t)], caller_step.seq_ids[size_t(t)], caller_step.positions[size_t(t)],
+                    caller_step.want_logits[size_t(t)] != 0);
+  const Step& step = order_.empty() ? caller_step : regrouped;
   // Positions continue each cache (validated), so a sequence's length after the step is its last position + 1.
   std::map<int32_t, int64_t> length_after;
   for (int64_t t = 0; t < step.size(); ++t) length_after[step.seq_ids[size_t(t)]] = step.positions[size_t(t)] + 1;
@@ -150,7 +195,21 @@ StepOutput Executor::forward(const Step& step, TapSink* taps) {
       it->calls += 1;
     }
   }
+  if (!order_.empty()) {
+    // Logits rows in ascending caller token order, as an ungrouped run would give them.
+    std::vector<int32_t> by_caller(out.logit_rows.size());
+    for (size_t r = 0; r < by_caller.size(); ++r) by_caller[r] = order_[size_t(out.logit_rows[r])];
+    std::vector<int32_t> rank(by_caller.size());
+    for (size_t r = 0; r < rank.size(); ++r) rank[r] = int32_t(r);
+    std::sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return by_caller[size_t(a)] < by_caller[size_t(b)]; });
+    std::vector<int32_t> dest(rank.size());
+    for (size_t k = 0; k < rank.size(); ++k) dest[size_t(rank[k])] = int32_t(k);
+    if (out.logits.numel() > 0) out.logits = scatter_rows(out.logits, dest);
+    std::sort(by_caller.begin(), by_caller.end());
+    out.logit_rows = by_caller;
+  }
   if (taps && taps->wants(Stage::logits, -1)) taps->publish(Stage::logits, -1, out.logits);
+  order_.clear();
   return out;
 }
 

@@ -62,6 +62,7 @@ class Executor final : public ModelRunner {
   bool timing_ = false;
   std::vector<const Variant*> timed_;  // the variant of each timing interval of this step
   std::vector<VariantTiming> timings_;
+  std::vector<int32_t> order_;  // this step's token order when regrouped (run row i is caller token order_[i])
 };
 
 }  // namespace tandem

@@ -133,19 +133,23 @@ Resolved resolve(const RunnerOptions& o) {
   TD_CHECK(layout.has_value(), "--kv-layout {}: expected nhd or hnd", o.kv_layout);
   TD_CHECK(o.page_size > 0 && o.page_size <= 4096, "--page-size {}: expected 1..4096 tokens", o.page_size);
   TD_CHECK(o.kv_tokens >= 0, "--kv-tokens {}: must not be negative", o.kv_tokens);
+  TD_CHECK(o.gpu_memory_utilization >= 0 && o.gpu_memory_utilization <= 1,
+           "--gpu-memory-utilization {}: expected a fraction in (0, 1]", o.gpu_memory_utilization);
+  TD_CHECK(o.gpu_memory_utilization == 0 || o.kv_tokens == 0,
+           "give --kv-tokens or --gpu-memory-utilization, not both (both size the KV cache)");
   return {preset, preset->device == Device::CPU ? DType::F32 : *dtype, *layout};
 }
 
 HostOptions host_options(const RunnerOptions& o, const Resolved& r) {
-  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout};
+  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout, o.gpu_memory_utilization};
 }
 }  // namespace
 
 std::string resolve_path(const RunnerOptions& o) {
   if (o.path != "auto") return o.path;
   if (o.device == "cpu") return "reference";
-  if (o.device == "cuda") return "standard";
-  return gpu_available() ? "standard" : "reference";
+  if (o.device == "cuda") return "fused";
+  return gpu_available() ? "fused" : "reference";
 }
 
 Plan plan_for(const RunnerOptions& o, const ModelConfig* config) {

@@ -30,12 +30,13 @@ struct RunnerOptions {
   std::string path = "auto";    // auto | a path preset (reference, standard)
   std::string dtype = "bf16";   // GPU paths: bf16 | f16 | f32 (the CPU reference is always fp32)
   int64_t kv_tokens = 0;        // KV pool size in tokens (0: the device's default)
+  double gpu_memory_utilization = 0;  // (0, 1]: size the GPU KV pool so the process uses this share of the card
   int64_t page_size = 16;       // KV page size in tokens
   std::string kv_layout = "nhd";       // nhd | hnd
   std::vector<std::string> variants;   // --variant STAGE=NAME overrides
   bool kv_poison = false;              // fill fresh KV pages with NaN and check every attention output
 };
-// The preset `auto` resolves to: the standard path on a GPU when one is present (or --device cuda), else the
+// The preset `auto` resolves to: the fused path on a GPU when one is present (or --device cuda), else the
 // reference path on the CPU.
 std::string resolve_path(const RunnerOptions& options);
 // The checked plan the options ask for (no weights are read); `config` enables the per-model support checks.

@@ -1,6 +1,7 @@
 #include "runtime/plan.h"
 
 #include <algorithm>
+#include <optional>
 #include <map>
 #include <sstream>
 
@@ -40,6 +41,54 @@ const Variant* resolve(Device d, Stage s, const std::string& name, const std::st
   TD_CHECK(v->stages.contains(s), "--variant {}: {} covers {}, not {}", arg, v->name, v->stages.str(),
            stage_name(s));
   return v;
+}
+
+
+bool in_plan(const std::array<const Variant*, kNumStages>& by_stage, const std::string& name) {
+  return std::any_of(by_stage.begin(), by_stage.end(), [&](const Variant* v) { return v && v->name == name; });
+}
+
+// Swaps each preset variant that cannot run the model (or needs a variant no longer in the plan) for the fallback
+// preset's variants of the same stages, until none is left; variants chosen by --variant stay.
+void apply_fallback(Plan& plan, const PathPreset& preset, const PlanRequest& r, const std::map<Stage, std::string>& set_by) {
+  const PathPreset* fb = find_path(preset.fallback);
+  TD_CHECK(fb && fb->device == preset.device, "path {}: fallback preset {} is not a {} path", preset.name,
+           preset.fallback, device_name(preset.device));
+  std::array<const Variant*, kNumStages> fb_stage{};
+  for (const std::string& name : fb->variants) {
+    const Variant* v = find_variant(fb->device, name);
+    TD_CHECK(v, "path {}: variant {} is not registered", fb->name, name);
+    for (int s = int(v->stages.first); s <= int(v->stages.last); ++s) fb_stage[size_t(s)] = v;
+  }
+  auto swap = [&](const Variant* v, const std::string& why) {
+    std::string names;
+    for (int s = int(v->stages.first); s <= int(v->stages.last); ++s) {
+      const Variant* f = fb_stage[size_t(s)];
+      TD_CHECK(f, "path {}: its fallback {} has no variant for stage {}", preset.name, fb->name, stage_name(Stage(s)));
+      TD_CHECK(int(f->stages.first) >= int(v->stages.first) && int(f->stages.last) <= int(v->stages.last),
+               "path {}: fallback {} covers {}, more than {} ({})", preset.name, f->name, f->stages.str(), v->name,
+               v->stages.str());
+      if (names.find(f->name) == std::string::npos) names += (names.empty() ? "" : " + ") + f->name;
+      plan.by_stage[size_t(s)] = f;
+    }
+    plan.notices.push_back(fmt::format("path {}: {} cannot run this model ({}); {} instead", plan.path, v->name, why,
+                                       names));
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (int s = 0; s < kNumStages && !changed; ++s) {
+      const Variant* v = plan.by_stage[size_t(s)];
+      if (!v || int(v->stages.first) != s || set_by.count(Stage(s))) continue;
+      std::optional<std::string> why;
+      if (v->unsupported) why = v->unsupported(*r.config, r.dtype);
+      for (const std::string& need : v->needs)
+        if (!why && !in_plan(plan.by_stage, need)) why = "it needs " + need + ", which is not in the plan";
+      if (why) {
+        swap(v, *why);
+        changed = true;
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -95,6 +144,8 @@ Plan build_plan(const PlanRequest& r) {
     plan.overridden.push_back(v->name);
   }
 
+  if (r.config && !preset->fallback.empty()) apply_fallback(plan, *preset, r, set_by);
+
   // Every stage covered; every run of equal choices is one whole variant.
   for (int s = 0; s < kNumStages;) {
     const Variant* v = plan.by_stage[size_t(s)];
@@ -127,6 +178,9 @@ Plan build_plan(const PlanRequest& r) {
            v->name, ok, kv_layout_name(r.kv_layout),
            neighbours.empty() ? std::string() : "; its KV neighbours: " + neighbours);
     }
+    for (const std::string& need : v->needs)
+      TD_CHECK(in_plan(plan.by_stage, need), "plan {}: {} needs {} in the same plan ({}); choose both or neither",
+               plan.path, v->name, need, v->needs_why);
     if (r.config && v->unsupported) {
       const auto why = v->unsupported(*r.config, r.dtype);
       TD_CHECK(!why, "plan {}: {} cannot run this model: {}", plan.path, v->name, why.value_or(""));

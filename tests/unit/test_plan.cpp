@@ -117,6 +117,60 @@ TEST(Plan, EachInvalidCombinationIsNamed) {
   EXPECT_NO_THROW(build_plan({"reference", {"attention=test_picky"}, KvLayout::NHD, &c, DType::F32}));
 }
 
+ModelConfig gpu_config(int64_t head_dim) {
+  ModelConfig c;
+  c.n_heads = 9;
+  c.n_kv_heads = 3;
+  c.head_dim = head_dim;
+  c.n_layers = 2;
+  return c;
+}
+
+TEST(Plan, FusedPresetIsWholeAndFallsBackStageByStage) {
+  const ModelConfig c64 = gpu_config(64);
+  const Plan p = build_plan({"fused", {}, KvLayout::NHD, &c64, DType::BF16});
+  EXPECT_EQ(p.device, Device::CUDA);
+  EXPECT_TRUE(p.notices.empty()) << p.notices.front();
+  EXPECT_EQ(p.by_stage[size_t(Stage::attention)]->name, "attention.flashinfer");
+  EXPECT_EQ(p.by_stage[size_t(Stage::rope)]->name, "qkv..kv_write.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::mlp_norm)]->name, "attn_residual..mlp_norm.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::act)]->name, "gate_up..act.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::mlp_residual)]->name, "mlp_residual.fused");
+  EXPECT_EQ(p.segments.size(), size_t(kNumStages - 2 - 1 - 1));  // three fused runs of 3, 2 and 2 stages
+
+  // head_dim 32 (and f32) are outside FlashInfer's instantiations: attention falls back alone, with a notice.
+  const ModelConfig c32 = gpu_config(32);
+  for (const auto& [cfg, dt] : {std::pair{&c32, DType::BF16}, std::pair{&c64, DType::F32}}) {
+    const Plan f = build_plan({"fused", {}, KvLayout::HND, cfg, dt});
+    EXPECT_EQ(f.by_stage[size_t(Stage::attention)]->name, "attention.standard");
+    EXPECT_EQ(f.by_stage[size_t(Stage::rope)]->name, "qkv..kv_write.fused");
+    ASSERT_EQ(f.notices.size(), 1u);
+    EXPECT_THAT(f.notices[0], HasSubstr("path fused: attention.flashinfer cannot run this model ("));
+    EXPECT_THAT(f.notices[0], HasSubstr("); attention.standard instead"));
+  }
+  // Asked for by name, an unsupported variant is an error, not a fallback.
+  EXPECT_THAT(error_of({"fused", {"attention=flashinfer"}, KvLayout::NHD, &c32, DType::BF16}),
+              HasSubstr("attention.flashinfer cannot run this model: "));
+}
+
+TEST(Plan, FusedNormsNeedTheFusedResidual) {
+  const ModelConfig c = gpu_config(64);
+  // Swapping the fused residual: the preset's norms that relied on it follow it to standard, each with a notice.
+  const Plan p = build_plan({"fused", {"mlp_residual=standard"}, KvLayout::NHD, &c, DType::BF16});
+  EXPECT_EQ(p.by_stage[size_t(Stage::attn_norm)]->name, "attn_norm.standard");
+  EXPECT_EQ(p.by_stage[size_t(Stage::final_norm)]->name, "final_norm.standard");
+  ASSERT_EQ(p.notices.size(), 2u);
+  EXPECT_THAT(p.notices[0], HasSubstr("attn_norm.fused cannot run this model (it needs mlp_residual.fused, which "
+                                      "is not in the plan); attn_norm.standard instead"));
+  // Chosen by name, the dependent norm cannot be swapped: the plan fails and says why.
+  EXPECT_THAT(error_of({"fused", {"mlp_residual=standard", "attn_norm=fused"}, KvLayout::NHD, &c, DType::BF16}),
+              HasSubstr("attn_norm.fused needs mlp_residual.fused in the same plan (mlp_residual.fused leaves"));
+  EXPECT_THAT(error_of({"fused", {"mlp_residual=standard"}}), HasSubstr("attn_norm.fused needs mlp_residual.fused"));
+  // The standard norms do not need the fused residual: recomputing the norm is redundant, not wrong.
+  EXPECT_NO_THROW(build_plan({"fused", {"attn_norm=standard", "final_norm=standard"}, KvLayout::NHD, &c,
+                              DType::BF16}));
+}
+
 TEST(Plan, RegistryRejectsMalformedVariants) {
   EXPECT_THROW(register_variant(test_variant("attention.reference", Stage::attention, Stage::attention)), Error);
   EXPECT_THROW(register_variant(test_variant("x.test", Stage::rope, Stage::qkv)), Error);

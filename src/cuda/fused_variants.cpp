@@ -1,0 +1,139 @@
+// The fused variants and the `fused` path preset: what a GPU serves with. Each variant covers a run of stages
+// with fewer kernels than the standard path and the same rounding points, so every tap it publishes (its last
+// stage's) stays within the standard path's tolerance, and the elementwise fusions are bit-identical.
+//
+//   qkv..kv_write     cuBLASLt GEMM, then one kernel: bias + RoPE + paged K/V append (cuda/attention.cuh)
+//   attention         FlashInfer batch prefill over the paged cache, one plan per step (cuda/flashinfer.cuh)
+//   attn_residual..mlp_norm   one kernel: x += o_proj; h = rmsnorm(x) (cuda/norm.cuh add_rmsnorm)
+//   gate_up..act      T <= 8: one GEMV kernel gate/up + SiLU*mul (cuda/gemv.cuh); more rows: GEMM + silu_mul
+//   mlp_residual      one kernel: x += down; h = the *next* norm of x (layer l+1's attn_norm, or final_norm)
+//   attn_norm, final_norm   layer 0: the RMSNorm kernel; after a fused mlp_residual: nothing (h holds the norm)
+//
+// The last two need each other (Variant::needs): a plan that swaps mlp_residual.fused for the standard add must
+// swap attn_norm and final_norm too, and build_plan says so. The preset falls back to `standard`, stage by stage,
+// where a variant cannot run the model (FlashInfer's head dims and dtypes, cuda/flashinfer.cuh).
+#include <memory>
+#include <vector>
+
+#include "cuda/attention.cuh"
+#include "cuda/check.h"
+#include "cuda/cuda_host.h"
+#include "cuda/elementwise.cuh"
+#include "cuda/flashinfer.cuh"
+#include "cuda/gemv.cuh"
+#include "cuda/norm.cuh"
+#include "exec/variant.h"
+
+namespace tandem::cuda {
+namespace {
+
+CudaContext& ctx(const VariantArgs& a) { return static_cast<CudaContext&>(a.device); }
+cudaStream_t stream(const VariantArgs& a) { return ctx(a).stream; }
+
+const std::vector<KvLayout> kBothLayouts{KvLayout::NHD, KvLayout::HND};
+const char* const kNormNeeds =
+    "mlp_residual.fused leaves the next layer's attn_norm (or final_norm) in h, and this variant uses it";
+
+Variant fused(Stage first, Stage last, std::string impl, std::string summary,
+              std::function<void(const VariantArgs&)> run, std::vector<KvLayout> layouts = {}) {
+  Variant v;
+  v.stages = {first, last};
+  v.name = v.stages.str() + "." + impl;
+  v.device = Device::CUDA;
+  v.kv_layouts = std::move(layouts);
+  v.summary = std::move(summary);
+  v.run = std::move(run);
+  return v;
+}
+
+Variant norm_after_fused_residual(Stage s) {
+  Variant v = fused(s, s, "fused", "RMSNorm kernel at layer 0; after mlp_residual.fused nothing (h holds it)",
+                    [s](const VariantArgs& a) {
+                      if (s == Stage::attn_norm && a.layer == 0)
+                        rmsnorm(a.slots.x, a.lw->attn_norm, float(a.config.rms_eps), a.slots.h, stream(a));
+                    });
+  v.needs = {"mlp_residual.fused"};
+  v.needs_why = kNormNeeds;
+  return v;
+}
+TD_REGISTER_VARIANT(norm_after_fused_residual(Stage::attn_norm));
+TD_REGISTER_VARIANT(norm_after_fused_residual(Stage::final_norm));
+
+TD_REGISTER_VARIANT(fused(
+    Stage::qkv, Stage::kv_write, "fused", "cuBLASLt GEMM, then bias + RoPE + paged K/V append in one kernel",
+    [](const VariantArgs& a) {
+      ctx(a).gemm->linear(a.slots.h, a.lw->wqkv, a.slots.qkv, stream(a));
+      qkv_rope_kv_write(a.slots.qkv, a.lw->bqkv, a.step.positions, a.device.rope_inv_freq, *a.kv,
+                        attention_shape(a.config), stream(a));
+    },
+    kBothLayouts));
+
+Variant flashinfer_attention() {
+  Variant v = fused(
+      Stage::attention, Stage::attention, "flashinfer",
+      "FlashInfer FA2 batch prefill over the paged cache (decode = one query), one plan per step",
+      [](const VariantArgs& a) {
+        CudaContext& c = ctx(a);
+        const PagedKv& kv = *a.kv;
+        const AttentionShape shape = attention_shape(a.config);
+        const DType dt = a.slots.qkv.dtype;
+        if (!c.flashinfer || c.flashinfer->dtype() != dt || c.flashinfer->page_size() != kv.page_size ||
+            c.flashinfer->layout() != kv.layout) {
+          c.flashinfer = std::make_shared<FlashInferAttention>(shape, dt, kv.page_size, kv.layout);
+          c.flashinfer_planned = -1;
+        }
+        if (c.flashinfer_planned != a.step.serial) {
+          TD_CHECK(a.step.tables, "attention.flashinfer: the step's host page tables are missing");
+          c.flashinfer->plan(*a.step.tables, kv.k.shape[0], c.stream);
+          c.flashinfer_planned = a.step.serial;
+        }
+        c.flashinfer->run(a.slots.qkv, kv, a.slots.attn, c.stream);
+      },
+      kBothLayouts);
+  v.unsupported = [](const ModelConfig& c, DType dt) -> std::optional<std::string> {
+    std::string why;
+    if (flashinfer_supports(attention_shape(c), dt, &why)) return std::nullopt;
+    return why;
+  };
+  return v;
+}
+TD_REGISTER_VARIANT(flashinfer_attention());
+
+TD_REGISTER_VARIANT(fused(Stage::attn_residual, Stage::mlp_norm, "fused",
+                          "residual add + RMSNorm in one kernel", [](const VariantArgs& a) {
+                            add_rmsnorm(a.slots.x, a.slots.h, a.lw->mlp_norm, float(a.config.rms_eps), a.slots.h,
+                                        stream(a));
+                          }));
+
+TD_REGISTER_VARIANT(fused(Stage::gate_up, Stage::act, "fused",
+                          "up to 8 rows: one GEMV kernel (gate, up, SiLU*mul); more: cuBLASLt GEMM + silu_mul",
+                          [](const VariantArgs& a) {
+                            if (a.step.tokens <= kGemvMaxRows) {
+                              gate_up_silu(a.slots.h, a.lw->w_gate_up, a.slots.act, stream(a));
+                            } else {
+                              ctx(a).gemm->linear(a.slots.h, a.lw->w_gate_up, a.slots.gate_up, stream(a));
+                              silu_mul(a.slots.gate_up, a.slots.act, stream(a));
+                            }
+                          }));
+
+TD_REGISTER_VARIANT(fused(Stage::mlp_residual, Stage::mlp_residual, "fused",
+                          "residual add + the next RMSNorm (next layer's attn_norm, or final_norm) in one kernel",
+                          [](const VariantArgs& a) {
+                            const bool last = a.layer + 1 == int(a.config.n_layers);
+                            const Tensor& next_norm =
+                                last ? a.weights.final_norm : a.weights.layers[size_t(a.layer) + 1].attn_norm;
+                            add_rmsnorm(a.slots.x, a.slots.h, next_norm, float(a.config.rms_eps), a.slots.h,
+                                        stream(a));
+                          }));
+
+TD_REGISTER_PATH(PathPreset{
+    "fused", Device::CUDA,
+    "CUDA, fused kernels + FlashInfer attention over the paged cache: the GPU default (falls back to standard "
+    "per stage where a model is outside what is instantiated)",
+    {"embed.standard", "attn_norm.fused", "qkv..kv_write.fused", "attention.flashinfer", "o_proj.standard",
+     "attn_residual..mlp_norm.fused", "gate_up..act.fused", "down.standard", "mlp_residual.fused",
+     "final_norm.fused", "logits.standard"},
+    "standard"});
+
+}  // namespace
+}  // namespace tandem::cuda

@@ -1,0 +1,24 @@
+// Small-batch GEMV kernels for the fused path: at decode a projection reads every weight once for a handful of
+// rows, so it is bound by weight bandwidth, and a kernel that reads each weight row once for all rows and applies
+// the epilogue in registers saves the intermediate's round trip and a launch.
+//
+// gate_up_silu: out[t, i] = silu(g) * u with g = round(x[t] . w[i]), u = round(x[t] . w[I + i]) (w = gate | up,
+// [2I, H]), dot products accumulated in fp32; the rounding points are those of the standard path's GEMM to the
+// activation dtype followed by silu_mul (act rounded, then the product), so it equals linear -> silu_mul up to the
+// order of the fp32 sums. x: [T, H] with 1 <= T <= kGemvMaxRows; w: [2I, H]; out: [T, I]; one dtype (f32, f16,
+// bf16), contiguous rows. 16-byte loads when H is a multiple of 16 bytes' worth of elements and the pointers are
+// 16-byte aligned, else one element at a time. CPU twin: cpu::gate_up_silu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace tandem::cuda {
+
+inline constexpr int64_t kGemvMaxRows = 8;
+
+void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream);
+
+}  // namespace tandem::cuda

@@ -1,0 +1,233 @@
+// Conformance of the fused path's launchers: each against (1) the standard CUDA launchers it replaces, run in
+// sequence on the same device inputs (the elementwise fusions must match them bit for bit; the GEMV within the
+// dtype's NMSE bound, its fp32 sums being ordered differently from cuBLASLt's), and (2) its CPU twin within the
+// NMSE bound (criteria in conformance.h). Inputs include the extremes: |q|, |k| near 200 and positions near 4000
+// for RoPE, rows near zero and near the dtype's range for the residual norm, and the scalar (unaligned) GEMV path.
+#include <cmath>
+
+#include "cuda/elementwise.cuh"
+#include "cuda/gemm.cuh"
+#include "cuda/gemv.cuh"
+#include "cuda/norm.cuh"
+#include "paged_step.h"
+
+namespace tandem {
+namespace {
+
+std::vector<float> inv_freq_for(int head_dim, float theta) {
+  std::vector<float> inv(size_t(head_dim / 2));
+  for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(theta, -2.0f * float(i) / float(head_dim));
+  return inv;
+}
+
+// ------------------------------------------------------------------------------------------- qkv_rope_kv_write
+
+struct QkvResult {
+  std::vector<float> qkv, k_pool, v_pool;
+};
+
+// The fused launcher (fused = true) or add_bias -> rope -> kv_write, on the step's qkv (scaled by `scale`).
+QkvResult run_qkv_cuda(cudaStream_t stream, const PagedStep& st, const std::vector<float>& qkv,
+                       const std::vector<float>& bias, const std::vector<float>& inv, bool fused) {
+  const DType dt = st.c.dtype;
+  const int64_t T = st.T(), B = int64_t(st.tables.last_page_len.size());
+  Guarded d_qkv(dt, {T, st.qkv_dim()}), d_pos(DType::I32, {T}), d_inv(DType::F32, {int64_t(inv.size())});
+  Guarded d_bias(dt, {st.qkv_dim()});
+  Guarded d_indptr(DType::I32, {B + 1}), d_indices(DType::I32, {int64_t(st.tables.page_indices.size())});
+  Guarded d_last(DType::I32, {B}), d_batch(DType::I32, {T});
+  Guarded d_k(dt, {st.pool_elems()}), d_v(dt, {st.pool_elems()});
+  d_qkv.upload(qkv);
+  d_pos.upload_ints(st.pos);
+  d_inv.upload(inv);
+  if (!bias.empty()) d_bias.upload(bias);
+  d_indptr.upload_ints(st.tables.page_indptr);
+  d_indices.upload_ints(st.tables.page_indices);
+  d_last.upload_ints(st.tables.last_page_len);
+  d_batch.upload_ints(st.tables.token_batch);
+  d_k.upload(st.k_pool);
+  d_v.upload(st.v_pool);
+  const PagedKv kv = paged_kv(st, Device::CUDA, dt, d_k.view().data, d_v.view().data, d_indptr, d_indices, d_last,
+                              d_batch);
+  const AttentionShape shape = shape_of(st.c);
+  const Tensor no_bias;
+  const Tensor& b = bias.empty() ? no_bias : d_bias.view();
+  if (fused) {
+    cuda::qkv_rope_kv_write(d_qkv, b, d_pos, d_inv, kv, shape, stream);
+  } else {
+    if (b.data) cuda::add_bias(d_qkv, b, stream);
+    cuda::rope(d_qkv, d_pos, d_inv, shape.n_heads, shape.n_kv_heads, shape.head_dim, stream);
+    cuda::kv_write(d_qkv, d_pos, kv, shape, stream);
+  }
+  TD_CUDA_CHECK(cudaStreamSynchronize(stream));
+  expect_guards_intact({&d_qkv, &d_pos, &d_inv, &d_bias, &d_indptr, &d_indices, &d_last, &d_batch, &d_k, &d_v});
+  return {d_qkv.download(), d_k.download(), d_v.download()};
+}
+
+QkvResult run_qkv_cpu(const PagedStep& st, const std::vector<float>& qkv, const std::vector<float>& bias,
+                      const std::vector<float>& inv) {
+  const int64_t T = st.T();
+  HostTensor h_qkv = host_f32(qkv, {T, st.qkv_dim()}), pos = host_i32(st.pos);
+  HostTensor h_inv = host_f32(inv, {int64_t(inv.size())});
+  HostTensor h_bias = bias.empty() ? HostTensor() : host_f32(bias, {st.qkv_dim()});
+  HostTensor k = host_f32(st.k_pool, {st.pool_elems()}), v = host_f32(st.v_pool, {st.pool_elems()});
+  HostTensor indptr = host_i32(st.tables.page_indptr), indices = host_i32(st.tables.page_indices);
+  HostTensor last = host_i32(st.tables.last_page_len), batch = host_i32(st.tables.token_batch);
+  const PagedKv kv = paged_kv(st, Device::CPU, DType::F32, k.f32(), v.f32(), indptr, indices, last, batch);
+  cpu::qkv_rope_kv_write(h_qkv, h_bias.view(), pos, h_inv, kv, shape_of(st.c));
+  return {to_vector(h_qkv), to_vector(k), to_vector(v)};
+}
+
+// Only the slots the step wrote (the rest are NaN in both) enter the NMSE of the pools.
+std::vector<float> finite_only(const std::vector<float>& v, const std::vector<float>& mask) {
+  std::vector<float> out;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (std::isfinite(mask[i])) out.push_back(v[i]);
+  return out;
+}
+
+TEST_F(OpConformance, qkv_rope_kv_write) {
+  struct Heads {
+    int n_heads, n_kv_heads, head_dim;
+  };
+  const Heads heads[] = {{9, 3, 64}, {14, 2, 64}, {4, 1, 128}, {3, 3, 32}};
+  uint32_t seed = 2100;
+  for (DType dt : kFloatTypes)
+    for (const Heads& hd : heads)
+      for (int64_t ps : {int64_t(1), int64_t(16)})
+        for (KvLayout layout : kLayouts)
+          for (bool with_bias : {false, true}) {
+            const AttnCase c{dt, hd.n_heads, hd.n_kv_heads, hd.head_dim, 0, ps, layout};
+            SCOPED_TRACE(describe_case(c) + (with_bias ? " bias" : " no-bias"));
+            std::vector<SeqSpec> seqs = mixed_step(ps);
+            seqs.push_back({4000, 3});  // positions near 4000: large RoPE angles
+            const PagedStep st = make_step(c, seqs, seed++);
+            // |q|, |k| up to ~200 (Qwen2.5's K), so a rounding error is visible.
+            std::vector<float> qkv = st.qkv;
+            for (float& x : qkv) x = round_to(x * 60.0f, dt);
+            const std::vector<float> bias = with_bias ? randn(st.qkv_dim(), dt, seed++) : std::vector<float>{};
+            const std::vector<float> inv = inv_freq_for(hd.head_dim, 10000.0f);
+            const QkvResult fused = run_qkv_cuda(stream_, st, qkv, bias, inv, true);
+            const QkvResult standard = run_qkv_cuda(stream_, st, qkv, bias, inv, false);
+            EXPECT_TRUE(exact(fused.qkv, standard.qkv)) << "qkv row vs add_bias -> rope";
+            EXPECT_TRUE(exact(fused.k_pool, standard.k_pool)) << "k pool vs kv_write";
+            EXPECT_TRUE(exact(fused.v_pool, standard.v_pool)) << "v pool vs kv_write";
+            const QkvResult ref = run_qkv_cpu(st, qkv, bias, inv);
+            // RoPE at positions ~4000 in fp32: cosf/sinf of large angles differ from the CPU's in the last bits.
+            const double bound = dt == DType::F32 ? 1e-9 : nmse_bound(dt);
+            EXPECT_TRUE(close(fused.qkv, ref.qkv, bound)) << "qkv row vs CPU twin";
+            EXPECT_TRUE(close(finite_only(fused.k_pool, ref.k_pool), finite_only(ref.k_pool, ref.k_pool), bound))
+                << "k pool vs CPU twin";
+            EXPECT_TRUE(close(finite_only(fused.v_pool, ref.v_pool), finite_only(ref.v_pool, ref.v_pool), bound))
+                << "v pool vs CPU twin";
+          }
+}
+
+// A token naming no slot: its qkv row is still roped, nothing is written to the pools (kv_write's contract).
+TEST_F(OpConformance, qkv_rope_kv_write_InvalidToken) {
+  const AttnCase c{DType::BF16, 4, 2, 64, 0, 16, KvLayout::NHD};
+  PagedStep st = make_step(c, {{3, 2}, {0, 5}}, 2300);
+  append_invalid_token(st, int32_t(st.tables.last_page_len.size()) + 3, 7, 2301);  // batch index out of range
+  const std::vector<float> inv = inv_freq_for(64, 10000.0f);
+  const QkvResult fused = run_qkv_cuda(stream_, st, st.qkv, {}, inv, true);
+  const QkvResult standard = run_qkv_cuda(stream_, st, st.qkv, {}, inv, false);
+  EXPECT_TRUE(exact(fused.qkv, standard.qkv));
+  EXPECT_TRUE(exact(fused.k_pool, standard.k_pool));
+  EXPECT_TRUE(exact(fused.v_pool, standard.v_pool));
+}
+
+// ------------------------------------------------------------------------------------------------- add_rmsnorm
+
+// Rows scaled so that some are near zero and one is near the top of the dtype's range (x + delta stays finite
+// and the fp32 sum of squares does not overflow).
+std::vector<float> extreme_rows(int64_t T, int64_t H, DType dt, uint32_t seed) {
+  std::vector<float> v = randn(T * H, dt, seed);
+  const float big = dt == DType::F16 ? 1.5e4f : 1e15f, tiny = dt == DType::F16 ? 1e-3f : 1e-20f;
+  for (int64_t t = 0; t < T; ++t) {
+    const float s = t % 4 == 1 ? tiny : t % 4 == 3 ? big : 1.0f;
+    for (int64_t i = 0; i < H; ++i) v[size_t(t * H + i)] = round_to(v[size_t(t * H + i)] * s, dt);
+  }
+  return v;
+}
+
+TEST_F(OpConformance, add_rmsnorm) {
+  uint32_t seed = 2400;
+  for (DType dt : kFloatTypes)
+    for (int64_t T : kRows)
+      for (int64_t H : kWidths) {
+        SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"H", str(H)}}));
+        const std::vector<float> x = extreme_rows(T, H, dt, seed), delta = extreme_rows(T, H, dt, seed + 1);
+        std::vector<float> w = randn(H, dt, seed + 2);
+        for (float& e : w) e = round_to(1.0f + 0.1f * e, dt);
+        seed += 3;
+        const float eps = 1e-6f;
+        // Fused: x += delta, h = norm(x) with h = the delta buffer (how the fused path calls it).
+        Guarded f_x(dt, {T, H}), f_h(dt, {T, H}), d_w(dt, {H});
+        f_x.upload(x);
+        f_h.upload(delta);
+        d_w.upload(w);
+        cuda::add_rmsnorm(f_x, f_h, d_w, eps, f_h, stream_);
+        // Standard: add, then rmsnorm.
+        Guarded s_x(dt, {T, H}), s_h(dt, {T, H});
+        s_x.upload(x);
+        s_h.upload(delta);
+        cuda::add(s_x, s_h, s_x, stream_);
+        cuda::rmsnorm(s_x, d_w, eps, s_h, stream_);
+        sync();
+        EXPECT_TRUE(exact(f_x.download(), s_x.download())) << "residual vs add";
+        EXPECT_TRUE(exact(f_h.download(), s_h.download())) << "norm vs rmsnorm";
+        HostTensor rx = host_f32(x, {T, H}), rd = host_f32(delta, {T, H}), rw = host_f32(w, {H});
+        HostTensor out = HostTensor::empty(DType::F32, {T, H});
+        cpu::add_rmsnorm(rx, rd, rw, eps, out);
+        EXPECT_TRUE(close(f_x.download(), to_vector(rx), nmse_bound(dt))) << "residual vs CPU twin";
+        EXPECT_TRUE(close(f_h.download(), to_vector(out), nmse_bound(dt))) << "norm vs CPU twin";
+        expect_guards_intact({&f_x, &f_h, &d_w, &s_x, &s_h});
+      }
+}
+
+TEST_F(OpConformance, add_rmsnorm_RejectsOutAliasingX) {
+  Guarded x(DType::BF16, {2, 64}), d(DType::BF16, {2, 64}), w(DType::BF16, {64});
+  EXPECT_THROW(cuda::add_rmsnorm(x, d, w, 1e-6f, x, stream_), Error);
+}
+
+// ------------------------------------------------------------------------------------------------ gate_up_silu
+
+TEST_F(OpConformance, gate_up_silu) {
+  struct HI {
+    int64_t H, I;
+  };
+  // 576/64: 16-byte loads; 1001: the scalar path (rows not 16-byte multiples); 2048/5632: a real MLP shape.
+  const HI sizes[] = {{576, 64}, {64, 300}, {1001, 77}, {2048, 5632}};
+  cuda::Gemm gemm;
+  uint32_t seed = 2600;
+  for (DType dt : kFloatTypes)
+    for (const HI& s : sizes)
+      for (int64_t T = 1; T <= cuda::kGemvMaxRows; ++T) {
+        if (s.H == 2048 && T != 1 && T != cuda::kGemvMaxRows) continue;
+        SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"H", str(s.H)}, {"I", str(s.I)}}));
+        const std::vector<float> x = randn(T * s.H, dt, seed), w = randn(2 * s.I * s.H, dt, seed + 1);
+        seed += 2;
+        Guarded d_x(dt, {T, s.H}), d_w(dt, {2 * s.I, s.H}), d_out(dt, {T, s.I});
+        Guarded d_gu(dt, {T, 2 * s.I}), d_std(dt, {T, s.I});
+        d_x.upload(x);
+        d_w.upload(w);
+        cuda::gate_up_silu(d_x, d_w, d_out, stream_);
+        gemm.linear(d_x, d_w, d_gu, stream_);
+        cuda::silu_mul(d_gu, d_std, stream_);
+        sync();
+        const std::vector<float> got = d_out.download();
+        EXPECT_TRUE(close(got, d_std.download(), nmse_bound(dt))) << "vs GEMM + silu_mul";
+        HostTensor out = HostTensor::empty(DType::F32, {T, s.I});
+        cpu::gate_up_silu(host_f32(x, {T, s.H}), host_f32(w, {2 * s.I, s.H}), out);
+        EXPECT_TRUE(close(got, to_vector(out), dt == DType::F32 ? 1e-10 : nmse_bound(dt))) << "vs CPU twin";
+        expect_guards_intact({&d_x, &d_w, &d_out, &d_gu, &d_std});
+      }
+}
+
+TEST_F(OpConformance, gate_up_silu_RejectsTooManyRows) {
+  const int64_t T = cuda::kGemvMaxRows + 1;
+  Guarded x(DType::BF16, {T, 64}), w(DType::BF16, {128, 64}), out(DType::BF16, {T, 64});
+  EXPECT_THROW(cuda::gate_up_silu(x, w, out, stream_), Error);
+}
+
+}  // namespace
+}  // namespace tandem
