@@ -26,11 +26,17 @@ inline std::unique_ptr<Executor> reference_runner(std::shared_ptr<const Model> m
   return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison});
 }
 
-inline std::unique_ptr<Executor> standard_runner(const ModelSource& src, DType dtype, int64_t kv_tokens,
-                                                 TestRunnerOptions o = {}) {
-  Plan plan = build_plan({"standard", o.variants, o.layout, &src.config(), dtype});
+// A CUDA path preset ("standard", "fused") over the model's weights.
+inline std::unique_ptr<Executor> cuda_runner(const std::string& path, const ModelSource& src, DType dtype,
+                                             int64_t kv_tokens, TestRunnerOptions o = {}) {
+  Plan plan = build_plan({path, o.variants, o.layout, &src.config(), dtype});
   auto host = cuda::make_cuda_host(src, HostOptions{dtype, kv_tokens, o.page_size, o.layout}, nullptr);
   return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison});
+}
+
+inline std::unique_ptr<Executor> standard_runner(const ModelSource& src, DType dtype, int64_t kv_tokens,
+                                                 TestRunnerOptions o = {}) {
+  return cuda_runner("standard", src, dtype, kv_tokens, std::move(o));
 }
 
 }  // namespace tandem

@@ -1,5 +1,6 @@
 // The executor and the paged KV cache on the standard (CUDA) path, against the reference path on the HF fixtures:
-//  - the multi-sequence scenario (tests/scenario.h) in fp32 for page sizes 1, 16, 64 in NHD and HND: every step's
+//  - the multi-sequence scenario (tests/scenario.h) in fp32 for page sizes 1, 16, 64 in NHD and HND, on the standard
+//    and the fused path (in fp32 its attention falls back to standard; its other kernels run): every step's
 //    logits within the fp32 tolerance of the reference, and identical greedy choices;
 //  - a test-only broken variant changes the GPU taps from its stage on and not before;
 //  - --kv-poison with a kv_write that skips layer 1 fails at L1.attention on the GPU too;
@@ -40,9 +41,11 @@ TEST_P(GpuExecutors, ScenarioMatchesReferenceForEveryPageSizeAndLayout) {
   auto ref = reference_runner(std::shared_ptr<const Model>(load_reference_model(*src_)));
   const ScenarioResult want = run_scenario(*ref, *exp_);
   const int64_t V = src_->config().vocab_size;
+  for (const char* path : {"standard", "fused"})
   for (int64_t page : {1, 16, 64})
     for (KvLayout layout : {KvLayout::NHD, KvLayout::HND}) {
-      auto gpu = standard_runner(*src_, DType::F32, 1024, {page, layout});
+      SCOPED_TRACE(path);
+      auto gpu = cuda_runner(path, *src_, DType::F32, 1024, {page, layout});
       const ScenarioResult got = run_scenario(*gpu, *exp_);
       ASSERT_EQ(got.logits.size(), want.logits.size());
       for (size_t s = 0; s < want.logits.size(); ++s) {

@@ -1,0 +1,301 @@
+// The fused path (FlashInfer attention, fused kernels) against the standard path and the CPU reference.
+//
+// Parity matrix (FusedParity.Matrix), on the real-shape random models of tools/make_gpu_models.py
+// (TANDEM_GPU_MODELS=dir: SmolLM2-135M, Qwen2.5-0.5B with |K| ~ 200, Llama-3.2-1B) and the default model, in
+// every cell of {bf16, f16} x page size {1, 16} x {NHD, HND}, fused and standard run the same scenario in lockstep:
+//   step 0    batch 3: prompts of 15, 300 and 1 tokens (one prefill step); every shared tap compared
+//   steps 1-3 decode of the three
+//   step 4    17 more sequences join with prompts of 1, 15, 16, 17 and 300 tokens (cycled) while the three decode:
+//             prefill and decode mixed in one step; the logits rows compared
+//   then      decode of all 20 until the first three hold 64 generated tokens
+// Rule for taps and logits: rel_l2(fused, standard) <= conditioning x rel_tolerance(dtype), conditioning 5 for the
+// Qwen2.5 shape (as the standard-path tests: its near one-hot attention turns rounding of K into visible moves)
+// and 1 otherwise. Greedy: each path feeds back its own argmax; a sequence's tokens must be equal for all its
+// steps, or the first differing step must be a near-tie on the standard side (top-2 margin below
+// margin_tolerance); the test prints where each parted.
+// Against the reference (FusedParity.MatchesReferenceAtEveryTap): bf16, a batch-3 prefill (15, 16, 17 tokens),
+// every tap of fused and of standard against the fp32 CPU reference: the fused error may not exceed
+// max(rel_tolerance, 2 x the standard path's error at that tap).
+// Batch invariance (FusedParity.SamePromptAloneAndInBatches): one prompt alone, inside a batch of 3 and of 17
+// (other sequences at other lengths), 32 greedy tokens: equal, or parted at a near-tie (printed).
+// The tiny HF fixtures run the fused path in GpuExecutors (test_executor_gpu.cpp). Every test skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+
+#include "cuda/device_query.h"
+#include "diag/compare.h"
+#include "runners.h"
+
+namespace tandem {
+namespace {
+namespace fs = std::filesystem;
+
+#define REQUIRE_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+int32_t argmax(const float* row, int64_t n) { return int32_t(std::max_element(row, row + n) - row); }
+
+double top2_margin(const float* row, int64_t n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    if (row[i] > a) b = a, a = row[i];
+    else if (row[i] > b) b = row[i];
+  }
+  return double(a) - double(b);
+}
+
+double margin_tolerance(DType dtype, const float* row, int64_t n) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double(row[i]) * row[i];
+  return 4.0 * rel_tolerance(dtype) * std::sqrt(ss / double(n));
+}
+
+struct TestModel {
+  std::string name;
+  fs::path path;
+  double conditioning = 1.0;
+};
+
+// The real-shape models (when TANDEM_GPU_MODELS is set) and the default model (when present).
+std::vector<TestModel> test_models() {
+  std::vector<TestModel> out;
+  if (const char* root = std::getenv("TANDEM_GPU_MODELS"))
+    for (const auto& e : fs::directory_iterator(root))
+      if (fs::exists(e.path() / "config.json")) {
+        const std::string n = e.path().filename().string();
+        out.push_back({n, e.path(), n.find("qwen") != std::string::npos ? 5.0 : 1.0});
+      }
+  const fs::path repo = fs::path(TANDEM_FIXTURES).parent_path().parent_path();
+  const fs::path def = repo / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (fs::exists(def)) out.push_back({"default-model", def, 1.0});
+  std::sort(out.begin(), out.end(), [](const TestModel& a, const TestModel& b) { return a.name < b.name; });
+  return out;
+}
+
+// Deterministic pseudo-random prompt tokens in [3, vocab).
+std::vector<int32_t> prompt(int64_t len, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> ids(static_cast<size_t>(len));
+  uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
+  for (int32_t& t : ids) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    t = int32_t(3 + x % uint64_t(vocab - 3));
+  }
+  return ids;
+}
+
+// A sequence of the scenario: its prompt, then greedy tokens fed back.
+struct Seq {
+  int32_t id;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> generated;  // this path's argmax choices
+  int64_t fed = 0;                  // tokens in the cache
+};
+
+// Adds every sequence's next tokens to the step: the whole prompt if none was fed, else its last choice.
+void add_next(Step& step, Seq& s) {
+  if (s.fed == 0) {
+    for (size_t i = 0; i < s.prompt.size(); ++i) step.add(s.prompt[i], s.id, int32_t(i), i + 1 == s.prompt.size());
+    s.fed = int64_t(s.prompt.size());
+  } else {
+    step.add(s.generated.back(), s.id, int32_t(s.fed), true);
+    ++s.fed;
+  }
+}
+
+struct Lane {  // one path's run of the scenario
+  std::unique_ptr<Executor> runner;
+  std::vector<Seq> seqs;
+};
+
+// Where two paths' greedy choices for one sequence first differ, and whether that step was a near-tie.
+struct Divergence {
+  int step = -1;
+  double margin = 0, tol = 0;
+};
+
+TEST(FusedParity, Matrix) {
+  REQUIRE_GPU();
+  const auto models = test_models();
+  if (models.empty()) GTEST_SKIP() << "no models (set TANDEM_GPU_MODELS, or fetch the default model)";
+  constexpr int kGenerate = 64;
+  for (const TestModel& m : models) {
+    auto src = open_model_source(m.path);
+    const ModelConfig& cfg = src->config();
+    const int64_t V = cfg.vocab_size;
+    int cells = 0, parted = 0;
+    double worst_tap = 0, worst_logits = 0;
+    std::string worst_tap_name;
+    for (DType dt : {DType::BF16, DType::F16})
+      for (int64_t page : {int64_t(1), int64_t(16)})
+        for (KvLayout layout : {KvLayout::NHD, KvLayout::HND}) {
+          const std::string cell = fmt::format("{} {} page {} {}", m.name, dtype_name(dt), page, kv_layout_name(layout));
+          SCOPED_TRACE(cell);
+          const double tol = m.conditioning * rel_tolerance(dt);
+          Lane lanes[2];  // 0: standard, 1: fused
+          for (int l = 0; l < 2; ++l) {
+            lanes[l].runner = cuda_runner(l == 0 ? "standard" : "fused", *src, dt, 32768, {page, layout, {}});
+            ASSERT_TRUE(lanes[l].runner->plan().notices.empty()) << lanes[l].runner->plan().notices.front();
+          }
+          const int64_t first_lens[] = {15, 300, 1}, join_lens[] = {1, 15, 16, 17, 300};
+          for (Lane& lane : lanes)
+            for (int i = 0; i < 3; ++i) lane.seqs.push_back({i, prompt(first_lens[i], V, uint32_t(i)), {}, 0});
+          std::map<int32_t, Divergence> div;
+          for (int step_no = 0; lanes[0].seqs[0].generated.size() < size_t(kGenerate); ++step_no) {
+            if (step_no == 4)
+              for (Lane& lane : lanes)
+                for (int j = 0; j < 17; ++j)
+                  lane.seqs.push_back({3 + j, prompt(join_lens[j % 5], V, uint32_t(100 + j)), {}, 0});
+            StepOutput out[2];
+            TapRecorder taps[2];
+            for (int l = 0; l < 2; ++l) {
+              Step step;
+              for (Seq& s : lanes[l].seqs) {
+                if (s.fed == 0) lanes[l].runner->create_sequence(s.id, int64_t(s.prompt.size()) + kGenerate + 8);
+                add_next(step, s);
+              }
+              out[l] = lanes[l].runner->forward(step, step_no == 0 ? &taps[l] : nullptr);
+            }
+            if (step_no == 0) {
+              int compared = 0;
+              for (const auto& [name, t] : taps[0].taps()) {
+                const HostTensor* f = taps[1].find(name);
+                if (!f) continue;  // inside a fused run: not published
+                const Comparison c = compare(*f, t);
+                EXPECT_LE(c.rel_l2, tol) << name << ": " << c.summary();
+                EXPECT_EQ(c.nonfinite_a, 0) << name;
+                if (c.rel_l2 > worst_tap) worst_tap = c.rel_l2, worst_tap_name = cell + " " + name;
+                ++compared;
+              }
+              EXPECT_GE(compared, int(cfg.n_layers) * 6) << "too few shared taps";
+            }
+            ASSERT_EQ(out[0].logit_rows, out[1].logit_rows);
+            const Comparison lc = compare(out[1].logits, out[0].logits);
+            EXPECT_LE(lc.rel_l2, tol) << "step " << step_no << " logits: " << lc.summary();
+            worst_logits = std::max(worst_logits, lc.rel_l2);
+            // Logits rows are one per sequence (the last token of a prompt, or the decode token), in step order.
+            for (size_t r = 0; r < lanes[0].seqs.size(); ++r) {
+              const float* a = out[0].logits.f32() + int64_t(r) * V;
+              const float* b = out[1].logits.f32() + int64_t(r) * V;
+              const int32_t ta = argmax(a, V), tb = argmax(b, V);
+              Seq &sa = lanes[0].seqs[r], &sb = lanes[1].seqs[r];
+              const int32_t id = sa.id;
+              if (!div.count(id) && ta != tb) {
+                Divergence d{int(sa.generated.size()), top2_margin(a, V), margin_tolerance(dt, a, V)};
+                div[id] = d;
+                EXPECT_LE(d.margin, d.tol) << "sequence " << id << " (prompt " << sa.prompt.size()
+                                           << "): greedy tokens part at generated token " << d.step
+                                           << " although the standard path's margin " << d.margin
+                                           << " exceeds the tolerance " << d.tol;
+              }
+              sa.generated.push_back(ta);
+              sb.generated.push_back(tb);
+            }
+          }
+          ++cells;
+          parted += int(div.size());
+          std::string where;
+          for (const auto& [id, d] : div)
+            where += fmt::format(" seq {} at token {} (margin {:.3f} <= tol {:.3f});", id, d.step, d.margin, d.tol);
+          std::printf("[ info ] %s: %zu sequences, greedy identical except:%s\n", cell.c_str(),
+                      lanes[0].seqs.size(), where.empty() ? " none" : where.c_str());
+        }
+    std::printf("[ info ] %s: %d cells; worst tap fused vs standard rel_l2 %.3e (%s); worst logits rel_l2 %.3e; "
+                "%d sequences parted at near-ties over all cells\n",
+                m.name.c_str(), cells, worst_tap, worst_tap_name.c_str(), worst_logits, parted);
+  }
+}
+
+TEST(FusedParity, MatchesReferenceAtEveryTap) {
+  REQUIRE_GPU();
+  const auto models = test_models();
+  if (models.empty()) GTEST_SKIP() << "no models (set TANDEM_GPU_MODELS, or fetch the default model)";
+  for (const TestModel& m : models) {
+    SCOPED_TRACE(m.name);
+    auto src = open_model_source(m.path);
+    const int64_t V = src->config().vocab_size;
+    auto ref = reference_runner(std::shared_ptr<const Model>(load_reference_model(*src)));
+    auto standard = cuda_runner("standard", *src, DType::BF16, 4096);
+    auto fused = cuda_runner("fused", *src, DType::BF16, 4096, {16, KvLayout::HND, {}});
+    TapRecorder taps[3];
+    Executor* runners[3] = {ref.get(), standard.get(), fused.get()};
+    for (int r = 0; r < 3; ++r) {
+      Step step;
+      for (int s = 0; s < 3; ++s) {
+        runners[r]->create_sequence(s, 64);
+        const auto ids = prompt(15 + s, V, uint32_t(7 + s));
+        for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], s, int32_t(i), true);
+      }
+      runners[r]->forward(step, &taps[r]);
+    }
+    double worst = 0, worst_std = 0;
+    std::string worst_name;
+    int compared = 0;
+    for (const auto& [name, truth] : taps[0].taps()) {
+      const HostTensor *s = taps[1].find(name), *f = taps[2].find(name);
+      if (!s || !f) continue;
+      const Comparison cs = compare(*s, truth), cf = compare(*f, truth);
+      const double bound = std::max(m.conditioning * rel_tolerance(DType::BF16), 2.0 * cs.rel_l2);
+      EXPECT_LE(cf.rel_l2, bound) << name << ": fused vs reference " << cf.summary() << "; standard vs reference "
+                                  << cs.rel_l2;
+      if (cf.rel_l2 > worst) worst = cf.rel_l2, worst_std = cs.rel_l2, worst_name = name;
+      ++compared;
+    }
+    EXPECT_GT(compared, 0);
+    std::printf("[ info ] %s vs the fp32 reference, %d taps: worst fused %s rel_l2 %.3e (standard there %.3e)\n",
+                m.name.c_str(), compared, worst_name.c_str(), worst, worst_std);
+  }
+}
+
+TEST(FusedParity, SamePromptAloneAndInBatches) {
+  REQUIRE_GPU();
+  const auto models = test_models();
+  if (models.empty()) GTEST_SKIP() << "no models (set TANDEM_GPU_MODELS, or fetch the default model)";
+  constexpr int kGenerate = 32;
+  for (const TestModel& m : models) {
+    SCOPED_TRACE(m.name);
+    auto src = open_model_source(m.path);
+    const int64_t V = src->config().vocab_size;
+    const std::vector<int32_t> probe = prompt(40, V, 999);
+    // Greedy tokens (and each step's logits rows) of the probe, run among `others` sequences of other lengths.
+    auto run = [&](int others, std::vector<std::vector<float>>* logits) {
+      auto r = cuda_runner("fused", *src, DType::BF16, 32768, {16, KvLayout::NHD, {}});
+      std::vector<Seq> seqs{{0, probe, {}, 0}};
+      for (int j = 0; j < others; ++j) seqs.push_back({1 + j, prompt(1 + 37 * j % 200, V, uint32_t(500 + j)), {}, 0});
+      for (Seq& s : seqs) r->create_sequence(s.id, int64_t(s.prompt.size()) + kGenerate + 1);
+      while (seqs[0].generated.size() < size_t(kGenerate)) {
+        Step step;
+        for (Seq& s : seqs) add_next(step, s);
+        const StepOutput out = r->forward(step, nullptr);
+        for (size_t i = 0; i < seqs.size(); ++i) seqs[i].generated.push_back(argmax(out.logits.f32() + int64_t(i) * V, V));
+        logits->emplace_back(out.logits.f32(), out.logits.f32() + V);  // the probe's row (its row is first)
+      }
+      return seqs[0].generated;
+    };
+    std::vector<std::vector<float>> alone_logits, l3, l17;
+    const auto alone = run(0, &alone_logits);
+    for (auto [others, logits] : {std::pair{2, &l3}, std::pair{16, &l17}}) {
+      const auto got = run(others, logits);
+      int parted = kGenerate;
+      for (int s = 0; s < kGenerate; ++s)
+        if (got[size_t(s)] != alone[size_t(s)]) {
+          parted = s;
+          const float* a = alone_logits[size_t(s)].data();
+          const double margin = top2_margin(a, V), tol = margin_tolerance(DType::BF16, a, V);
+          EXPECT_LE(margin, tol) << "batch of " << others + 1 << ": token " << s << " differs from the prompt alone "
+                                 << "although its margin " << margin << " exceeds " << tol;
+          break;
+        }
+      std::printf("[ info ] %s: probe in a batch of %d: greedy equal to alone for %d/%d tokens\n", m.name.c_str(),
+                  others + 1, parted, kGenerate);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tandem
