@@ -334,7 +334,7 @@ void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float ep
 }
 
 void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out) {
-  TD_CHECK(x.dtype == DType::F32 && w.dtype == DType::F32 && x.shape.size() == 2 && w.shape.size() == 2,
+  TD_CHECK(x.dtype == DType::F32 && w.dtype == DType::F32 && x.ndim == 2 && w.ndim == 2,
            "gate_up_silu: f32 [T, H] and [2I, H], got {} and {}", x.describe(), w.describe());
   HostTensor gate_up = HostTensor::empty(DType::F32, {x.shape[0], w.shape[0]});
   linear(x, w, gate_up.view());

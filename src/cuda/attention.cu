@@ -115,7 +115,9 @@ __global__ void qkv_rope_kv_write_kernel(T* qkv, const T* __restrict__ bias, con
       const int i = int(p % half);
       const int64_t a = head * head_dim + i, b = a + half;
       const float x1 = biased(row, a), x2 = biased(row, b);
-      const T r1 = from_f32<T>(x1 * c[i] - x2 * s[i]), r2 = from_f32<T>(x2 * c[i] + x1 * s[i]);
+      // The rope kernel's explicit roundings (no FMA contraction): the same bits.
+      const T r1 = from_f32<T>(__fsub_rn(__fmul_rn(x1, c[i]), __fmul_rn(x2, s[i])));
+      const T r2 = from_f32<T>(__fadd_rn(__fmul_rn(x2, c[i]), __fmul_rn(x1, s[i])));
       row[a] = r1;
       row[b] = r2;
       if (head >= n_heads && slot >= 0) {

@@ -40,8 +40,9 @@ __global__ void rope_kernel(T* qkv, const int32_t* __restrict__ positions, const
       const int i = int(p % half);
       T* x = row + head * 2 * half;
       const float x1 = to_f32(x[i]), x2 = to_f32(x[i + half]);
-      x[i] = from_f32<T>(x1 * c[i] - x2 * s[i]);
-      x[i + half] = from_f32<T>(x2 * c[i] + x1 * s[i]);
+      // Explicit roundings: no FMA contraction, so qkv_rope_kv_write (cuda/attention.cu) gives the same bits.
+      x[i] = from_f32<T>(__fsub_rn(__fmul_rn(x1, c[i]), __fmul_rn(x2, s[i])));
+      x[i + half] = from_f32<T>(__fadd_rn(__fmul_rn(x2, c[i]), __fmul_rn(x1, s[i])));
     }
     __syncthreads();  // the table is rebuilt for the next row
   }
