@@ -9,12 +9,14 @@
 //   step 4    17 more sequences join with prompts of 1, 15, 16, 17 and 300 tokens (cycled) while the three decode:
 //             prefill and decode mixed in one step
 //   then      decode of all 20 until the first three hold 64 generated tokens
-// Taps: where HF's fp32 taps of the p0 prompt exist, the standard-path rule: the fused error against HF fp32 may
-// not exceed max(rel_tolerance(dtype), 2 x the larger of HF bf16's and the standard path's error); elsewhere
-// (the default model) rel_l2(fused, standard) <= rel_tolerance(dtype). Logits of every step: rel_l2(fused,
-// standard) <= rel_tolerance(dtype), except on the Qwen2.5 shape, whose near one-hot attention (|K| ~ 200) makes
-// any two bf16 implementations drift apart through 24 layers as HF's bf16 drifts from its fp32 (measured: logits
-// rel_l2 ~0.5 between fused and standard with identical greedy tokens); its taps are held to HF fp32 instead.
+// Taps: the standard-path rule against a truth: the fused error may not exceed max(rel_tolerance(dtype), 2 x the
+// standard path's error (and HF bf16's, where known)). The truth is HF fp32 on the p0 prompt's rows for the
+// real-shape models, the fp32 CPU reference on the whole step for the default model.
+// Logits of every step: rel_l2(fused, standard) <= rel_tolerance(dtype) on the real-shape Llama and SmolLM2
+// models. Not on the Qwen2.5 shape (near one-hot attention, |K| ~ 200: HF's own bf16 is 0.56 rel_l2 from its fp32
+// at L23) nor on the default model (Q4_1 weights in bf16 sit 0.12 from the fp32 reference at some taps on short
+// prompts): there any two bf16 implementations drift apart (measured, H200: logits rel_l2 up to ~0.5 between
+// fused and standard), so they are held to the truth at the taps and by the greedy rule.
 // Greedy: each path feeds back its own argmax; a sequence's tokens must be equal for all its
 // steps, or the first differing step must be a near-tie on the standard side (top-2 margin below
 // margin_tolerance); the test prints where each parted.
@@ -145,6 +147,22 @@ TEST(FusedParity, Matrix) {
                           reinterpret_cast<const int32_t*>(e->file->data() + e->offset) + e->nbytes / 4);
     }
     const int64_t P0 = int64_t(first_prompt.size());
+    const std::vector<int32_t> second_prompt = prompt(300, V, 1), third_prompt = prompt(1, V, 2);
+    // Without HF's taps (the default model), the truth of step 0 is the fp32 CPU reference on the same step.
+    TapRecorder ref_taps;
+    if (!exp) {
+      auto ref = reference_runner(std::shared_ptr<const Model>(load_reference_model(*src)));
+      std::vector<Seq> seqs{{0, first_prompt, {}, 0}, {1, second_prompt, {}, 0}, {2, third_prompt, {}, 0}};
+      Step step;
+      for (Seq& q : seqs) {
+        ref->create_sequence(q.id, int64_t(q.prompt.size()) + 1);
+        add_next(step, q);
+      }
+      ref->forward(step, &ref_taps);
+    }
+    // Logits are held to the standard path's only where both are known to sit within the dtype's tolerance of
+    // the truth (the real-shape Llama/SmolLM2 models); elsewhere both drift from fp32 (checked at the taps).
+    const bool compare_logits = exp && m.conditioning == 1.0;
     int cells = 0, parted = 0;
     double worst_tap = 0, worst_logits = 0;
     std::string worst_tap_name;
@@ -162,8 +180,8 @@ TEST(FusedParity, Matrix) {
           const int64_t join_lens[] = {1, 15, 16, 17, 300};
           for (Lane& lane : lanes) {
             lane.seqs.push_back({0, first_prompt, {}, 0});
-            lane.seqs.push_back({1, prompt(300, V, 1), {}, 0});
-            lane.seqs.push_back({2, prompt(1, V, 2), {}, 0});
+            lane.seqs.push_back({1, second_prompt, {}, 0});
+            lane.seqs.push_back({2, third_prompt, {}, 0});
           }
           std::map<int32_t, Divergence> div;
           for (int step_no = 0; lanes[0].seqs[0].generated.size() < size_t(kGenerate); ++step_no) {
@@ -202,13 +220,15 @@ TEST(FusedParity, Matrix) {
                   bound = std::max(rel_tolerance(dt), 2.0 * std::max(hf_err, std_err));
                   EXPECT_LE(err, bound) << name << " vs HF fp32: " << c.summary() << "; HF bf16 " << hf_err
                                         << ", standard " << std_err;
-                } else if (m.conditioning == 1.0) {
-                  c = compare(fr, sr);
+                } else if (const HostTensor* r = exp ? nullptr : ref_taps.find(name)) {
+                  c = compare(*f, *r);
+                  const double std_err = compare(t, *r).rel_l2;
                   err = c.rel_l2;
-                  bound = tol;
-                  EXPECT_LE(err, bound) << name << " vs standard: " << c.summary();
+                  bound = std::max(rel_tolerance(dt), 2.0 * std_err);
+                  EXPECT_LE(err, bound) << name << " vs the fp32 reference: " << c.summary() << "; standard "
+                                        << std_err;
                 } else {
-                  continue;  // no HF truth for this tap (kv_write) on an ill-conditioned shape
+                  continue;  // no HF truth for this tap (kv_write)
                 }
                 EXPECT_EQ(compare(*f, t).nonfinite_a, 0) << name;
                 if (err / bound > worst_tap) worst_tap = err / bound, worst_tap_name = cell + " " + name;
@@ -218,9 +238,7 @@ TEST(FusedParity, Matrix) {
             }
             ASSERT_EQ(out[0].logit_rows, out[1].logit_rows);
             const Comparison lc = compare(out[1].logits, out[0].logits);
-            // Ill-conditioned shapes (conditioning > 1) drift apart in bf16 as HF's own bf16 does; their taps are
-            // held to HF fp32 above and their tokens below.
-            if (m.conditioning == 1.0) {
+            if (compare_logits) {
               EXPECT_LE(lc.rel_l2, tol) << "step " << step_no << " logits: " << lc.summary();
             }
             worst_logits = std::max(worst_logits, lc.rel_l2);
