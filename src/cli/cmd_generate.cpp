@@ -9,35 +9,6 @@
 namespace tandem::cli {
 namespace {
 
-std::vector<int32_t> parse_ids(const std::string& s) {
-  std::vector<int32_t> ids;
-  const char* p = s.data();
-  const char* end = s.data() + s.size();
-  while (p < end) {
-    while (p < end && (*p == ',' || *p == ' ')) ++p;
-    if (p == end) break;
-    int32_t v = 0;
-    auto [q, ec] = std::from_chars(p, end, v);
-    TD_CHECK(ec == std::errc() && (q == end || *q == ',' || *q == ' '),
-             "--prompt-ids: '{}' is not a comma-separated list of token ids", s);
-    ids.push_back(v);
-    p = q;
-  }
-  TD_CHECK(!ids.empty(), "--prompt-ids: no token ids given");
-  return ids;
-}
-
-std::set<std::string> split_names(const std::string& s) {
-  std::set<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    const size_t comma = std::min(s.find(',', start), s.size());
-    if (comma > start) out.insert(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
-
 struct GenerateArgs {
   ModelOptions model;
   GenerationRequest req;
@@ -49,7 +20,7 @@ struct GenerateArgs {
 
 std::unique_ptr<TapRecorder> make_recorder(const GenerateArgs& a) {
   if (a.dump_taps.empty()) return nullptr;
-  const std::set<std::string> filter = split_names(a.taps);
+  const std::set<std::string> filter = split_list(a.taps);
   for (const std::string& name : filter) {
     const auto dot = name.find('.');
     const std::string stage = dot == std::string::npos ? name : name.substr(dot + 1);
@@ -72,7 +43,7 @@ void run(GenerateArgs& a) {
              model_path(a.model).string());
     a.req.prompt = tok->encode(a.prompt, !a.no_bos, true);
   } else {
-    a.req.prompt = parse_ids(a.prompt_ids);
+    a.req.prompt = parse_token_ids(a.prompt_ids);
   }
   if (a.seed_opt->count()) a.req.sampling.seed = a.seed;
   a.req.stop_at_eos = !a.ignore_eos;

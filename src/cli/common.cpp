@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 
@@ -45,6 +46,35 @@ void add_sampling_options(CLI::App* cmd, GenerationRequest& req, uint64_t& seed,
   cmd->add_option("--repeat-last-n", req.sampling.repeat_last_n, "tokens the penalty looks back over")
       ->capture_default_str();
   seed_opt = cmd->add_option("-s,--seed", seed, "RNG seed (default: random, printed at the end)");
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  const char* p = s.data();
+  const char* end = s.data() + s.size();
+  while (p < end) {
+    while (p < end && (*p == ',' || *p == ' ')) ++p;
+    if (p == end) break;
+    int32_t v = 0;
+    auto [q, ec] = std::from_chars(p, end, v);
+    TD_CHECK(ec == std::errc() && (q == end || *q == ',' || *q == ' '),
+             "--prompt-ids: '{}' is not a comma-separated list of token ids", s);
+    ids.push_back(v);
+    p = q;
+  }
+  TD_CHECK(!ids.empty(), "--prompt-ids: no token ids given");
+  return ids;
+}
+
+std::set<std::string> split_list(const std::string& s) {
+  std::set<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    if (comma > start) out.insert(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
 }
 
 void progress_bar(int64_t done, int64_t total) {

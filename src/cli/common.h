@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,11 @@ std::filesystem::path model_path(const ModelOptions& o);
 // The end-of-turn ids: the tokenizer's eos ids plus the chat format's stop strings that are single tokens.
 std::vector<int32_t> stop_ids(const Loaded& l, const ChatTemplate* chat);
 
+// "1,2,3" (commas or spaces) -> token ids; a clear error otherwise (--prompt-ids).
+std::vector<int32_t> parse_token_ids(const std::string& s);
+// "a,b,c" -> {a, b, c} (--taps).
+std::set<std::string> split_list(const std::string& s);
+
 // Load-progress bar on a terminal only.
 void progress_bar(int64_t done, int64_t total);
 
@@ -44,5 +50,6 @@ void register_chat(CLI::App& app);  // `run` and `chat`
 void register_info(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_trace(CLI::App& app);
 
 }  // namespace tandem::cli

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   tandem::cli::register_info(app);
   tandem::cli::register_perplexity(app);
   tandem::cli::register_bench(app);
+  tandem::cli::register_trace(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
