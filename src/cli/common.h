@@ -51,5 +51,6 @@ void register_info(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_trace(CLI::App& app);
+void register_diff(CLI::App& app);
 
 }  // namespace tandem::cli

@@ -12,10 +12,11 @@ int main(int argc, char** argv) {
   tandem::cli::register_perplexity(app);
   tandem::cli::register_bench(app);
   tandem::cli::register_trace(app);
+  tandem::cli::register_diff(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return app.exit(e) == 0 ? 0 : 2;  // usage errors exit 2 (help and version 0)
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

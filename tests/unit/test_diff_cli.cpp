@@ -1,0 +1,47 @@
+// tandem diff on the CPU: two reference plans, one with a planted test-only variant, must part at the planted
+// stage (and nowhere before), name both variants and the page table, and keep the exit-code contract
+// (0 equal, 1 divergence, 2 usage error).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "cli_run.h"
+
+namespace tandem {
+namespace {
+using ::testing::HasSubstr;
+
+const std::string kModel = std::string(TANDEM_FIXTURES) + "/llama";
+const std::string kRun = "diff -m " + kModel + " --prompt-ids 1,5,9,20,33 -n 2 --a reference --b reference ";
+
+TEST(DiffCli, EqualPlansExitZero) {
+  const RunResult r = run_tandem(kRun);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("equal: 81 taps over 3 steps within 1.0e-04"));
+}
+
+TEST(DiffCli, NamesThePlantedStageFirst) {
+  RunResult r = run_tandem(kRun + "--variant-a attention=test_drop_last_key");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("FIRST DIVERGENCE: step 0 (prefill), tap L0.attention"));
+  EXPECT_THAT(r.output, HasSubstr("a: path reference on cpu, f32 activations, attention by attention.test_drop_last_key"));
+  EXPECT_THAT(r.output, HasSubstr("b: path reference on cpu, f32 activations, attention by attention.reference; KV nhd"));
+  EXPECT_THAT(r.output, HasSubstr("last tap that agreed: L0.kv_write"));
+  r = run_tandem(kRun + "--variant-a kv_write=test_skip_layer1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tap L1.kv_write"));
+  EXPECT_THAT(r.output, HasSubstr("last tap that agreed: L1.rope"));
+}
+
+TEST(DiffCli, UsageErrorsExitTwo) {
+  RunResult r = run_tandem("diff -m " + kModel + " --prompt-ids 1,2 --a nonsense");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--path nonsense"));
+  r = run_tandem("diff -m " + kModel + " --bogus");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = run_tandem("diff -m " + kModel);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("give -p TEXT or --prompt-ids"));
+}
+
+}  // namespace
+}  // namespace tandem
