@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 
 #include "cli/common.h"
 #include "diag/compare.h"
@@ -58,6 +59,73 @@ struct Side {
   }
 };
 
+struct Outcome {
+  bool diverged = false;
+  std::string report;  // the FIRST DIVERGENCE block, or the "equal" line
+};
+
+// Runs both sides on the prompt and `steps` greedy decode steps (both fed side a's choice); compares every common
+// tap in execution order. The runners get a fresh sequence 0.
+Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<int32_t>& ids, int steps, double tol) {
+  Outcome res;
+  const int64_t capacity = int64_t(ids.size()) + steps + 1;
+  for (Side& s : sides) s.runner->create_sequence(0, capacity);
+  const std::vector<std::string> order = execution_order(c);
+  Step step;
+  for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], 0, int32_t(i), i + 1 == ids.size());
+  int compared = 0;
+  double worst_ok = 0;
+  std::string worst_ok_tap;
+  auto done = [&](Outcome o) {
+    for (Side& s : sides) s.runner->release_sequence(0);
+    return o;
+  };
+  for (int s = 0; s <= steps; ++s) {
+    TapRecorder rec[2];
+    StepOutput out[2];
+    for (int i = 0; i < 2; ++i) out[i] = sides[i].runner->forward(step, &rec[i]);
+    std::string prev;
+    for (const std::string& name : order) {
+      const HostTensor *ta = rec[0].find(name), *tb = rec[1].find(name);
+      if (!ta || !tb) continue;  // inside a multi-stage variant of one side
+      const bool same_shape = ta->view().numel() == tb->view().numel();
+      const Comparison cmp = same_shape ? compare(*ta, *tb) : Comparison{};
+      const bool bad = !same_shape || cmp.rel_l2 > tol || cmp.nonfinite_a > cmp.nonfinite_b;
+      ++compared;
+      if (!bad) {
+        if (cmp.rel_l2 > worst_ok) worst_ok = cmp.rel_l2, worst_ok_tap = fmt::format("step {} {}", s, name);
+        prev = fmt::format("{} (rel_l2 {:.2e})", name, cmp.rel_l2);
+        continue;
+      }
+      std::string r = fmt::format("\nFIRST DIVERGENCE: step {} ({}), tap {}\n", s, s == 0 ? "prefill" : "decode", name);
+      if (!same_shape) {
+        r += fmt::format("  shapes differ: a {}, b {}\n", ta->view().describe(), tb->view().describe());
+      } else {
+        const int64_t cols = ta->view().ndim > 1 ? ta->view().shape[1] : 1;
+        r += fmt::format("  {}; non-finite a {}, b {}\n", cmp.summary(), cmp.nonfinite_a, cmp.nonfinite_b);
+        if (cmp.max_abs_index >= 0) {
+          const int64_t row = cmp.max_abs_index / cols, col = cmp.max_abs_index % cols;
+          r += fmt::format("  largest error at row {} (position {}), column {}: a {:.6g}, b {:.6g}\n", row,
+                           step.positions[size_t(std::min<int64_t>(row, step.size() - 1))], col,
+                           ta->f32()[cmp.max_abs_index], tb->f32()[cmp.max_abs_index]);
+        }
+      }
+      r += fmt::format("  tap tensor: a {}, b {} (taps are fp32 copies, rows = the step's tokens)\n",
+                       ta->view().describe(), tb->view().describe());
+      r += fmt::format("  {}\n  {}\n", sides[0].describe_stage(name), sides[1].describe_stage(name));
+      r += fmt::format("  last tap that agreed: {}\n", prev.empty() ? "none (this is the first compared)" : prev);
+      return done({true, r});
+    }
+    const int64_t V = c.vocab_size;
+    const float* row = out[0].logits.f32() + (out[0].logits.view().shape[0] - 1) * V;
+    const int32_t next = int32_t(std::max_element(row, row + V) - row);
+    step = Step{};
+    step.add(next, 0, int32_t(ids.size()) + s, true);
+  }
+  return done({false, fmt::format("equal: {} taps over {} steps within {:.1e} (largest rel_l2 {:.2e} at {})\n", compared,
+                                  steps + 1, tol, worst_ok, worst_ok_tap.empty() ? "-" : worst_ok_tap)});
+}
+
 int run(const DiffArgs& a) {
   ModelOptions base;
   base.model = a.model;
@@ -101,60 +169,168 @@ int run(const DiffArgs& a) {
   std::printf("diff: a = %s, b = %s (reference side); tolerance rel_l2 <= %.1e (%s)\n",
               sides[0].runner->plan().path.c_str(), sides[1].runner->plan().path.c_str(), tol,
               a.tol > 0 ? "--tol" : dtype_name(worst).data());
-  const int64_t capacity = int64_t(ids.size()) + a.steps + 1;
-  for (Side& s : sides) s.runner->create_sequence(0, capacity);
-  const std::vector<std::string> order = execution_order(c);
-  Step step;
-  for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], 0, int32_t(i), i + 1 == ids.size());
-  int compared = 0;
-  double worst_ok = 0;
-  std::string worst_ok_tap;
-  for (int s = 0; s <= a.steps; ++s) {
-    TapRecorder rec[2];
-    StepOutput out[2];
-    for (int i = 0; i < 2; ++i) out[i] = sides[i].runner->forward(step, &rec[i]);
-    std::string prev;
-    for (const std::string& name : order) {
-      const HostTensor *ta = rec[0].find(name), *tb = rec[1].find(name);
-      if (!ta || !tb) continue;  // inside a multi-stage variant of one side
-      const bool same_shape = ta->view().numel() == tb->view().numel();
-      const Comparison cmp = same_shape ? compare(*ta, *tb) : Comparison{};
-      const bool bad = !same_shape || cmp.rel_l2 > tol || cmp.nonfinite_a > cmp.nonfinite_b;
-      ++compared;
-      if (!bad) {
-        if (cmp.rel_l2 > worst_ok) worst_ok = cmp.rel_l2, worst_ok_tap = fmt::format("step {} {}", s, name);
-        prev = fmt::format("{} (rel_l2 {:.2e})", name, cmp.rel_l2);
-        continue;
-      }
-      std::printf("\nFIRST DIVERGENCE: step %d (%s), tap %s\n", s, s == 0 ? "prefill" : "decode", name.c_str());
-      if (!same_shape) {
-        std::printf("  shapes differ: a %s, b %s\n", ta->view().describe().c_str(), tb->view().describe().c_str());
-      } else {
-        const int64_t cols = ta->view().ndim > 1 ? ta->view().shape[1] : 1;
-        std::printf("  %s; non-finite a %lld, b %lld\n", cmp.summary().c_str(), (long long)cmp.nonfinite_a,
-                    (long long)cmp.nonfinite_b);
-        if (cmp.max_abs_index >= 0) {
-          const int64_t row = cmp.max_abs_index / cols, col = cmp.max_abs_index % cols;
-          std::printf("  largest error at row %lld (position %d), column %lld: a %.6g, b %.6g\n", (long long)row,
-                      step.positions[size_t(std::min<int64_t>(row, step.size() - 1))], (long long)col,
-                      ta->f32()[cmp.max_abs_index], tb->f32()[cmp.max_abs_index]);
-        }
-      }
-      std::printf("  tap tensor: a %s, b %s (taps are fp32 copies, rows = the step's tokens)\n",
-                  ta->view().describe().c_str(), tb->view().describe().c_str());
-      std::printf("  %s\n  %s\n", sides[0].describe_stage(name).c_str(), sides[1].describe_stage(name).c_str());
-      std::printf("  last tap that agreed: %s\n", prev.empty() ? "none (this is the first compared)" : prev.c_str());
-      return 1;
-    }
-    const int64_t V = c.vocab_size;
-    const float* row = out[0].logits.f32() + (out[0].logits.view().shape[0] - 1) * V;
-    const int32_t next = int32_t(std::max_element(row, row + V) - row);
-    step = Step{};
-    step.add(next, 0, int32_t(ids.size()) + s, true);
+  const Outcome o = compare_runs(sides, c, ids, a.steps, tol);
+  std::fputs(o.report.c_str(), stdout);
+  return o.diverged ? 1 : 0;
+}
+
+
+// ------------------------------------------------------------------------------------------------------ bisect
+
+struct BisectArgs {
+  std::string model, prompt, prompt_ids, good = "standard", bad = "fused", dtype = "bf16", kv_layout = "nhd";
+  std::vector<std::string> variant_good, variant_bad;
+  int64_t page_size = 16;
+  int steps = 2;
+  double tol = 0;
+};
+
+// The stages where the plans differ, grouped into units that can be swapped alone: a unit covers whole segments
+// of both plans, and a variant that needs another (Variant::needs) shares its unit.
+std::vector<std::vector<int>> swap_units(const Plan& good, const Plan& bad) {
+  std::vector<int> unit_of(kNumStages, -1);
+  int n = 0;
+  for (int s = 0; s < kNumStages; ++s) {
+    if (good.by_stage[size_t(s)] == bad.by_stage[size_t(s)] || unit_of[size_t(s)] >= 0) continue;
+    int end = s;
+    for (int k = s; k <= end; ++k)
+      end = std::max({end, int(good.by_stage[size_t(k)]->stages.last), int(bad.by_stage[size_t(k)]->stages.last)});
+    for (int k = s; k <= end; ++k) unit_of[size_t(k)] = n;
+    ++n;
   }
-  std::printf("equal: %d taps over %d steps within %.1e (largest rel_l2 %.2e at %s)\n", compared, a.steps + 1, tol,
-              worst_ok, worst_ok_tap.empty() ? "-" : worst_ok_tap.c_str());
-  return 0;
+  // Merge units joined by `needs`.
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (int s = 0; s < kNumStages; ++s) {
+      if (unit_of[size_t(s)] < 0) continue;
+      for (const std::string& need : bad.by_stage[size_t(s)]->needs)
+        for (int k = 0; k < kNumStages; ++k)
+          if (bad.by_stage[size_t(k)]->name == need && unit_of[size_t(k)] >= 0 && unit_of[size_t(k)] != unit_of[size_t(s)]) {
+            const int from = unit_of[size_t(k)], to = unit_of[size_t(s)];
+            for (int& u : unit_of)
+              if (u == from) u = to;
+            changed = true;
+          }
+    }
+  }
+  std::map<int, std::vector<int>> by_unit;
+  for (int s = 0; s < kNumStages; ++s)
+    if (unit_of[size_t(s)] >= 0) by_unit[unit_of[size_t(s)]].push_back(s);
+  std::vector<std::vector<int>> out;
+  for (auto& [u, stages] : by_unit) out.push_back(stages);
+  return out;
+}
+
+// --variant overrides on the good path that give the good plan with the chosen units taken from the bad plan.
+std::vector<std::string> overrides_for(const Plan& good, const Plan& bad, const std::vector<std::vector<int>>& units,
+                                       const std::vector<int>& chosen) {
+  std::vector<bool> from_bad(kNumStages, false);
+  for (int u : chosen)
+    for (int s : units[size_t(u)]) from_bad[size_t(s)] = true;
+  std::vector<std::string> out;
+  for (int s = 0; s < kNumStages; ++s) {
+    const Variant* v = from_bad[size_t(s)] ? bad.by_stage[size_t(s)] : good.by_stage[size_t(s)];
+    if (int(v->stages.first) != s) continue;
+    const bool overridden = std::find(good.overridden.begin(), good.overridden.end(), v->name) != good.overridden.end();
+    if (from_bad[size_t(s)] || overridden) out.push_back(std::string(stage_name(Stage(s))) + "=" + v->name);
+  }
+  return out;
+}
+
+std::string unit_names(const Plan& bad, const std::vector<std::vector<int>>& units, const std::vector<int>& chosen) {
+  std::string out;
+  for (int u : chosen)
+    for (int s : units[size_t(u)])
+      if (int(bad.by_stage[size_t(s)]->stages.first) == s) out += (out.empty() ? "" : ", ") + bad.by_stage[size_t(s)]->name;
+  return out;
+}
+
+int run_bisect(const BisectArgs& a) {
+  ModelOptions base;
+  base.model = a.model;
+  ModelBundle bundle;
+  std::vector<int32_t> ids;
+  RunnerOptions good_o, bad_o;
+  Plan good, bad;
+  try {
+    TD_CHECK(a.prompt.empty() != a.prompt_ids.empty(), "bisect: give -p TEXT or --prompt-ids 1,2,3 (one of them)");
+    bundle = open_model_bundle(model_path(base));
+    for (RunnerOptions* o : {&good_o, &bad_o}) {
+      o->dtype = a.dtype;
+      o->page_size = a.page_size;
+      o->kv_layout = a.kv_layout;
+    }
+    good_o.path = a.good;
+    good_o.variants = a.variant_good;
+    bad_o.path = a.bad;
+    bad_o.variants = a.variant_bad;
+    good = plan_for(good_o, &bundle.config());
+    bad = plan_for(bad_o, &bundle.config());
+    TD_CHECK(good.device == bad.device, "bisect: --good runs on {}, --bad on {}; swapping variants needs one device "
+             "(tandem diff compares devices)", device_name(good.device), device_name(bad.device));
+    TD_CHECK(good.kv_layout == bad.kv_layout, "bisect: the plans use different KV layouts");
+    if (a.prompt.empty()) {
+      ids = parse_token_ids(a.prompt_ids);
+    } else {
+      TD_CHECK(bundle.tokenizer.has_value(), "-p TEXT needs a tokenizer; pass --prompt-ids");
+      ids = bundle.tokenizer->encode(a.prompt, true, true);
+    }
+    for (int32_t t : ids)
+      TD_CHECK(t >= 0 && t < bundle.config().vocab_size, "--prompt-ids: id {} outside the vocabulary", t);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  const auto units = swap_units(good, bad);
+  std::printf("bisect: good %s, bad %s; %zu swappable unit(s) differ:\n", good.path.c_str(), bad.path.c_str(),
+              units.size());
+  for (size_t u = 0; u < units.size(); ++u) std::printf("  [%zu] %s\n", u, unit_names(bad, units, {int(u)}).c_str());
+  if (units.empty()) {
+    std::printf("the plans are the same variant for variant: nothing to bisect\n");
+    return 0;
+  }
+  Side sides[2];
+  sides[1].label = "good";
+  good_o.path = good.path;
+  sides[1].runner = make_runner(bundle, good_o);
+  const DType dt = sides[1].runner->host().dtype();
+  const double tol = a.tol > 0 ? a.tol : rel_tolerance(dt);
+  int trials = 0;
+  Outcome last;
+  auto diverges = [&](const std::vector<int>& chosen) {
+    RunnerOptions o = good_o;
+    o.variants = overrides_for(good, bad, units, chosen);
+    sides[0].label = "candidate";
+    sides[0].runner = make_runner(bundle, o);
+    const Outcome out = compare_runs(sides, bundle.config(), ids, a.steps, tol);
+    std::printf("  trial %d: good + {%s}: %s\n", ++trials, unit_names(bad, units, chosen).c_str(),
+                out.diverged ? "diverges" : "equal");
+    if (out.diverged) last = out;
+    return out.diverged;
+  };
+  std::vector<int> set(units.size());
+  for (size_t u = 0; u < units.size(); ++u) set[u] = int(u);
+  if (!diverges(set)) {
+    std::printf("good + every unit of bad agrees with good within %.1e: no divergence to bisect\n", tol);
+    return 0;
+  }
+  // Halving while one half alone reproduces it, then dropping units one at a time.
+  while (set.size() > 1) {
+    const std::vector<int> lo(set.begin(), set.begin() + long(set.size() / 2)), hi(set.begin() + long(set.size() / 2), set.end());
+    if (diverges(lo)) set = lo;
+    else if (diverges(hi)) set = hi;
+    else break;
+  }
+  for (size_t i = 0; i < set.size() && set.size() > 1;) {
+    std::vector<int> without = set;
+    without.erase(without.begin() + long(i));
+    if (diverges(without)) set = without;
+    else ++i;
+  }
+  diverges(set);  // the report of the final set
+  std::printf("\nCULPRIT: %s (the smallest set of the bad plan's variants that alone reproduces the divergence; "
+              "%d trials)\n%s", unit_names(bad, units, set).c_str(), trials, last.report.c_str());
+  return 1;
 }
 
 }  // namespace
@@ -178,6 +354,29 @@ void register_diff(CLI::App& app) {
   cmd->callback([a] {
     std::fflush(stdout);
     const int rc = run(*a);
+    std::fflush(stdout);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+void register_bisect(CLI::App& app) {
+  auto a = std::make_shared<BisectArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "bisect", "swap variants between a good and a bad plan and name the smallest set that reproduces the divergence");
+  cmd->add_option("-m,--model", a->model, "model (default: the default model)");
+  cmd->add_option("-p,--prompt", a->prompt, "prompt text");
+  cmd->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids");
+  cmd->add_option("--good", a->good, "the trusted path")->capture_default_str();
+  cmd->add_option("--bad", a->bad, "the path that diverges")->capture_default_str();
+  cmd->add_option("--variant-good", a->variant_good, "STAGE=NAME override for the good plan (repeatable)");
+  cmd->add_option("--variant-bad", a->variant_bad, "STAGE=NAME override for the bad plan (repeatable)");
+  cmd->add_option("--dtype", a->dtype, "GPU activations")->check(CLI::IsMember({"bf16", "f16", "f32"}));
+  cmd->add_option("--page-size", a->page_size, "KV page size")->capture_default_str();
+  cmd->add_option("--kv-layout", a->kv_layout, "nhd | hnd")->check(CLI::IsMember({"nhd", "hnd"}));
+  cmd->add_option("-n,--steps", a->steps, "decode steps per trial")->capture_default_str();
+  cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: the dtype's)");
+  cmd->callback([a] {
+    const int rc = run_bisect(*a);
     std::fflush(stdout);
     if (rc != 0) std::exit(rc);
   });

@@ -52,5 +52,6 @@ void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_trace(CLI::App& app);
 void register_diff(CLI::App& app);
+void register_bisect(CLI::App& app);
 
 }  // namespace tandem::cli

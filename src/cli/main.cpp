@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   tandem::cli::register_bench(app);
   tandem::cli::register_trace(app);
   tandem::cli::register_diff(app);
+  tandem::cli::register_bisect(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,6 +1,6 @@
 // tandem diff on the CPU: two reference plans, one with a planted test-only variant, must part at the planted
 // stage (and nowhere before), name both variants and the page table, and keep the exit-code contract
-// (0 equal, 1 divergence, 2 usage error).
+// (0 equal, 1 divergence, 2 usage error). tandem bisect names the planted variant.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -41,6 +41,25 @@ TEST(DiffCli, UsageErrorsExitTwo) {
   r = run_tandem("diff -m " + kModel);
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_THAT(r.output, HasSubstr("give -p TEXT or --prompt-ids"));
+}
+
+TEST(BisectCli, NamesThePlantedVariant) {
+  const std::string run = "bisect -m " + kModel + " --prompt-ids 1,5,9,20,33 -n 1 --good reference --bad reference ";
+  RunResult r = run_tandem(run + "--variant-bad attention=test_drop_last_key");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("1 swappable unit(s) differ"));
+  EXPECT_THAT(r.output, HasSubstr("CULPRIT: attention.test_drop_last_key"));
+  EXPECT_THAT(r.output, HasSubstr("FIRST DIVERGENCE: step 0 (prefill), tap L0.attention"));
+  // Two planted variants: each alone reproduces a divergence; bisect names one, not both.
+  r = run_tandem(run + "--variant-bad attention=test_drop_last_key --variant-bad kv_write=test_skip_layer1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("2 swappable unit(s) differ"));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("CULPRIT: (attention.test_drop_last_key|kv_write.test_skip_layer1) "));
+  r = run_tandem(run);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("nothing to bisect"));
+  r = run_tandem(run + "--variant-bad attention=nonsense");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
 }  // namespace
