@@ -110,6 +110,47 @@ Variant skip_layer1_append() {
 }
 TD_REGISTER_VARIANT(skip_layer1_append());
 
+
+// Planted bugs (test-only), each a real failure class for the diagnostics to localize (tests/unit/test_planted.cpp).
+// RoPE with the position off by one in decode steps only (steps of one token per sequence): prefill is equal,
+// the first decode step diverges at L0.rope.
+Variant rope_decode_offset() {
+  Variant v = reference(Stage::rope, "TEST ONLY: decode steps rotate at position + 1", [](const VariantArgs& a) {
+    const ModelConfig& c = a.config;
+    std::vector<int32_t> pos(a.step.host_positions.begin(), a.step.host_positions.end());
+    const bool decode = a.step.tables && a.step.tables->seq_ids.size() == pos.size();
+    if (decode)
+      for (int32_t& p : pos) ++p;
+    const Tensor t = Tensor::contiguous(pos.data(), DType::I32, {int64_t(pos.size())});
+    rope(a.slots.qkv, t, a.device.rope_inv_freq, int(c.n_heads), int(c.n_kv_heads), int(c.head_dim));
+  });
+  v.name = "rope.test_decode_offset";
+  v.test_only = true;
+  return v;
+}
+TD_REGISTER_VARIANT(rope_decode_offset());
+
+// Attention that reads an NHD cache as if it were HND (the layout mix-up): the page is the same block, the
+// slot/head strides are swapped, so keys come from the wrong slots from the first prefill on.
+Variant read_nhd_as_hnd() {
+  Variant v = reference(
+      Stage::attention, "TEST ONLY: reads the NHD cache with HND strides",
+      [](const VariantArgs& a) {
+        const ModelConfig& c = a.config;
+        PagedKv kv = *a.kv;
+        const KvGeometry g{1, c.n_kv_heads, c.head_dim, kv.page_size, KvLayout::HND};
+        kv.k = kv_pool_view(kv.k.data, kv.k.dtype, kv.k.device, g, kv.k.shape[0]);
+        kv.v = kv_pool_view(kv.v.data, kv.v.dtype, kv.v.device, g, kv.v.shape[0]);
+        kv.layout = KvLayout::HND;
+        attention(a.slots.qkv, a.step.positions, kv, attention_shape(c), a.slots.attn);
+      },
+      {KvLayout::NHD});
+  v.name = "attention.test_read_nhd_as_hnd";
+  v.test_only = true;
+  return v;
+}
+TD_REGISTER_VARIANT(read_nhd_as_hnd());
+
 std::vector<std::string> reference_preset() {
   std::vector<std::string> names;
   for (int s = 0; s < kNumStages; ++s) names.push_back(std::string(stage_name(Stage(s))) + ".reference");

@@ -1,4 +1,5 @@
-// tandem diff on the CPU: two reference plans, one with a planted test-only variant, must part at the planted
+// The planted-bug suite on the CPU: tandem diff on two reference plans, one with a planted test-only variant, must
+// part at the planted
 // stage (and nowhere before), name both variants and the page table, and keep the exit-code contract
 // (0 equal, 1 divergence, 2 usage error). tandem bisect names the planted variant.
 #include <gmock/gmock.h>
@@ -60,6 +61,43 @@ TEST(BisectCli, NamesThePlantedVariant) {
   EXPECT_THAT(r.output, HasSubstr("nothing to bisect"));
   r = run_tandem(run + "--variant-bad attention=nonsense");
   EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+// Each planted bug: where diff must say the two plans part, the tap that last agreed, and bisect's culprit.
+struct Planted {
+  const char* variant;  // --variant-a / --variant-bad
+  const char* first;    // "step S (phase), tap T"
+  const char* agreed;   // the last tap that agreed
+};
+const Planted kPlanted[] = {
+    {"attention=test_drop_last_key", "step 0 (prefill), tap L0.attention", "L0.kv_write"},
+    {"kv_write=test_skip_layer1", "step 0 (prefill), tap L1.kv_write", "L1.rope"},
+    {"rope=test_decode_offset", "step 1 (decode), tap L0.rope", "L0.qkv"},
+    {"attention=test_read_nhd_as_hnd", "step 0 (prefill), tap L0.attention", "L0.kv_write"},
+};
+
+TEST(Planted, DiffAndBisectLocalizeEachBug) {
+  for (const Planted& p : kPlanted) {
+    SCOPED_TRACE(p.variant);
+    RunResult r = run_tandem(kRun + "--variant-a " + p.variant);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(std::string("FIRST DIVERGENCE: ") + p.first + "\n"));
+    EXPECT_THAT(r.output, HasSubstr(std::string("last tap that agreed: ") + p.agreed + " "));
+    r = run_tandem("bisect -m " + kModel + " --prompt-ids 1,5,9,20,33 -n 2 --good reference --bad reference "
+                   "--variant-bad " + p.variant);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    const std::string name = std::string(p.variant).substr(std::string(p.variant).find('=') + 1);
+    EXPECT_THAT(r.output, ::testing::ContainsRegex("CULPRIT: [a-z_]+\\." + name + " "));
+  }
+}
+
+// --kv-poison turns the skipped append into a stop at the layer that reads it.
+TEST(Planted, KvPoisonStopsTraceAtTheSkippedLayer) {
+  const RunResult r = run_tandem("trace -m " + kModel + " --prompt-ids 1,5,9 -n 1 --kv-poison "
+                                 "--variant kv_write=test_skip_layer1");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("L1.attention: "));
+  EXPECT_THAT(r.output, HasSubstr("check L1.kv_write (variant kv_write.test_skip_layer1)"));
 }
 
 }  // namespace
