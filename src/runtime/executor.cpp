@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "diag/trace.h"
 
 namespace tandem {
 namespace {
@@ -127,6 +128,17 @@ void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSi
              plan_.by_stage[size_t(Stage::kv_write)]->name);
   }
   const Stage last = v.stages.last;
+  if (options_.nan_check) {
+    const Slot slot = stage_output_slot(last);
+    const HostTensor out = slot == Slot::kv_rows ? host_->kv_rows(layer) : host_->to_host(host_->slots().get(slot));
+    const TapStats st = tap_stats(tap_name(last, layer), 0, out.view(), host_->dtype());
+    TD_CHECK(st.finite(),
+             "--nan-check: {} (by {}) holds {} NaN and {} Inf of {} values, the first non-finite tap of the step; its "
+             "input {}",
+             st.tap, v.name, st.nan, st.inf, st.count, nan_prev_.empty() ? std::string("was the step's tokens") : nan_prev_);
+    nan_prev_ = fmt::format("{} was finite: absmax {:.3e}, rms {:.3e}, headroom {:.2e}", st.tap, st.absmax, st.rms,
+                            st.headroom);
+  }
   if (taps && last != Stage::logits && taps->wants(last, layer)) {
     const Slot slot = stage_output_slot(last);
     HostTensor t = slot == Slot::kv_rows ? host_->kv_rows(layer) : host_->to_host(host_->slots().get(slot));
@@ -161,6 +173,7 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
   for (int64_t t = 0; t < step.size(); ++t)
     if (step.want_logits[size_t(t)]) out.logit_rows.push_back(int32_t(t));
   host_->begin_step(step, tables, out.logit_rows);
+  nan_prev_.clear();
   timed_.clear();
   if (timing_) {
     host_->timing_reset();

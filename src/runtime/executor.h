@@ -16,6 +16,10 @@ struct ExecutorOptions {
   // Fresh KV pages are filled with NaN, and each attention output is checked: a read of a slot never written
   // fails at once, naming the layer.
   bool kv_poison = false;
+  // After every variant its output is copied to the host and scanned; the first NaN/Inf stops the step with an
+  // error naming the tap, the variant and the statistics of the tap before it (its input). Costs one device ->
+  // host copy per variant and layer.
+  bool nan_check = false;
 };
 
 // Time spent in one variant, summed over layers, for the last timed step.
@@ -62,7 +66,8 @@ class Executor final : public ModelRunner {
   bool timing_ = false;
   std::vector<const Variant*> timed_;  // the variant of each timing interval of this step
   std::vector<VariantTiming> timings_;
-  std::vector<int32_t> order_;  // this step's token order when regrouped (run row i is caller token order_[i])
+  std::vector<int32_t> order_;
+  std::string nan_prev_;  // --nan-check: the previous tap's statistics, "" at the start of a step  // this step's token order when regrouped (run row i is caller token order_[i])
 };
 
 }  // namespace tandem

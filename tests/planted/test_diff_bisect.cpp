@@ -100,5 +100,16 @@ TEST(Planted, KvPoisonStopsTraceAtTheSkippedLayer) {
   EXPECT_THAT(r.output, HasSubstr("check L1.kv_write (variant kv_write.test_skip_layer1)"));
 }
 
+// --nan-check names the first non-finite tap, the variant that wrote it and its input's statistics.
+TEST(Planted, NanCheckNamesTheFirstNonFiniteTapAndItsInput) {
+  const RunResult r = run_tandem("generate -m " + kModel + " --prompt-ids 1,5,9 -n 2 --nan-check "
+                                 "--variant attention=test_drop_last_key");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--nan-check: L0.attention (by attention.test_drop_last_key) holds 64 NaN and 0 "
+                                  "Inf of 192 values, the first non-finite tap of the step; its input L0.kv_write "
+                                  "was finite: absmax "));
+  EXPECT_EQ(run_tandem("generate -m " + kModel + " --prompt-ids 1,5,9 -n 2 --nan-check").exit_code, 0);
+}
+
 }  // namespace
 }  // namespace tandem
