@@ -123,6 +123,15 @@ class CpuHost final : public DeviceHost {
     return out;
   }
 
+  void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) override {
+    TD_CHECK(t.dtype == DType::F32 && t.ndim == 2 && 0 <= col_begin && col_begin <= col_end && col_end <= t.shape[1],
+             "scale_columns: columns [{}, {}) of {}", col_begin, col_end, t.describe());
+    for (int64_t r = 0; r < t.shape[0]; ++r) {
+      float* row = t.ptr<float>() + r * t.strides[0];
+      for (int64_t c = col_begin; c < col_end; ++c) row[c] *= factor;
+    }
+  }
+
   HostTensor to_host(const Tensor& t) override { return HostTensor::to_f32(t); }
   HostTensor finish_step() override { return std::move(logits_); }
 

@@ -182,6 +182,19 @@ class CudaHost final : public DeviceHost {
     return download_f32(out, stream_);
   }
 
+  void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) override {
+    TD_CHECK(t.ndim == 2 && t.strides[1] == 1 && 0 <= col_begin && col_begin <= col_end && col_end <= t.shape[1],
+             "scale_columns: columns [{}, {}) of {}", col_begin, col_end, t.describe());
+    HostTensor h = download_f32(t, stream_);  // synchronizes
+    for (int64_t r = 0; r < t.shape[0]; ++r)
+      for (int64_t c = col_begin; c < col_end; ++c) h.f32()[r * t.shape[1] + c] *= factor;
+    DeviceTensor back = upload(h.view(), t.dtype, stream_);
+    const size_t e = size_t(dtype_block_bytes(t.dtype));
+    TD_CUDA_CHECK(cudaMemcpy2DAsync(t.data, size_t(t.strides[0]) * e, back.view().data, size_t(t.shape[1]) * e,
+                                    size_t(t.shape[1]) * e, size_t(t.shape[0]), cudaMemcpyDeviceToDevice, stream_));
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `back` is freed on return
+  }
+
   HostTensor to_host(const Tensor& t) override { return download_f32(t, stream_); }
 
   HostTensor finish_step() override {

@@ -54,6 +54,9 @@ class DeviceHost {
   virtual HostTensor kv_rows(int layer) = 0;
   // A slot's tensor as fp32 on the host (taps); waits for the work before it.
   virtual HostTensor to_host(const Tensor& t) = 0;
+  // Perturbation experiments: t[:, col_begin:col_end] *= factor, in place, on a slot of this step (rounded to
+  // the slot's dtype). Diagnostics only: on the GPU it goes through the host.
+  virtual void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) = 0;
   // Waits for the step and returns its logits [R, V] fp32 on the host.
   virtual HostTensor finish_step() = 0;
 

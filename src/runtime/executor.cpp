@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -101,6 +102,61 @@ std::vector<int32_t> Executor::reserve_pages(const std::map<int32_t, int64_t>& l
   return fresh;
 }
 
+Perturbation parse_perturbation(const std::string& spec, const ModelConfig& c) {
+  // LAYER.STAGE:PART:scale=F
+  const size_t c1 = spec.find(':'), c2 = c1 == std::string::npos ? c1 : spec.find(':', c1 + 1);
+  TD_CHECK(c2 != std::string::npos, "--perturb {}: expected TAP:PART:scale=F, e.g. L1.qkv:k:scale=0.0005", spec);
+  const std::string tap = spec.substr(0, c1), part = spec.substr(c1 + 1, c2 - c1 - 1), op = spec.substr(c2 + 1);
+  Perturbation p;
+  p.spec = spec;
+  std::string stage_text = tap;
+  if (tap.size() > 1 && tap[0] == 'L' && tap.find('.') != std::string::npos) {
+    const std::string l = tap.substr(1, tap.find('.') - 1);
+    stage_text = tap.substr(tap.find('.') + 1);
+    if (l == "*") {
+      p.layer = -1;
+    } else {
+      char* end = nullptr;
+      const long v = std::strtol(l.c_str(), &end, 10);
+      TD_CHECK(!l.empty() && *end == 0 && v >= 0 && v < c.n_layers, "--perturb {}: layer '{}' is not 0..{} or *", spec,
+               l, c.n_layers - 1);
+      p.layer = int(v);
+    }
+  }
+  const auto stage = stage_from_name(stage_text);
+  TD_CHECK(stage.has_value() && *stage != Stage::kv_write && *stage != Stage::logits,
+           "--perturb {}: '{}' is not a perturbable stage (any stage but kv_write and logits)", spec, stage_text);
+  TD_CHECK(stage_is_per_layer(*stage) == (tap[0] == 'L'), "--perturb {}: {} needs {}", spec, stage_text,
+           stage_is_per_layer(*stage) ? "a layer (L3.stage or L*.stage)" : "no layer");
+  p.stage = *stage;
+  const bool qkv_like = *stage == Stage::qkv || *stage == Stage::rope;
+  const int64_t q = c.q_dim(), kv = c.kv_dim();
+  const int64_t width = qkv_like ? c.qkv_dim() : *stage == Stage::attention ? q
+                        : *stage == Stage::gate_up ? 2 * c.intermediate_size
+                        : *stage == Stage::act ? c.intermediate_size : c.hidden_size;
+  if (part == "all") p.col_begin = 0, p.col_end = width;
+  else if (qkv_like && part == "q") p.col_begin = 0, p.col_end = q;
+  else if (qkv_like && part == "k") p.col_begin = q, p.col_end = q + kv;
+  else if (qkv_like && part == "v") p.col_begin = q + kv, p.col_end = q + 2 * kv;
+  else fail("--perturb {}: part '{}' must be all{}", spec, part, qkv_like ? ", q, k or v" : " for this stage");
+  TD_CHECK(op.rfind("scale=", 0) == 0, "--perturb {}: the operation must be scale=F", spec);
+  char* end = nullptr;
+  p.factor = std::strtof(op.c_str() + 6, &end);
+  TD_CHECK(op.size() > 6 && *end == 0 && std::isfinite(p.factor), "--perturb {}: '{}' is not a number", spec,
+           op.substr(6));
+  return p;
+}
+
+void Executor::set_perturbations(std::vector<Perturbation> p) {
+  for (const Perturbation& x : p) {
+    const Variant* v = plan_.by_stage[size_t(x.stage)];
+    TD_CHECK(v->stages.last == x.stage, "--perturb {}: {} runs inside {} ({}) in this plan, so its output is never "
+             "materialized; use a plan that runs {} alone (e.g. --path standard or --path reference)", x.spec,
+             stage_name(x.stage), v->name, v->stages.str(), stage_name(x.stage));
+  }
+  perturb_ = std::move(p);
+}
+
 void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps) {
   const ModelWeights& w = host_->weights();
   const VariantArgs args{host_->config(),
@@ -128,6 +184,9 @@ void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSi
              plan_.by_stage[size_t(Stage::kv_write)]->name);
   }
   const Stage last = v.stages.last;
+  for (const Perturbation& p : perturb_)
+    if (p.stage == last && (p.layer < 0 || p.layer == layer))
+      host_->scale_columns(host_->slots().get(stage_output_slot(last)), p.col_begin, p.col_end, p.factor);
   if (options_.nan_check) {
     const Slot slot = stage_output_slot(last);
     const HostTensor out = slot == Slot::kv_rows ? host_->kv_rows(layer) : host_->to_host(host_->slots().get(slot));

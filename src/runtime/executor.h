@@ -22,6 +22,18 @@ struct ExecutorOptions {
   bool nan_check = false;
 };
 
+// A perturbation experiment: after stage `stage` of layer `layer` (-1: every layer; model-level stages: -1),
+// columns [col_begin, col_end) of that stage's output slot are multiplied by `factor`.
+struct Perturbation {
+  Stage stage = Stage::qkv;
+  int layer = -1;
+  int64_t col_begin = 0, col_end = 0;
+  float factor = 1.0f;
+  std::string spec;  // as given, for messages
+};
+// "L1.qkv:k:scale=0.0005" (layer L1 or L*, any published stage, part q | k | v of qkv/rope or all, scale=F).
+Perturbation parse_perturbation(const std::string& spec, const ModelConfig& c);
+
 // Time spent in one variant, summed over layers, for the last timed step.
 struct VariantTiming {
   const Variant* variant = nullptr;
@@ -47,6 +59,8 @@ class Executor final : public ModelRunner {
   // reserved; their K/V are whatever the pool holds).
   void assume_cached(int32_t seq, int64_t length);
   void set_timing(bool on) { timing_ = on; }
+  // Applied in every following step; a stage inside a multi-stage variant of the plan is an error.
+  void set_perturbations(std::vector<Perturbation> p);
   const std::vector<VariantTiming>& timings() const { return timings_; }
 
  private:
@@ -67,7 +81,8 @@ class Executor final : public ModelRunner {
   std::vector<const Variant*> timed_;  // the variant of each timing interval of this step
   std::vector<VariantTiming> timings_;
   std::vector<int32_t> order_;
-  std::string nan_prev_;  // --nan-check: the previous tap's statistics, "" at the start of a step  // this step's token order when regrouped (run row i is caller token order_[i])
+  std::string nan_prev_;
+  std::vector<Perturbation> perturb_;  // --nan-check: the previous tap's statistics, "" at the start of a step  // this step's token order when regrouped (run row i is caller token order_[i])
 };
 
 }  // namespace tandem

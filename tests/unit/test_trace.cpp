@@ -75,5 +75,31 @@ TEST(Trace, CommandNamesTheFirstNonFiniteTap) {
   EXPECT_THAT(r.output, HasSubstr("give -p TEXT or --prompt-ids"));
 }
 
+// K scaled to zero in layer 1: every layer-1 attention logit is 0 in the perturbed trace, and the response is reported.
+TEST(Trace, PerturbationAndSweepReportTheResponse) {
+  const std::string base = "trace -m " + std::string(TANDEM_FIXTURES) + "/llama --prompt-ids 1,5,9,20 -n 3 ";
+  RunResult r = run_tandem(base + "--perturb L1.qkv:k:scale=0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* row : {"\n   0     1 ", "\n   1     1 ", "\n   2     1 ", "\n   3     1 "}) {
+    const size_t at = r.output.find(row);
+    ASSERT_NE(at, std::string::npos) << row;
+    EXPECT_THAT(r.output.substr(at, r.output.find('\n', at + 1) - at), HasSubstr(" 0.000e+00     0 ")) << row;
+  }
+  EXPECT_THAT(r.output, HasSubstr("response: prefill logits rel_l2 "));
+  EXPECT_THAT(r.output, HasSubstr("greedy tokens perturbed:"));
+  r = run_tandem(base + "--sweep 'L*.qkv:k:scale=0.001..1:log:4'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("scale   logits rel"));
+  EXPECT_THAT(r.output, HasSubstr("\n           1    0.000e+00   1.0000 "));  // factor 1: unchanged
+  EXPECT_THAT(r.output, HasSubstr(" 4/4 "));
+  r = run_tandem(base + "--perturb L9.qkv:k:scale=0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("layer '9' is not 0..1 or *"));
+  r = run_tandem(base + "--perturb L1.kv_write:all:scale=2");
+  EXPECT_THAT(r.output, HasSubstr("not a perturbable stage"));
+  r = run_tandem(base + "--perturb L1.attn_norm:k:scale=2");
+  EXPECT_THAT(r.output, HasSubstr("part 'k' must be all for this stage"));
+}
+
 }  // namespace
 }  // namespace tandem
