@@ -4,6 +4,7 @@
 // Exit 0: equal within the tolerance; 1: they diverge; 2: usage error (bad flags, unknown path or variant).
 #include <algorithm>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 
@@ -20,7 +21,7 @@ struct DiffArgs {
   int64_t page_size = 16;
   int steps = 4;
   double tol = 0;
-  bool no_bos = false;
+  bool no_bos = false, kv_verify = false;
 };
 
 // Every tap name in the order a forward pass produces them.
@@ -66,7 +67,39 @@ struct Outcome {
 
 // Runs both sides on the prompt and `steps` greedy decode steps (both fed side a's choice); compares every common
 // tap in execution order. The runners get a fresh sequence 0.
-Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<int32_t>& ids, int steps, double tol) {
+// --kv-verify: sequence 0's whole cache on both sides, layer by layer, position by position, head by head; the
+// first (layer, K|V, head, position) whose rel_l2 exceeds tol, or "" when all agree.
+std::string verify_kv(Side (&sides)[2], const ModelConfig& c, int step, double tol) {
+  const int64_t hd = c.head_dim, heads = c.n_kv_heads, kv_dim = heads * hd;
+  for (int l = 0; l < int(c.n_layers); ++l) {
+    const HostTensor a = sides[0].runner->cached_kv(0, l), b = sides[1].runner->cached_kv(0, l);
+    const int64_t len = b.view().shape[0];
+    for (int64_t p = 0; p < len; ++p)
+      for (int kv = 0; kv < 2; ++kv)
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t off = p * 2 * kv_dim + kv * kv_dim + h * hd;
+          double num = 0, den = 0;
+          bool nonfinite = false;
+          for (int64_t d = 0; d < hd; ++d) {
+            const double x = a.f32()[off + d], y = b.f32()[off + d];
+            if (!std::isfinite(x)) nonfinite = true;
+            num += (x - y) * (x - y);
+            den += y * y;
+          }
+          const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+          if (nonfinite || rel > tol)
+            return fmt::format("\nKV VERIFY FAILED after step {}: layer {} {} head {} position {} (of {} cached): "
+                               "rel_l2 {:.3e}{}; a {:.6g} b {:.6g} at dim 0\n  {}\n  {}\n",
+                               step, l, kv ? "V" : "K", h, p, len, rel, nonfinite ? " (non-finite)" : "",
+                               a.f32()[off], b.f32()[off], sides[0].describe_stage(tap_name(Stage::kv_write, l)),
+                               sides[1].describe_stage(tap_name(Stage::kv_write, l)));
+        }
+  }
+  return "";
+}
+
+Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<int32_t>& ids, int steps, double tol,
+                     bool kv_verify = false) {
   Outcome res;
   const int64_t capacity = int64_t(ids.size()) + steps + 1;
   for (Side& s : sides) s.runner->create_sequence(0, capacity);
@@ -115,6 +148,10 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
       r += fmt::format("  {}\n  {}\n", sides[0].describe_stage(name), sides[1].describe_stage(name));
       r += fmt::format("  last tap that agreed: {}\n", prev.empty() ? "none (this is the first compared)" : prev);
       return done({true, r});
+    }
+    if (kv_verify) {
+      const std::string bad = verify_kv(sides, c, s, tol);
+      if (!bad.empty()) return done({true, bad});
     }
     const int64_t V = c.vocab_size;
     const float* row = out[0].logits.f32() + (out[0].logits.view().shape[0] - 1) * V;
@@ -169,7 +206,7 @@ int run(const DiffArgs& a) {
   std::printf("diff: a = %s, b = %s (reference side); tolerance rel_l2 <= %.1e (%s)\n",
               sides[0].runner->plan().path.c_str(), sides[1].runner->plan().path.c_str(), tol,
               a.tol > 0 ? "--tol" : dtype_name(worst).data());
-  const Outcome o = compare_runs(sides, c, ids, a.steps, tol);
+  const Outcome o = compare_runs(sides, c, ids, a.steps, tol, a.kv_verify);
   std::fputs(o.report.c_str(), stdout);
   return o.diverged ? 1 : 0;
 }
@@ -351,6 +388,9 @@ void register_diff(CLI::App& app) {
   cmd->add_option("-n,--steps", a->steps, "decode steps after the prefill")->capture_default_str();
   cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: that of the less precise dtype)");
   cmd->add_flag("--no-bos", a->no_bos, "do not add the tokenizer's BOS token");
+  cmd->add_flag("--kv-verify", a->kv_verify,
+                "after every step compare sequence 0's whole K/V cache (through each side's page table) and report "
+                "the first wrong layer, head and position");
   cmd->callback([a] {
     std::fflush(stdout);
     const int rc = run(*a);

@@ -123,6 +123,18 @@ class CpuHost final : public DeviceHost {
     return out;
   }
 
+  HostTensor kv_pages(int layer, std::span<const int32_t> pages) override {
+    const int64_t pe = geo_.page_elems();
+    HostTensor out = HostTensor::empty(DType::F32, {int64_t(pages.size()), 2, pe});
+    for (size_t i = 0; i < pages.size(); ++i)
+      for (int kv = 0; kv < 2; ++kv) {
+        TD_CHECK(pages[i] >= 0 && pages[i] < pages_, "kv_pages: page {} outside the pool ({})", pages[i], pages_);
+        const float* src = kv_.data() + ((2 * int64_t(layer) + kv) * pages_ + pages[i]) * pe;
+        std::memcpy(out.f32() + (int64_t(i) * 2 + kv) * pe, src, size_t(pe) * sizeof(float));
+      }
+    return out;
+  }
+
   void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) override {
     TD_CHECK(t.dtype == DType::F32 && t.ndim == 2 && 0 <= col_begin && col_begin <= col_end && col_end <= t.shape[1],
              "scale_columns: columns [{}, {}) of {}", col_begin, col_end, t.describe());

@@ -182,6 +182,20 @@ class CudaHost final : public DeviceHost {
     return download_f32(out, stream_);
   }
 
+  HostTensor kv_pages(int layer, std::span<const int32_t> pages) override {
+    const int64_t pe = geo_.page_elems(), e = dtype_block_bytes(dtype_);
+    HostTensor out = HostTensor::empty(DType::F32, {int64_t(pages.size()), 2, pe});
+    char* base = static_cast<char*>(kv_.view().data);
+    for (size_t i = 0; i < pages.size(); ++i)
+      for (int kv = 0; kv < 2; ++kv) {
+        TD_CHECK(pages[i] >= 0 && pages[i] < pages_, "kv_pages: page {} outside the pool ({})", pages[i], pages_);
+        char* page = base + (((2 * int64_t(layer) + kv) * pages_ + pages[i]) * pe) * e;
+        const HostTensor h = download_f32(Tensor::contiguous(page, dtype_, {pe}, Device::CUDA), stream_);
+        std::memcpy(out.f32() + (int64_t(i) * 2 + kv) * pe, h.f32(), size_t(pe) * sizeof(float));
+      }
+    return out;
+  }
+
   void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) override {
     TD_CHECK(t.ndim == 2 && t.strides[1] == 1 && 0 <= col_begin && col_begin <= col_end && col_end <= t.shape[1],
              "scale_columns: columns [{}, {}) of {}", col_begin, col_end, t.describe());

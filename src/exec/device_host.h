@@ -52,6 +52,9 @@ class DeviceHost {
   virtual DeviceContext& context() = 0;
   // The step's K|V rows of one layer read back through the page tables: [T, 2 kv_dim] fp32 on the host.
   virtual HostTensor kv_rows(int layer) = 0;
+  // Raw pages of one layer's pools as fp32: [pages.size(), 2, page_elems] (K page, then V page), in the pools'
+  // layout (--kv-verify).
+  virtual HostTensor kv_pages(int layer, std::span<const int32_t> pages) = 0;
   // A slot's tensor as fp32 on the host (taps); waits for the work before it.
   virtual HostTensor to_host(const Tensor& t) = 0;
   // Perturbation experiments: t[:, col_begin:col_end] *= factor, in place, on a slot of this step (rounded to

@@ -147,6 +147,25 @@ Perturbation parse_perturbation(const std::string& spec, const ModelConfig& c) {
   return p;
 }
 
+HostTensor Executor::cached_kv(int32_t seq, int layer) {
+  const int64_t len = sequence_length(seq);
+  const KvGeometry& g = host_->kv_geometry();
+  const std::vector<int32_t>& own = pages_.pages(seq);
+  const std::vector<int32_t> used(own.begin(), own.begin() + pages_.pages_for(len));
+  const HostTensor raw = host_->kv_pages(layer, used);
+  const int64_t hd = g.head_dim, heads = g.n_kv_heads, ps = g.page_size, pe = g.page_elems(), kv_dim = heads * hd;
+  HostTensor out = HostTensor::empty(DType::F32, {len, 2 * kv_dim});
+  for (int64_t p = 0; p < len; ++p)
+    for (int kv = 0; kv < 2; ++kv)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t slot = p % ps;
+        const int64_t off = g.layout == KvLayout::NHD ? (slot * heads + h) * hd : (h * ps + slot) * hd;
+        const float* src = raw.f32() + ((p / ps) * 2 + kv) * pe + off;
+        std::memcpy(out.f32() + p * 2 * kv_dim + kv * kv_dim + h * hd, src, size_t(hd) * sizeof(float));
+      }
+  return out;
+}
+
 void Executor::set_perturbations(std::vector<Perturbation> p) {
   for (const Perturbation& x : p) {
     const Variant* v = plan_.by_stage[size_t(x.stage)];

@@ -59,6 +59,8 @@ class Executor final : public ModelRunner {
   // reserved; their K/V are whatever the pool holds).
   void assume_cached(int32_t seq, int64_t length);
   void set_timing(bool on) { timing_ = on; }
+  // Sequence `seq`'s cached K | V of one layer, read through its page table: [length, 2 kv_dim] fp32 (--kv-verify).
+  HostTensor cached_kv(int32_t seq, int layer);
   // Applied in every following step; a stage inside a multi-stage variant of the plan is an error.
   void set_perturbations(std::vector<Perturbation> p);
   const std::vector<VariantTiming>& timings() const { return timings_; }

@@ -62,6 +62,37 @@ TEST_P(Executors, PageSizesAndLayoutsAreBitIdenticalAndMatchHF) {
   EXPECT_LE(cmp.rel_l2, rel_tolerance(DType::F32)) << cmp.summary();
 }
 
+// cached_kv (--kv-verify) reads a sequence's whole cache through its page table: the same K|V rows for every page
+// size and layout, equal to the kv_write taps of the steps that wrote them.
+TEST_P(Executors, CachedKvIsTheSameThroughEveryPageTable) {
+  const auto ids = ints(*exp_, "p1.prompt");
+  std::vector<HostTensor> first;
+  for (int64_t page : {1, 16})
+    for (KvLayout layout : {KvLayout::NHD, KvLayout::HND}) {
+      auto r = reference_runner(model_, {page, layout, {}, false, 32});
+      r->create_sequence(0, 64);
+      Step prefill, decode;
+      for (size_t i = 0; i + 1 < ids.size(); ++i) prefill.add(ids[i], 0, int32_t(i), false);
+      decode.add(ids.back(), 0, int32_t(ids.size() - 1), true);
+      TapRecorder taps({"kv_write"}), taps2({"kv_write"});
+      r->forward(prefill, &taps);
+      r->forward(decode, &taps2);
+      const int layers = int(model_->config.n_layers);
+      for (int l = 0; l < layers; ++l) {
+        const HostTensor kv = r->cached_kv(0, l);
+        ASSERT_EQ(kv.view().shape[0], int64_t(ids.size()));
+        const HostTensor* a = taps.find(tap_name(Stage::kv_write, l));
+        const HostTensor* b = taps2.find(tap_name(Stage::kv_write, l));
+        ASSERT_TRUE(a && b);
+        const int64_t W = kv.view().shape[1], n = a->view().shape[0];
+        EXPECT_EQ(std::memcmp(kv.f32(), a->f32(), size_t(n * W) * 4), 0) << "page " << page << " layer " << l;
+        EXPECT_EQ(std::memcmp(kv.f32() + n * W, b->f32(), size_t(W) * 4), 0) << "page " << page << " layer " << l;
+        if (first.size() < size_t(layers)) first.push_back(HostTensor::to_f32(kv.view()));
+        else EXPECT_EQ(std::memcmp(kv.f32(), first[size_t(l)].f32(), size_t(kv.numel()) * 4), 0);
+      }
+    }
+}
+
 TEST_P(Executors, BrokenVariantChangesTapsFromItsStageOnOnly) {
   const auto ids = ints(*exp_, "p1.prompt");
   auto taps_of = [&](std::vector<std::string> variants) {

@@ -15,9 +15,13 @@ const std::string kModel = std::string(TANDEM_FIXTURES) + "/llama";
 const std::string kRun = "diff -m " + kModel + " --prompt-ids 1,5,9,20,33 -n 2 --a reference --b reference ";
 
 TEST(DiffCli, EqualPlansExitZero) {
-  const RunResult r = run_tandem(kRun);
+  RunResult r = run_tandem(kRun);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("equal: 81 taps over 3 steps within 1.0e-04"));
+  // --kv-verify reads both whole caches after every step (here through one-token pages in HND).
+  r = run_tandem(kRun + "--kv-verify --page-size 1 --kv-layout hnd");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("KV VERIFY FAILED")));
 }
 
 TEST(DiffCli, NamesThePlantedStageFirst) {
