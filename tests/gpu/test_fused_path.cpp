@@ -38,6 +38,7 @@
 #include "cuda/device_query.h"
 #include "diag/compare.h"
 #include "io/safetensors.h"
+#include "greedy_rules.h"
 #include "runners.h"
 
 namespace tandem {
@@ -46,23 +47,6 @@ namespace fs = std::filesystem;
 
 #define REQUIRE_GPU() \
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
-
-int32_t argmax(const float* row, int64_t n) { return int32_t(std::max_element(row, row + n) - row); }
-
-double top2_margin(const float* row, int64_t n) {
-  float a = -INFINITY, b = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) {
-    if (row[i] > a) b = a, a = row[i];
-    else if (row[i] > b) b = row[i];
-  }
-  return double(a) - double(b);
-}
-
-double margin_tolerance(DType dtype, const float* row, int64_t n) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double(row[i]) * row[i];
-  return 4.0 * rel_tolerance(dtype) * std::sqrt(ss / double(n));
-}
 
 struct TestModel {
   std::string name;

@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "cuda/device_query.h"
+#include "greedy_rules.h"
 #include "runners.h"
 #include "diag/compare.h"
 #include "io/safetensors.h"
@@ -32,30 +33,6 @@ std::vector<int32_t> ints(const SafetensorsFile& f, const std::string& name) {
   std::vector<int32_t> v(e->nbytes / 4);
   std::memcpy(v.data(), e->file->data() + e->offset, e->nbytes);
   return v;
-}
-
-int32_t argmax(const float* row, int64_t n) { return int32_t(std::max_element(row, row + n) - row); }
-
-// Top-1 minus top-2 of a logits row.
-double top2_margin(const float* row, int64_t n) {
-  float a = -INFINITY, b = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) {
-    if (row[i] > a) {
-      b = a;
-      a = row[i];
-    } else if (row[i] > b) {
-      b = row[i];
-    }
-  }
-  return double(a) - double(b);
-}
-
-// The argmax of a path running in `dtype` can only be trusted to match the reference when the reference's
-// top-2 margin exceeds the logit error that dtype produces: rel_tolerance(dtype) x rms(row) x 4.
-double margin_tolerance(DType dtype, const float* row, int64_t n) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double(row[i]) * row[i];
-  return 4.0 * rel_tolerance(dtype) * std::sqrt(ss / double(n));
 }
 
 struct PrefillResult {
