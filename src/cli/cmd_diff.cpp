@@ -2,6 +2,7 @@
 // greedy decode steps both fed plan A's choice, so their KV histories stay aligned); every tap both publish is
 // compared in execution order and the first divergence is reported with what went into both tensors.
 // Exit 0: equal within the tolerance; 1: they diverge; 2: usage error (bad flags, unknown path or variant).
+// tandem bisect (below) reuses the same comparison to find which of the bad plan's variants cause a divergence.
 #include <algorithm>
 #include <cstdio>
 #include <cmath>

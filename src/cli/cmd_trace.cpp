@@ -48,15 +48,25 @@ Outcome run_once(Executor& r, const std::vector<int32_t>& ids, int steps, Tracer
   return o;
 }
 
+// How a perturbed run answers: its prefill logits against the unperturbed ones, and how many greedy tokens stayed.
+struct Response {
+  Comparison logits;
+  size_t same_tokens = 0;
+};
+Response response_of(const Outcome& base, const Outcome& o) {
+  auto view = [](const std::vector<float>& v) {
+    return Tensor::contiguous(const_cast<float*>(v.data()), DType::F32, {int64_t(v.size())});
+  };
+  Response r{compare(view(o.logits), view(base.logits)), 0};
+  while (r.same_tokens < o.tokens.size() && o.tokens[r.same_tokens] == base.tokens[r.same_tokens]) ++r.same_tokens;
+  return r;
+}
+
 std::string response(const Outcome& base, const Outcome& o) {
-  const Tensor a = Tensor::contiguous(const_cast<float*>(o.logits.data()), DType::F32, {int64_t(o.logits.size())});
-  const Tensor b = Tensor::contiguous(const_cast<float*>(base.logits.data()), DType::F32, {int64_t(base.logits.size())});
-  const Comparison cmp = compare(a, b);
-  size_t same = 0;
-  while (same < o.tokens.size() && o.tokens[same] == base.tokens[same]) ++same;
+  const Response r = response_of(base, o);
   return fmt::format("response: prefill logits rel_l2 {:.3e} (cos {:.4f}) vs unperturbed; first token {} -> {}; "
-                     "greedy tokens equal for {}/{}", cmp.rel_l2, cmp.cosine, base.tokens[0], o.tokens[0], same,
-                     o.tokens.size());
+                     "greedy tokens equal for {}/{}", r.logits.rel_l2, r.logits.cosine, base.tokens[0], o.tokens[0],
+                     r.same_tokens, o.tokens.size());
 }
 
 // --sweep 'L*.qkv:k:scale=A..B:log:N' (or :lin:N): the perturbation at N factors from A to B.
@@ -88,13 +98,9 @@ void sweep(const TraceArgs& a, Loaded& l, const std::vector<int32_t>& ids, const
     double m = 0;
     for (const LogitMax& x : tr.logit_max())
       if (std::fabs(x.value) > std::fabs(m) || std::isnan(x.value)) m = x.value;
-    const Tensor ta = Tensor::contiguous(const_cast<float*>(o.logits.data()), DType::F32, {int64_t(o.logits.size())});
-    const Tensor tb = Tensor::contiguous(const_cast<float*>(base.logits.data()), DType::F32, {int64_t(base.logits.size())});
-    const Comparison cmp = compare(ta, tb);
-    size_t same = 0;
-    while (same < o.tokens.size() && o.tokens[same] == base.tokens[same]) ++same;
-    std::printf("%12.4g %12.3e %8.4f %8d %6zu/%-3zu %14.4g\n", f, cmp.rel_l2, cmp.cosine, o.tokens[0], same,
-                o.tokens.size(), m);
+    const Response r = response_of(base, o);
+    std::printf("%12.4g %12.3e %8.4f %8d %6zu/%-3zu %14.4g\n", f, r.logits.rel_l2, r.logits.cosine, o.tokens[0],
+                r.same_tokens, o.tokens.size(), m);
   }
   l.runner->set_perturbations({});
 }
