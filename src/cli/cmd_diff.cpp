@@ -23,6 +23,7 @@ struct DiffArgs {
   int steps = 4;
   double tol = 0;
   bool no_bos = false, kv_verify = false;
+  int batch = 1;
 };
 
 // Every tap name in the order a forward pass produces them.
@@ -99,19 +100,26 @@ std::string verify_kv(Side (&sides)[2], const ModelConfig& c, int step, double t
   return "";
 }
 
+// batch > 1: sequences 1.. run beside sequence 0 in every step, sequence b with the prompt's first
+// max(1, len - b) tokens (other lengths, other pages), each fed its own greedy choice (side a's).
 Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<int32_t>& ids, int steps, double tol,
-                     bool kv_verify = false) {
-  Outcome res;
+                     bool kv_verify = false, int batch = 1) {
   const int64_t capacity = int64_t(ids.size()) + steps + 1;
-  for (Side& s : sides) s.runner->create_sequence(0, capacity);
+  std::vector<int64_t> lens(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    lens[size_t(b)] = std::max<int64_t>(1, int64_t(ids.size()) - b);
+    for (Side& s : sides) s.runner->create_sequence(b, capacity);
+  }
   const std::vector<std::string> order = execution_order(c);
   Step step;
-  for (size_t i = 0; i < ids.size(); ++i) step.add(ids[i], 0, int32_t(i), i + 1 == ids.size());
+  for (int b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < lens[size_t(b)]; ++i) step.add(ids[size_t(i)], b, int32_t(i), i + 1 == lens[size_t(b)]);
   int compared = 0;
   double worst_ok = 0;
   std::string worst_ok_tap;
   auto done = [&](Outcome o) {
-    for (Side& s : sides) s.runner->release_sequence(0);
+    for (Side& s : sides)
+      for (int b = 0; b < batch; ++b) s.runner->release_sequence(b);
     return o;
   };
   for (int s = 0; s <= steps; ++s) {
@@ -131,7 +139,8 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
         prev = fmt::format("{} (rel_l2 {:.2e})", name, cmp.rel_l2);
         continue;
       }
-      std::string r = fmt::format("\nFIRST DIVERGENCE: step {} ({}), tap {}\n", s, s == 0 ? "prefill" : "decode", name);
+      std::string r = fmt::format("\nFIRST DIVERGENCE: step {} ({}{}), tap {}\n", s, s == 0 ? "prefill" : "decode",
+                                  batch > 1 ? fmt::format(", batch of {}", batch) : std::string(), name);
       if (!same_shape) {
         r += fmt::format("  shapes differ: a {}, b {}\n", ta->view().describe(), tb->view().describe());
       } else {
@@ -139,8 +148,9 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
         r += fmt::format("  {}; non-finite a {}, b {}\n", cmp.summary(), cmp.nonfinite_a, cmp.nonfinite_b);
         if (cmp.max_abs_index >= 0) {
           const int64_t row = cmp.max_abs_index / cols, col = cmp.max_abs_index % cols;
-          r += fmt::format("  largest error at row {} (position {}), column {}: a {:.6g}, b {:.6g}\n", row,
-                           step.positions[size_t(std::min<int64_t>(row, step.size() - 1))], col,
+          const size_t at = size_t(std::min<int64_t>(row, step.size() - 1));
+          r += fmt::format("  largest error at row {} (sequence {}, position {}), column {}: a {:.6g}, b {:.6g}\n", row,
+                           step.seq_ids[at], step.positions[at], col,
                            ta->f32()[cmp.max_abs_index], tb->f32()[cmp.max_abs_index]);
         }
       }
@@ -155,10 +165,11 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
       if (!bad.empty()) return done({true, bad});
     }
     const int64_t V = c.vocab_size;
-    const float* row = out[0].logits.f32() + (out[0].logits.view().shape[0] - 1) * V;
-    const int32_t next = int32_t(std::max_element(row, row + V) - row);
     step = Step{};
-    step.add(next, 0, int32_t(ids.size()) + s, true);
+    for (int b = 0; b < batch; ++b) {  // logits rows: one per sequence, in step order
+      const float* row = out[0].logits.f32() + int64_t(b) * V;
+      step.add(int32_t(std::max_element(row, row + V) - row), b, int32_t(lens[size_t(b)] + s), true);
+    }
   }
   return done({false, fmt::format("equal: {} taps over {} steps within {:.1e} (largest rel_l2 {:.2e} at {})\n", compared,
                                   steps + 1, tol, worst_ok, worst_ok_tap.empty() ? "-" : worst_ok_tap)});
@@ -207,7 +218,7 @@ int run(const DiffArgs& a) {
   std::printf("diff: a = %s, b = %s (reference side); tolerance rel_l2 <= %.1e (%s)\n",
               sides[0].runner->plan().path.c_str(), sides[1].runner->plan().path.c_str(), tol,
               a.tol > 0 ? "--tol" : dtype_name(worst).data());
-  const Outcome o = compare_runs(sides, c, ids, a.steps, tol, a.kv_verify);
+  const Outcome o = compare_runs(sides, c, ids, a.steps, tol, a.kv_verify, a.batch);
   std::fputs(o.report.c_str(), stdout);
   return o.diverged ? 1 : 0;
 }
@@ -219,7 +230,7 @@ struct BisectArgs {
   std::string model, prompt, prompt_ids, good = "standard", bad = "fused", dtype = "bf16", kv_layout = "nhd";
   std::vector<std::string> variant_good, variant_bad;
   int64_t page_size = 16;
-  int steps = 2;
+  int steps = 2, batch = 1;
   double tol = 0;
 };
 
@@ -340,7 +351,7 @@ int run_bisect(const BisectArgs& a) {
     o.variants = overrides_for(good, bad, units, chosen);
     sides[0].label = "candidate";
     sides[0].runner = make_runner(bundle, o);
-    const Outcome out = compare_runs(sides, bundle.config(), ids, a.steps, tol);
+    const Outcome out = compare_runs(sides, bundle.config(), ids, a.steps, tol, false, a.batch);
     std::printf("  trial %d: good + {%s}: %s\n", ++trials, unit_names(bad, units, chosen).c_str(),
                 out.diverged ? "diverges" : "equal");
     if (out.diverged) last = out;
@@ -389,6 +400,9 @@ void register_diff(CLI::App& app) {
   cmd->add_option("-n,--steps", a->steps, "decode steps after the prefill")->capture_default_str();
   cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: that of the less precise dtype)");
   cmd->add_flag("--no-bos", a->no_bos, "do not add the tokenizer's BOS token");
+  cmd->add_option("--batch", a->batch, "sequences per step (the others: shorter copies of the prompt)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   cmd->add_flag("--kv-verify", a->kv_verify,
                 "after every step compare sequence 0's whole K/V cache (through each side's page table) and report "
                 "the first wrong layer, head and position");
@@ -415,6 +429,7 @@ void register_bisect(CLI::App& app) {
   cmd->add_option("--page-size", a->page_size, "KV page size")->capture_default_str();
   cmd->add_option("--kv-layout", a->kv_layout, "nhd | hnd")->check(CLI::IsMember({"nhd", "hnd"}));
   cmd->add_option("-n,--steps", a->steps, "decode steps per trial")->capture_default_str();
+  cmd->add_option("--batch", a->batch, "sequences per step, as in diff --batch")->capture_default_str()->check(CLI::Range(1, 64));
   cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: the dtype's)");
   cmd->callback([a] {
     const int rc = run_bisect(*a);

@@ -151,6 +151,26 @@ Variant read_nhd_as_hnd() {
 }
 TD_REGISTER_VARIANT(read_nhd_as_hnd());
 
+// Attention that reads another sequence's pages (entry b uses entry (b + 1) % B's page list): invisible at batch 1,
+// wrong (or NaN where the other sequence is shorter) as soon as two sequences share a step.
+Variant other_sequence_pages() {
+  Variant v = reference(
+      Stage::attention, "TEST ONLY: each sequence reads the next sequence's pages",
+      [](const VariantArgs& a) {
+        PagedKv kv = *a.kv;
+        const int64_t B = kv.batch(), T = kv.token_batch.numel();
+        std::vector<int32_t> shifted(static_cast<size_t>(T));
+        for (int64_t t = 0; t < T; ++t) shifted[size_t(t)] = int32_t((kv.token_batch.ptr<const int32_t>()[t] + 1) % B);
+        kv.token_batch = Tensor::contiguous(shifted.data(), DType::I32, {T});
+        attention(a.slots.qkv, a.step.positions, kv, attention_shape(a.config), a.slots.attn);
+      },
+      kBothLayouts);
+  v.name = "attention.test_other_seq_pages";
+  v.test_only = true;
+  return v;
+}
+TD_REGISTER_VARIANT(other_sequence_pages());
+
 std::vector<std::string> reference_preset() {
   std::vector<std::string> names;
   for (int s = 0; s < kNumStages; ++s) names.push_back(std::string(stage_name(Stage(s))) + ".reference");

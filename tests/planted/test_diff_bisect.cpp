@@ -95,6 +95,21 @@ TEST(Planted, DiffAndBisectLocalizeEachBug) {
   }
 }
 
+// A sequence reading another's pages: equal at batch 1, caught by diff --batch 3 and bisect --batch 3.
+TEST(Planted, AnotherSequencesPagesShowOnlyInABatch) {
+  const std::string v = "attention=test_other_seq_pages";
+  RunResult r = run_tandem(kRun + "--variant-a " + v);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = run_tandem(kRun + "--batch 3 --variant-a " + v);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("FIRST DIVERGENCE: step 0 (prefill, batch of 3), tap L0.attention\n"));
+  EXPECT_THAT(r.output, HasSubstr("(sequence 1, position"));
+  r = run_tandem("bisect -m " + kModel + " --prompt-ids 1,5,9,20,33 -n 1 --batch 3 --good reference --bad reference "
+                 "--variant-bad " + v + " --variant-bad rope=test_decode_offset");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("CULPRIT: (attention.test_other_seq_pages|rope.test_decode_offset) "));
+}
+
 // --kv-poison turns the skipped append into a stop at the layer that reads it.
 TEST(Planted, KvPoisonStopsTraceAtTheSkippedLayer) {
   const RunResult r = run_tandem("trace -m " + kModel + " --prompt-ids 1,5,9 -n 1 --kv-poison "
