@@ -7,10 +7,13 @@
 #include <cstdio>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 
 #include "cli/common.h"
 #include "diag/compare.h"
+#include "diag/report.h"
+#include "diag/trace.h"
 #include "diag/taps.h"
 
 namespace tandem::cli {
@@ -24,6 +27,7 @@ struct DiffArgs {
   double tol = 0;
   bool no_bos = false, kv_verify = false;
   int batch = 1;
+  std::string html;
 };
 
 // Every tap name in the order a forward pass produces them.
@@ -65,6 +69,8 @@ struct Side {
 struct Outcome {
   bool diverged = false;
   std::string report;  // the FIRST DIVERGENCE block, or the "equal" line
+  int step = 0;        // the step the cells are of: the divergent one, or the last
+  std::vector<ReportCell> cells;
 };
 
 // Runs both sides on the prompt and `steps` greedy decode steps (both fed side a's choice); compares every common
@@ -115,6 +121,7 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
   for (int b = 0; b < batch; ++b)
     for (int64_t i = 0; i < lens[size_t(b)]; ++i) step.add(ids[size_t(i)], b, int32_t(i), i + 1 == lens[size_t(b)]);
   int compared = 0;
+  std::vector<ReportCell> last_cells;
   double worst_ok = 0;
   std::string worst_ok_tap;
   auto done = [&](Outcome o) {
@@ -126,20 +133,24 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
     TapRecorder rec[2];
     StepOutput out[2];
     for (int i = 0; i < 2; ++i) out[i] = sides[i].runner->forward(step, &rec[i]);
-    std::string prev;
+    std::string prev, r;
+    std::vector<ReportCell> cells;
     for (const std::string& name : order) {
       const HostTensor *ta = rec[0].find(name), *tb = rec[1].find(name);
       if (!ta || !tb) continue;  // inside a multi-stage variant of one side
       const bool same_shape = ta->view().numel() == tb->view().numel();
       const Comparison cmp = same_shape ? compare(*ta, *tb) : Comparison{};
       const bool bad = !same_shape || cmp.rel_l2 > tol || cmp.nonfinite_a > cmp.nonfinite_b;
+      cells.push_back({name, same_shape ? cmp.rel_l2 : INFINITY, tap_stats(name, s, ta->view(), DType::F32).absmax,
+                       tap_stats(name, s, tb->view(), DType::F32).absmax, bad});
+      if (!r.empty()) continue;  // after the first divergence: only the report's cells
       ++compared;
       if (!bad) {
         if (cmp.rel_l2 > worst_ok) worst_ok = cmp.rel_l2, worst_ok_tap = fmt::format("step {} {}", s, name);
         prev = fmt::format("{} (rel_l2 {:.2e})", name, cmp.rel_l2);
         continue;
       }
-      std::string r = fmt::format("\nFIRST DIVERGENCE: step {} ({}{}), tap {}\n", s, s == 0 ? "prefill" : "decode",
+      r = fmt::format("\nFIRST DIVERGENCE: step {} ({}{}), tap {}\n", s, s == 0 ? "prefill" : "decode",
                                   batch > 1 ? fmt::format(", batch of {}", batch) : std::string(), name);
       if (!same_shape) {
         r += fmt::format("  shapes differ: a {}, b {}\n", ta->view().describe(), tb->view().describe());
@@ -158,12 +169,13 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
                        ta->view().describe(), tb->view().describe());
       r += fmt::format("  {}\n  {}\n", sides[0].describe_stage(name), sides[1].describe_stage(name));
       r += fmt::format("  last tap that agreed: {}\n", prev.empty() ? "none (this is the first compared)" : prev);
-      return done({true, r});
     }
+    if (!r.empty()) return done({true, r, s, std::move(cells)});
     if (kv_verify) {
       const std::string bad = verify_kv(sides, c, s, tol);
-      if (!bad.empty()) return done({true, bad});
+      if (!bad.empty()) return done({true, bad, s, std::move(cells)});
     }
+    last_cells = std::move(cells);
     const int64_t V = c.vocab_size;
     step = Step{};
     for (int b = 0; b < batch; ++b) {  // logits rows: one per sequence, in step order
@@ -171,8 +183,10 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
       step.add(int32_t(std::max_element(row, row + V) - row), b, int32_t(lens[size_t(b)] + s), true);
     }
   }
-  return done({false, fmt::format("equal: {} taps over {} steps within {:.1e} (largest rel_l2 {:.2e} at {})\n", compared,
-                                  steps + 1, tol, worst_ok, worst_ok_tap.empty() ? "-" : worst_ok_tap)});
+  return done({false,
+               fmt::format("equal: {} taps over {} steps within {:.1e} (largest rel_l2 {:.2e} at {})\n", compared,
+                           steps + 1, tol, worst_ok, worst_ok_tap.empty() ? "-" : worst_ok_tap),
+               steps, std::move(last_cells)});
 }
 
 int run(const DiffArgs& a) {
@@ -220,6 +234,26 @@ int run(const DiffArgs& a) {
               a.tol > 0 ? "--tol" : dtype_name(worst).data());
   const Outcome o = compare_runs(sides, c, ids, a.steps, tol, a.kv_verify, a.batch);
   std::fputs(o.report.c_str(), stdout);
+  if (!a.html.empty()) {
+    DiffReport rep;
+    rep.title = "tandem diff: " + model_path(base).filename().string();
+    auto label = [](const Side& s) {
+      std::string l = s.runner->plan().path + " on " + std::string(device_name(s.runner->plan().device));
+      for (const std::string& v : s.runner->plan().overridden) l += ", " + v;
+      return l;
+    };
+    rep.label_a = label(sides[0]);
+    rep.label_b = label(sides[1]);
+    rep.text = o.report;
+    rep.n_layers = int(c.n_layers);
+    rep.step = o.step;
+    rep.tol = tol;
+    rep.cells = o.cells;
+    std::ofstream f(a.html);
+    TD_CHECK(f.good(), "--html {}: cannot write", a.html);
+    f << diff_report_html(rep);
+    std::fprintf(stderr, "report: %s\n", a.html.c_str());
+  }
   return o.diverged ? 1 : 0;
 }
 
@@ -400,6 +434,8 @@ void register_diff(CLI::App& app) {
   cmd->add_option("-n,--steps", a->steps, "decode steps after the prefill")->capture_default_str();
   cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: that of the less precise dtype)");
   cmd->add_flag("--no-bos", a->no_bos, "do not add the tokenizer's BOS token");
+  cmd->add_option("--html", a->html, "also write a self-contained HTML report (absmax per layer, layer x stage "
+                  "heat map, the report, the taps)");
   cmd->add_option("--batch", a->batch, "sequences per step (the others: shorter copies of the prompt)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
