@@ -30,7 +30,6 @@ std::optional<DType> dtype_from_name(std::string_view name) {
     if (i.name == name) return i.type;
   return std::nullopt;
 }
-bool dtype_is_quantized(DType t) { return info(t).block_elems > 1; }
 int64_t dtype_block_elems(DType t) { return info(t).block_elems; }
 int64_t dtype_block_bytes(DType t) { return info(t).block_bytes; }
 

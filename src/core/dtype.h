@@ -15,7 +15,6 @@ enum class DType : uint8_t {
 
 std::string_view dtype_name(DType t);              // "f32", "bf16", "q4_k", ...
 std::optional<DType> dtype_from_name(std::string_view name);  // accepts dtype_name() spellings
-bool dtype_is_quantized(DType t);
 // Elements per block (1 for plain types) and bytes per block.
 int64_t dtype_block_elems(DType t);
 int64_t dtype_block_bytes(DType t);

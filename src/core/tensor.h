@@ -35,11 +35,9 @@ struct Tensor {
   }
 
   int64_t numel() const;
-  int64_t dim(int i) const { return shape[size_t(i < 0 ? i + ndim : i)]; }
   bool is_contiguous() const;
   // Bytes covered by a contiguous tensor of this dtype and shape.
   int64_t nbytes() const;
-  bool defined() const { return data != nullptr || numel() == 0; }
 
   template <typename T>
   T* ptr() const {

@@ -95,7 +95,6 @@ class FlashInferAttention {
   // last plan(). T = 0 is a no-op.
   void run(const Tensor& q, const PagedKv& kv, const Tensor& out, cudaStream_t stream);
 
-  const FlashInferPlanSummary& last_plan() const { return summary_; }
   const AttentionShape& shape() const { return shape_; }
   DType dtype() const { return dtype_; }
   int64_t page_size() const { return page_size_; }

@@ -4,13 +4,6 @@
 
 #include "core/error.h"
 
-namespace tandem {
-int64_t Step::num_logit_rows() const {
-  int64_t n = 0;
-  for (uint8_t w : want_logits) n += w;
-  return n;
-}
-}  // namespace tandem
 
 namespace tandem {
 void validate_step(const Step& step, int64_t vocab,

@@ -26,7 +26,6 @@ struct Step {
     want_logits.push_back(logits ? 1 : 0);
   }
   int64_t size() const { return int64_t(tokens.size()); }
-  int64_t num_logit_rows() const;
 };
 
 // What a runner knows of one sequence: tokens cached so far and the most it may hold.
@@ -41,7 +40,7 @@ void validate_step(const Step& step, int64_t vocab,
                    const std::function<std::optional<SequenceExtent>(int32_t seq)>& lookup);
 
 struct StepOutput {
-  HostTensor logits;                // [num_logit_rows, vocab] fp32
+  HostTensor logits;                // [tokens that asked for logits, vocab] fp32
   std::vector<int32_t> logit_rows;  // index into the step's tokens for each logits row
 };
 

@@ -150,11 +150,6 @@ std::optional<DType> dtype_from_ggml_type(uint32_t id) {
   const auto* t = ggml_info(id);
   return t ? t->dtype : std::nullopt;
 }
-std::optional<uint32_t> ggml_type_from_dtype(DType d) {
-  for (const auto& t : kGgmlTypes)
-    if (t.dtype == d) return t.id;
-  return std::nullopt;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // GgufValue

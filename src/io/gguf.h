@@ -32,7 +32,6 @@ std::string_view gguf_value_type_name(GgufValueType t);  // "u32", "string", "ar
 // Known ids outside tandem's DType set parse fine (their sizes are validated) but cannot be viewed.
 std::optional<std::string_view> ggml_type_name(uint32_t id);  // "Q4_K"; nullopt for unknown ids
 std::optional<DType> dtype_from_ggml_type(uint32_t id);      // nullopt when tandem has no DType for it
-std::optional<uint32_t> ggml_type_from_dtype(DType t);
 
 // One metadata value. Strings and arrays of fixed-size scalars point into the mapped file (unaligned,
 // little-endian); they stay valid while the GgufFile (or anything holding its MappedFile) lives.
