@@ -77,12 +77,21 @@ void sweep(const TraceArgs& a, Loaded& l, const std::vector<int32_t>& ids, const
            "--sweep {}: expected TAP:PART:scale=A..B:log:N or :lin:N", spec);
   const std::string head = spec.substr(0, eq);
   std::string rest = spec.substr(dots + 2);
-  const double lo = std::strtod(spec.c_str() + eq + 6, nullptr);
+  // A whole-string number or a named error (no silent 0 for "abc").
+  auto number = [&](const std::string& text, const char* what) {
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    TD_CHECK(!text.empty() && *end == 0 && std::isfinite(v), "--sweep {}: {} '{}' is not a number", spec, what, text);
+    return v;
+  };
+  const double lo = number(spec.substr(eq + 6, dots - eq - 6), "the lower bound");
   const size_t c1 = rest.find(':'), c2 = c1 == std::string::npos ? c1 : rest.find(':', c1 + 1);
   TD_CHECK(c2 != std::string::npos, "--sweep {}: expected ...:log:N or ...:lin:N after the range", spec);
-  const double hi = std::strtod(rest.substr(0, c1).c_str(), nullptr);
+  const double hi = number(rest.substr(0, c1), "the upper bound");
   const std::string kind = rest.substr(c1 + 1, c2 - c1 - 1);
-  const int n = std::atoi(rest.substr(c2 + 1).c_str());
+  const double points = number(rest.substr(c2 + 1), "the point count");
+  const int n = int(points);
+  TD_CHECK(double(n) == points, "--sweep {}: the point count must be a whole number", spec);
   TD_CHECK((kind == "log" || kind == "lin") && n >= 2 && n <= 64 && (kind == "lin" || (lo > 0 && hi > 0)),
            "--sweep {}: need log|lin, 2..64 points, and positive bounds for log", spec);
   const ModelConfig& c = l.runner->config();

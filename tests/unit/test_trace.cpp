@@ -92,6 +92,11 @@ TEST(Trace, PerturbationAndSweepReportTheResponse) {
   EXPECT_THAT(r.output, HasSubstr("scale   logits rel"));
   EXPECT_THAT(r.output, HasSubstr("\n           1    0.000e+00   1.0000 "));  // factor 1: unchanged
   EXPECT_THAT(r.output, HasSubstr(" 4/4 "));
+  r = run_tandem(base + "--sweep 'L*.qkv:k:scale=abc..1:lin:4'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("the lower bound 'abc' is not a number"));
+  r = run_tandem(base + "--sweep 'L*.qkv:k:scale=0.1..1:log:x'");
+  EXPECT_THAT(r.output, HasSubstr("the point count 'x' is not a number"));
   r = run_tandem(base + "--perturb L9.qkv:k:scale=0");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("layer '9' is not 0..1 or *"));
