@@ -56,7 +56,8 @@ class CpuHost final : public DeviceHost {
       }
   }
 
-  void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows) override {
+  void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows,
+                  bool /*graphable*/) override {
     const ModelConfig& c = model_->config;
     const int64_t T = step.size(), R = int64_t(logit_rows.size());
     if (T > rows_) {

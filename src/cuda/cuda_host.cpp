@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "cuda/attention.cuh"
 #include "cuda/check.h"
@@ -32,6 +34,7 @@ class CudaHost final : public DeviceHost {
     TD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~CudaHost() override {
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     if (staging_) cudaFreeHost(staging_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -104,7 +107,8 @@ class CudaHost final : public DeviceHost {
     }
   }
 
-  void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows) override {
+  void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows,
+                  bool graphable) override {
     const ModelConfig& c = config_;
     const int64_t T = step.size(), R = int64_t(logit_rows.size());
     // The previous step ended synchronized unless it threw midway; the staging buffer below must be idle.
@@ -127,7 +131,9 @@ class CudaHost final : public DeviceHost {
     const int64_t total = 3 * T + R + (B + 1) + B + N;
     if (total > staging_ints_) {
       if (staging_) TD_CUDA_CHECK(cudaFreeHost(staging_));
-      staging_ints_ = grow_to(staging_ints_, total);
+      // Room for long contexts from the start: every reallocation moves the tables and retires the graphs.
+      staging_ints_ = grow_to(std::max<int64_t>(staging_ints_, 1 << 16), total);
+      ++buffers_epoch_;
       TD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&staging_), size_t(staging_ints_) * sizeof(int32_t)));
       meta_ = DeviceTensor::empty(DType::I32, {staging_ints_});
     }
@@ -140,6 +146,7 @@ class CudaHost final : public DeviceHost {
       return t;
     };
     view_.tokens = T;
+    view_.graphable = graphable;
     tables_ = tables;
     view_.tables = &tables_;
     ++view_.serial;
@@ -153,6 +160,12 @@ class CudaHost final : public DeviceHost {
     kv_tables_.page_indptr = put(tables.page_indptr);
     kv_tables_.last_page_len = put(tables.last_page_len);
     kv_tables_.page_indices = put(tables.page_indices);
+    if (graphable) {
+      // The kernels bound page lookups by the table's length, which a replayed graph keeps from its capture: the
+      // table reaches to the end of the buffer (it is last), and page_indptr says which entries are live.
+      const int64_t first = at - N;
+      kv_tables_.page_indices = Tensor::contiguous(dev + first, DType::I32, {staging_ints_ - first}, Device::CUDA);
+    }
     TD_CUDA_CHECK(cudaMemcpyAsync(dev, staging_, size_t(at) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     host_positions_ = step.positions;
     view_.host_positions = host_positions_;
@@ -216,6 +229,56 @@ class CudaHost final : public DeviceHost {
     TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return std::move(out_logits_);
   }
+
+  GraphRun graph_begin(uint64_t key) override {
+    TD_CHECK(view_.graphable, "graph_begin: the step was not begun graphable");
+    auto it = graphs_.find(key);
+    if (it != graphs_.end() && it->second.epoch == buffers_epoch_) {
+      TD_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+      it->second.last_use = ++graph_clock_;
+      ++graph_replays_;
+      return GraphRun::replayed;
+    }
+    if (it != graphs_.end()) {  // captured over buffers that have moved since
+      cudaGraphExecDestroy(it->second.exec);
+      graphs_.erase(it);
+    }
+    // The first step of a shape runs eagerly (lazy allocations, cuBLASLt heuristics, FlashInfer workspaces), the
+    // second is captured.
+    if (graph_seen_.insert({key, buffers_epoch_}).second) return GraphRun::eager;
+    TD_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_key_ = key;
+    return GraphRun::capturing;
+  }
+
+  void graph_end(bool ok) override {
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    if (!ok) {  // a variant threw midway: drop the partial capture, keep the stream usable
+      if (graph) cudaGraphDestroy(graph);
+      (void)cudaGetLastError();
+      return;
+    }
+    TD_CHECK(end == cudaSuccess && graph, "CUDA graph capture of a decode step failed: {} ({}); a variant marked "
+             "graph_safe did host work (--no-cuda-graphs runs without graphs)",
+             cudaGetErrorName(end), cudaGetErrorString(end));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    TD_CHECK(inst == cudaSuccess, "CUDA graph instantiation failed: {} ({})", cudaGetErrorName(inst),
+             cudaGetErrorString(inst));
+    if (graphs_.size() >= kMaxGraphs) {  // the least recently used goes
+      auto lru = std::min_element(graphs_.begin(), graphs_.end(),
+                                  [](const auto& a, const auto& b) { return a.second.last_use < b.second.last_use; });
+      cudaGraphExecDestroy(lru->second.exec);
+      graphs_.erase(lru);
+    }
+    graphs_[capturing_key_] = Graph{exec, buffers_epoch_, ++graph_clock_};
+    ++graph_captures_;
+    TD_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  }
+  int64_t graph_replays() const override { return graph_replays_; }
+  int64_t graph_captures() const override { return graph_captures_; }
 
   void timing_reset() override { marks_ = 0; }
   void timing_mark() override {
@@ -297,6 +360,7 @@ class CudaHost final : public DeviceHost {
     act_ = DeviceTensor::empty(dtype_, {n, c.intermediate_size});
     scratch_ = DeviceTensor::empty(DType::I32, {n});
     rows_ = n;
+    ++buffers_epoch_;
   }
 
   void ensure_logit_rows(int64_t R) {
@@ -306,6 +370,7 @@ class CudaHost final : public DeviceHost {
     final_rows_ = DeviceTensor::empty(dtype_, {n, config_.hidden_size});
     logits_ = DeviceTensor::empty(DType::F32, {n, config_.vocab_size});
     logit_rows_ = n;
+    ++buffers_epoch_;
   }
 
   static Tensor rows(const DeviceTensor& t, int64_t n) { return t.view().slice_rows(0, n); }
@@ -337,6 +402,18 @@ class CudaHost final : public DeviceHost {
   HostTensor out_logits_;
   std::vector<cudaEvent_t> events_;  // pool of boundary events, reused every timed step
   size_t marks_ = 0;
+  // CUDA graphs by step key (DeviceHost::graph_begin). The slots and the step tables live at fixed device
+  // addresses; buffers_epoch_ counts their reallocations, and a graph captured in an older epoch is not replayed.
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    int64_t epoch = 0;
+    int64_t last_use = 0;
+  };
+  static constexpr size_t kMaxGraphs = 64;
+  std::map<uint64_t, Graph> graphs_;
+  std::set<std::pair<uint64_t, int64_t>> graph_seen_;  // (key, epoch) run eagerly once
+  uint64_t capturing_key_ = 0;
+  int64_t buffers_epoch_ = 0, graph_clock_ = 0, graph_replays_ = 0, graph_captures_ = 0;
 };
 
 }  // namespace

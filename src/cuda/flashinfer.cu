@@ -359,7 +359,8 @@ FlashInferAttention::~FlashInferAttention() = default;
 
 // ------------------------------------------------------------------------------------------------------- plan
 
-const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, int64_t num_pages, cudaStream_t stream) {
+const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, int64_t num_pages, cudaStream_t stream,
+                                                       bool cuda_graph) {
   State& st = *st_;
   st.planned = false;
   const size_t B = t.seq_ids.size();
@@ -393,6 +394,15 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
   }
   TD_CHECK(T <= INT32_MAX, "FlashInferAttention::plan: {} tokens do not fit int32", T);
 
+  if (cuda_graph)
+    for (size_t b = 0; b < B; ++b)
+      TD_CHECK(t.qo_indptr[b + 1] - t.qo_indptr[b] == 1,
+               "FlashInferAttention::plan: a CUDA-graph plan is for decode steps (one query per sequence); entry "
+               "{} (sequence {}) has {}",
+               b, t.seq_ids[b], t.qo_indptr[b + 1] - t.qo_indptr[b]);
+  // In graph mode (uniform_q_len 1) the launch shape (CTA tile, padded batch, split-KV, workspace offsets)
+  // depends on the batch size alone; the per-step work goes to the device through the int workspace.
+  const int64_t uniform_q_len = cuda_graph ? 1 : 0;
   std::vector<int32_t> qo_indptr = t.qo_indptr, kv_indptr = t.page_indptr;  // PrefillPlan takes non-const
   const uint32_t nq = uint32_t(shape_.n_heads), nkv = uint32_t(shape_.n_kv_heads), D = uint32_t(shape_.head_dim);
   const uint32_t dt_bytes = uint32_t(dtype_block_bytes(dtype_));
@@ -401,9 +411,9 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
                        [&] {
                          return fi::PrefillPlanWorkspaceSize<int32_t>(
                              need_f, need_i, qo_indptr.data(), kv_indptr.data(), uint32_t(T), uint32_t(B), nq, nkv, D,
-                             D, uint32_t(page_size_), /*enable_cuda_graph=*/false, dt_bytes, st.window_left,
+                             D, uint32_t(page_size_), cuda_graph, dt_bytes, st.window_left,
                              /*fixed_split_size=*/-1, st.disable_split_kv, /*num_colocated_ctas=*/0,
-                             /*uniform_q_len=*/0, stream, dt_bytes);
+                             uniform_q_len, stream, dt_bytes);
                        }),
            "PrefillPlanWorkspaceSize");
   st.reserve(need_f, need_i, B + 1, stream);
@@ -416,8 +426,8 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
                              st.float_ws.view().data, st.float_cap, st.int_ws.view().data, slot.ptr, st.int_cap,
                              st.info, qo_indptr.data(), kv_indptr.data(), uint32_t(T), uint32_t(B), nq, nkv, D, D,
                              uint32_t(page_size_),
-                             /*enable_cuda_graph=*/false, dt_bytes, st.window_left, /*fixed_split_size=*/-1,
-                             st.disable_split_kv, /*num_colocated_ctas=*/0, /*uniform_q_len=*/0, stream, dt_bytes);
+                             cuda_graph, dt_bytes, st.window_left, /*fixed_split_size=*/-1,
+                             st.disable_split_kv, /*num_colocated_ctas=*/0, uniform_q_len, stream, dt_bytes);
                        }),
            "PrefillPlan");
   // qo_indptr on the device (the kernel's q_indptr), staged behind the plan's region of the same pinned slot.
@@ -437,20 +447,39 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
   summary_.split_kv = st.info.split_kv;
   summary_.float_workspace_bytes = need_f;
   summary_.int_workspace_bytes = need_i;
+  summary_.cuda_graph = cuda_graph;
   st.planned = true;
   return summary_;
+}
+
+uint64_t FlashInferAttention::launch_signature() const {
+  const State& st = *st_;
+  const fi::PrefillPlanInfo& i = st.info;
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) {
+    for (int k = 0; k < 8; ++k) h = (h ^ ((v >> (8 * k)) & 0xFF)) * 1099511628211ull;
+  };
+  for (const int64_t v : i.ToVector()) mix(uint64_t(v));
+  mix(uint64_t(reinterpret_cast<uintptr_t>(st.float_ws.view().data)));
+  mix(uint64_t(reinterpret_cast<uintptr_t>(st.int_ws.view().data)));
+  mix(uint64_t(reinterpret_cast<uintptr_t>(st.qo_dev.view().data)));
+  mix(uint64_t(summary_.tokens));
+  mix(uint64_t(summary_.batch));
+  return h;
 }
 
 // -------------------------------------------------------------------------------------------------------- run
 
 namespace {
 
-void check_table(const Tensor& x, const char* name, int64_t n) {
-  TD_CHECK(x.device == Device::CUDA && x.dtype == DType::I32 && x.ndim == 1 && x.is_contiguous() && x.numel() == n &&
-               (n == 0 || x.data),
-           "FlashInferAttention::run: kv.{} must be a contiguous i32 CUDA tensor of {} entries (the planned "
+// at_least: the table may be longer than planned (a CUDA-graph step's page_indices reach to the end of their
+// buffer, cuda/cuda_host.cpp); page_indptr bounds what is read.
+void check_table(const Tensor& x, const char* name, int64_t n, bool at_least = false) {
+  TD_CHECK(x.device == Device::CUDA && x.dtype == DType::I32 && x.ndim == 1 && x.is_contiguous() &&
+               (at_least ? x.numel() >= n : x.numel() == n) && (n == 0 || x.data),
+           "FlashInferAttention::run: kv.{} must be a contiguous i32 CUDA tensor of {}{} entries (the planned "
            "tables), got {}",
-           name, n, x.describe());
+           name, at_least ? "at least " : "", n, x.describe());
 }
 
 bool overlaps(const void* a, size_t an, const void* b, size_t bn) {
@@ -540,14 +569,17 @@ void FlashInferAttention::run(const Tensor& q, const PagedKv& kv, const Tensor& 
            "FlashInferAttention::run: the pools hold {} pages but the step was planned for {}", kv.k.shape[0],
            st.num_pages);
   check_table(kv.page_indptr, "page_indptr", B + 1);
-  check_table(kv.page_indices, "page_indices", st.num_page_entries);
+  check_table(kv.page_indices, "page_indices", st.num_page_entries, /*at_least=*/summary_.cuda_graph);
   check_table(kv.last_page_len, "last_page_len", B);
 
 #ifndef NDEBUG
-  // The device tables must be the planned ones: compare them once per plan (per set of table buffers).
-  if (st.verified[0] != kv.page_indptr.data || st.verified[1] != kv.page_indices.data ||
-      st.verified[2] != kv.last_page_len.data) {
-    std::vector<int32_t> indptr(st.page_indptr.size()), indices(st.page_indices.size()), last(st.last_page_len.size());
+  // The device tables must be the planned ones: compare them once per plan (per set of table buffers); not while
+  // a CUDA graph is being captured (the read-back synchronizes).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TD_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone && (st.verified[0] != kv.page_indptr.data || st.verified[1] != kv.page_indices.data ||
+      st.verified[2] != kv.last_page_len.data)) {
+    std::vector<int32_t> indptr(st.page_indptr.size()), indices(st.page_indices.size()), last(st.last_page_len.size());  // planned sizes
     TD_CUDA_CHECK(
         cudaMemcpyAsync(indptr.data(), kv.page_indptr.data, indptr.size() * 4, cudaMemcpyDeviceToHost, stream));
     if (!indices.empty())
@@ -607,8 +639,12 @@ void FlashInferAttention::run(const Tensor& q, const PagedKv& kv, const Tensor& 
       p.o_indptr = fi::GetPtrFromBaseOffset<int32_t>(iws, info.o_indptr_offset);
       p.kv_chunk_size_ptr = fi::GetPtrFromBaseOffset<int32_t>(iws, info.kv_chunk_size_ptr_offset);
       p.merge_indptr = nullptr;
-      p.block_valid_mask = nullptr;  // plans are made without CUDA graphs
+      p.block_valid_mask = nullptr;
       p.total_num_rows = nullptr;
+      if (info.enable_cuda_graph) {  // a fixed grid: padding CTAs masked off, the real row count read on the device
+        p.block_valid_mask = fi::GetPtrFromBaseOffset<bool>(iws, info.block_valid_mask_offset);
+        p.total_num_rows = fi::GetPtrFromBaseOffset<uint32_t>(iws, info.total_num_rows_offset);
+      }
       p.max_total_num_rows = uint32_t(info.total_num_rows);
       p.padded_batch_size = uint32_t(info.padded_batch_size);
       T_* tmp_v = nullptr;

@@ -25,8 +25,9 @@
 // Use: construct once per model (workspaces), plan() once per step on the host tables, run() once per layer with
 // that layer's PagedKv (its device tables must hold the same values as the planned host tables), all on one
 // stream. plan() copies its metadata to the device asynchronously from a double-buffered pinned buffer; it waits
-// for the copy of the plan before the last, so the host may run ahead by one step. Not for CUDA-graph capture yet
-// (the plan is made with enable_cuda_graph = false; workspaces grow on demand, which synchronizes the device).
+// for the copy of the plan before the last, so the host may run ahead by one step. CUDA graphs: plan decode steps
+// with cuda_graph = true, outside any capture (workspaces grow on demand, which synchronizes the device), and
+// capture only run().
 //
 // Checks: always, cheap structural checks (sizes, dtypes, devices, strides against the layout, K and V strides
 // equal, T matching the plan); in debug builds (NDEBUG unset) also validate_flashinfer_tables() on every plan and,
@@ -69,6 +70,7 @@ struct FlashInferPlanSummary {
   int64_t cta_tile_q = 0;                                     // 16, 64 or 128
   int64_t padded_batch_size = 0;                              // CTAs along x
   bool split_kv = false;                                      // KV split into chunks, partial results merged
+  bool cuda_graph = false;                                    // planned for a fixed launch shape
   size_t float_workspace_bytes = 0, int_workspace_bytes = 0;  // what this plan needs
 };
 
@@ -86,7 +88,14 @@ class FlashInferAttention {
 
   // Plans the step (host work plus one async copy on `stream`). tables.qo_indptr must be non-empty (the step's
   // tokens grouped by sequence). num_pages: the pools' page count (bounds the page indices in debug checks).
-  const FlashInferPlanSummary& plan(const KvStepTables& tables, int64_t num_pages, cudaStream_t stream);
+  // cuda_graph: a decode step (one query per sequence) planned in FlashInfer's CUDA-graph mode: every plan of the
+  // same batch size gives run() the same launches (the per-step work lives in the int workspace), so run() may be
+  // captured once and replayed after each new plan, as long as launch_signature() is unchanged.
+  const FlashInferPlanSummary& plan(const KvStepTables& tables, int64_t num_pages, cudaStream_t stream,
+                                    bool cuda_graph = false);
+  // A hash of everything run() bakes into its launches besides the tensors passed to it: the plan's launch
+  // shape and offsets and the workspace addresses.
+  uint64_t launch_signature() const;
 
   // One layer: out[t, h * head_dim + d] per the contract above. q: [T, W] with W >= n_heads * head_dim (the q
   // part is the first n_heads * head_dim columns, e.g. the rows of a fused qkv tensor with their row stride) or

@@ -43,6 +43,7 @@ Variant fused(Stage first, Stage last, std::string impl, std::string summary,
   v.kv_layouts = std::move(layouts);
   v.summary = std::move(summary);
   v.run = std::move(run);
+  v.graph_safe = true;
   return v;
 }
 
@@ -74,22 +75,24 @@ Variant flashinfer_attention() {
       "FlashInfer FA2 batch prefill over the paged cache (decode = one query), one plan per step",
       [](const VariantArgs& a) {
         CudaContext& c = ctx(a);
-        const PagedKv& kv = *a.kv;
-        const AttentionShape shape = attention_shape(a.config);
-        const DType dt = a.slots.qkv.dtype;
-        if (!c.flashinfer || c.flashinfer->dtype() != dt || c.flashinfer->page_size() != kv.page_size ||
-            c.flashinfer->layout() != kv.layout) {
-          c.flashinfer = std::make_shared<FlashInferAttention>(shape, dt, kv.page_size, kv.layout);
-          c.flashinfer_planned = -1;
-        }
-        if (c.flashinfer_planned != a.step.serial) {
-          TD_CHECK(a.step.tables, "attention.flashinfer: the step's host page tables are missing");
-          c.flashinfer->plan(*a.step.tables, kv.k.shape[0], c.stream);
-          c.flashinfer_planned = a.step.serial;
-        }
-        c.flashinfer->run(a.slots.qkv, kv, a.slots.attn, c.stream);
+        TD_CHECK(c.flashinfer && c.flashinfer_planned == a.step.serial,
+                 "attention.flashinfer: the step was not planned (prepare() did not run for step {})", a.step.serial);
+        c.flashinfer->run(a.slots.qkv, *a.kv, a.slots.attn, c.stream);
       },
       kBothLayouts);
+  // Once per step, outside any CUDA graph: the plan (graph mode for graphable decode steps).
+  v.prepare = [](const VariantArgs& a) {
+    CudaContext& c = ctx(a);
+    const PagedKv& kv = *a.kv;
+    const DType dt = a.slots.qkv.dtype;
+    if (!c.flashinfer || c.flashinfer->dtype() != dt || c.flashinfer->page_size() != kv.page_size ||
+        c.flashinfer->layout() != kv.layout)
+      c.flashinfer = std::make_shared<FlashInferAttention>(attention_shape(a.config), dt, kv.page_size, kv.layout);
+    TD_CHECK(a.step.tables, "attention.flashinfer: the step's host page tables are missing");
+    c.flashinfer->plan(*a.step.tables, kv.k.shape[0], c.stream, a.step.graphable);
+    c.flashinfer_planned = a.step.serial;
+    c.graph_salt ^= c.flashinfer->launch_signature();
+  };
   v.unsupported = [](const ModelConfig& c, DType dt) -> std::optional<std::string> {
     std::string why;
     if (flashinfer_supports(attention_shape(c), dt, &why)) return std::nullopt;

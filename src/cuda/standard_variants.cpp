@@ -28,6 +28,7 @@ Variant standard(Stage s, std::string summary, std::function<void(const VariantA
   v.kv_layouts = std::move(layouts);
   v.summary = std::move(summary);
   v.run = std::move(run);
+  v.graph_safe = true;  // each launches kernels on the stream and reads only device tensors
   return v;
 }
 
@@ -104,6 +105,7 @@ Variant drop_last_key() {
       kBothLayouts);
   v.name = "attention.test_drop_last_key";
   v.test_only = true;
+  v.graph_safe = false;  // copies host positions
   return v;
 }
 TD_REGISTER_VARIANT(drop_last_key());

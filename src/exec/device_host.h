@@ -44,8 +44,10 @@ class DeviceHost {
   // Fills the given pages of every layer's K and V with NaN (--kv-poison).
   virtual void poison_pages(std::span<const int32_t> pages) = 0;
 
-  // Sizes the slots for the step and copies its metadata to the device.
-  virtual void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows) = 0;
+  // Sizes the slots for the step and copies its metadata to the device. graphable: the step may run from a CUDA
+  // graph (StepView::graphable).
+  virtual void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows,
+                          bool graphable) = 0;
   virtual const ActivationSlots& slots() const = 0;
   virtual const StepView& step_view() const = 0;
   virtual PagedKv kv_layer(int layer) const = 0;
@@ -62,6 +64,17 @@ class DeviceHost {
   virtual void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) = 0;
   // Waits for the step and returns its logits [R, V] fp32 on the host.
   virtual HostTensor finish_step() = 0;
+
+  // CUDA graphs, for steps begun graphable, after the variants' prepare(): `key` names the step's shape (tokens,
+  // logits rows, batch, the context's graph_salt). replayed: a graph captured for this key over the host's
+  // current buffers was launched, run nothing. capturing: the variants' launches are being recorded, call
+  // graph_end(true) after them (it instantiates and launches the graph) or graph_end(false) if one threw. eager:
+  // run them as usual (the first step of a key runs eagerly, so that lazy set-up happens outside any capture).
+  enum class GraphRun { eager, capturing, replayed };
+  virtual GraphRun graph_begin(uint64_t key) { (void)key; return GraphRun::eager; }
+  virtual void graph_end(bool ok) { (void)ok; }
+  virtual int64_t graph_replays() const { return 0; }   // steps run from a graph so far
+  virtual int64_t graph_captures() const { return 0; }  // graphs captured so far
 
   // Timing of the variants of a step: mark() at each boundary; intervals() after finish_step().
   virtual void timing_reset() = 0;

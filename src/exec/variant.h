@@ -60,6 +60,9 @@ struct StepView {
   std::span<const int32_t> host_positions;  // the same positions on the host
   const KvStepTables* tables = nullptr;     // the step's page tables on the host (what kv tensors hold)
   int64_t serial = 0;                       // increments every step: variants that plan once per step key on it
+  // The step may run from a CUDA graph (a decode step the executor captures or replays): whatever prepare()
+  // chooses must give the same launches for every step of the same shape (FlashInfer plans in graph mode).
+  bool graphable = false;
 };
 
 // What a device family gives its variants beyond the tensors (the CUDA one adds the stream and GEMM handle).
@@ -68,6 +71,9 @@ class DeviceContext {
   virtual ~DeviceContext() = default;
   virtual Device device() const = 0;
   Tensor rope_inv_freq;  // f32 [head_dim / 2] on the device
+  // Reset before each step's prepare() calls; a variant whose launches bake values chosen in prepare() (workspace
+  // pointers, grid sizes) mixes them in, so that a CUDA graph captured with other values is not replayed.
+  uint64_t graph_salt = 0;
 };
 
 struct VariantArgs {
@@ -91,6 +97,13 @@ struct Variant {
   // Why it cannot run this model in this dtype, or nullopt when it can. May be empty (always supported).
   std::function<std::optional<std::string>(const ModelConfig&, DType)> unsupported;
   std::function<void(const VariantArgs&)> run;
+  // Host work once per step before any layer runs (e.g. FlashInfer's plan), given layer 0's args (or the
+  // model-level ones); never recorded in a CUDA graph. May be empty.
+  std::function<void(const VariantArgs&)> prepare;
+  // run() only launches device work on the context's stream, reading nothing from the host's step data that
+  // changes between steps of the same shape (no host sync, no copies from host memory, no allocation): its
+  // launches can be captured once and replayed as a CUDA graph.
+  bool graph_safe = false;
   // Variants that must be in the same plan, and why (e.g. a norm that the previous layer's fused residual kernel
   // already computed). build_plan rejects a plan that lacks one; a preset's fallback replaces both.
   std::vector<std::string> needs;

@@ -48,6 +48,14 @@ Executor::Executor(std::unique_ptr<DeviceHost> host, Plan plan, ExecutorOptions 
   TD_CHECK(host_->kv_geometry().layout == plan_.kv_layout, "the {} plan expects a {} KV cache, the host has {}",
            plan_.path, kv_layout_name(plan_.kv_layout), kv_layout_name(host_->kv_geometry().layout));
   pages_ = PageTable(host_->kv_geometry().page_size, host_->kv_pages());
+  graph_safe_plan_ = std::all_of(plan_.segments.begin(), plan_.segments.end(),
+                                 [](const Variant* v) { return v->graph_safe; });
+}
+
+// FNV-1a over 64-bit words: the key of a step's graph.
+static uint64_t mix_key(uint64_t h, uint64_t v) {
+  for (int i = 0; i < 8; ++i) h = (h ^ ((v >> (8 * i)) & 0xFF)) * 1099511628211ull;
+  return h;
 }
 
 void Executor::create_sequence(int32_t seq, int64_t capacity) {
@@ -176,17 +184,38 @@ void Executor::set_perturbations(std::vector<Perturbation> p) {
   perturb_ = std::move(p);
 }
 
-void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps) {
+VariantArgs Executor::args_for(int layer, const PagedKv* kv) {
   const ModelWeights& w = host_->weights();
-  const VariantArgs args{host_->config(),
-                         layer,
-                         w,
-                         layer >= 0 ? &w.layers[size_t(layer)] : nullptr,
-                         host_->slots(),
-                         host_->step_view(),
-                         kv,
-                         host_->context()};
-  v.run(args);
+  return VariantArgs{host_->config(),
+                     layer,
+                     w,
+                     layer >= 0 ? &w.layers[size_t(layer)] : nullptr,
+                     host_->slots(),
+                     host_->step_view(),
+                     kv,
+                     host_->context()};
+}
+
+void Executor::run_layers(TapSink* taps) {
+  auto model_level = [&](bool before_layers) {
+    for (const Variant* v : plan_.segments) {
+      const bool embed = v->stages.last == Stage::embed;
+      const bool tail = int(v->stages.first) >= int(Stage::final_norm);
+      if ((before_layers && embed) || (!before_layers && tail)) run_segment(*v, -1, nullptr, taps);
+    }
+  };
+  model_level(true);
+  for (int layer = 0; layer < int(config().n_layers); ++layer) {
+    const PagedKv kv = host_->kv_layer(layer);
+    for (const Variant* v : plan_.segments)
+      if (int(v->stages.first) >= int(kFirstLayerStage) && int(v->stages.last) <= int(kLastLayerStage))
+        run_segment(*v, layer, &kv, taps);
+  }
+  model_level(false);
+}
+
+void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps) {
+  v.run(args_for(layer, kv));
   if (timing_) {
     host_->timing_mark();
     timed_.push_back(&v);
@@ -250,29 +279,45 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
   StepOutput out;
   for (int64_t t = 0; t < step.size(); ++t)
     if (step.want_logits[size_t(t)]) out.logit_rows.push_back(int32_t(t));
-  host_->begin_step(step, tables, out.logit_rows);
+  // A decode step (one token per sequence) with nothing that needs the host between variants may run from a
+  // CUDA graph.
+  const bool graphable = options_.cuda_graphs && graph_safe_plan_ && !taps && !timing_ && !options_.nan_check &&
+                         !options_.kv_poison && perturb_.empty() && step.size() <= kMaxGraphTokens &&
+                         step.size() == int64_t(tables.seq_ids.size());
+  host_->begin_step(step, tables, out.logit_rows, graphable);
   nan_prev_.clear();
   timed_.clear();
   if (timing_) {
     host_->timing_reset();
     host_->timing_mark();
   }
-
-  auto model_level = [&](bool before_layers) {
-    for (const Variant* v : plan_.segments) {
-      const bool embed = v->stages.last == Stage::embed;
-      const bool tail = int(v->stages.first) >= int(Stage::final_norm);
-      if ((before_layers && embed) || (!before_layers && tail)) run_segment(*v, -1, nullptr, taps);
-    }
-  };
-  model_level(true);
-  for (int layer = 0; layer < int(config().n_layers); ++layer) {
-    const PagedKv kv = host_->kv_layer(layer);
+  host_->context().graph_salt = 0;
+  {
+    const PagedKv kv0 = host_->kv_layer(0);
     for (const Variant* v : plan_.segments)
-      if (int(v->stages.first) >= int(kFirstLayerStage) && int(v->stages.last) <= int(kLastLayerStage))
-        run_segment(*v, layer, &kv, taps);
+      if (v->prepare) {
+        const bool per_layer = int(v->stages.first) >= int(kFirstLayerStage) &&
+                               int(v->stages.last) <= int(kLastLayerStage);
+        v->prepare(args_for(per_layer ? 0 : -1, per_layer ? &kv0 : nullptr));
+      }
   }
-  model_level(false);
+  DeviceHost::GraphRun mode = DeviceHost::GraphRun::eager;
+  if (graphable) {
+    uint64_t key = 1469598103934665603ull;
+    for (uint64_t v : {uint64_t(step.size()), uint64_t(out.logit_rows.size()), uint64_t(tables.seq_ids.size()),
+                       host_->context().graph_salt})
+      key = mix_key(key, v);
+    mode = host_->graph_begin(key);
+  }
+  if (mode != DeviceHost::GraphRun::replayed) {
+    try {
+      run_layers(taps);
+    } catch (...) {
+      if (mode == DeviceHost::GraphRun::capturing) host_->graph_end(false);
+      throw;
+    }
+    if (mode == DeviceHost::GraphRun::capturing) host_->graph_end(true);
+  }
   out.logits = host_->finish_step();
 
   for (const auto& [seq, len] : length_after) seqs_.at(seq).length = len;

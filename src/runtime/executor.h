@@ -20,7 +20,13 @@ struct ExecutorOptions {
   // error naming the tap, the variant and the statistics of the tap before it (its input). Costs one device ->
   // host copy per variant and layer.
   bool nan_check = false;
+  // Decode steps (one token per sequence, at most kMaxGraphTokens) of a plan whose variants are all graph_safe
+  // run from CUDA graphs on devices that have them: captured the second time a shape is seen, replayed after.
+  // Off while taps, timing, --nan-check, --kv-poison or perturbations are active (they need the host between
+  // variants). --no-cuda-graphs turns them off.
+  bool cuda_graphs = true;
 };
+constexpr int64_t kMaxGraphTokens = 512;
 
 // A perturbation experiment: after stage `stage` of layer `layer` (-1: every layer; model-level stages: -1),
 // columns [col_begin, col_end) of that stage's output slot are multiplied by `factor`.
@@ -64,6 +70,8 @@ class Executor final : public ModelRunner {
   // Applied in every following step; a stage inside a multi-stage variant of the plan is an error.
   void set_perturbations(std::vector<Perturbation> p);
   const std::vector<VariantTiming>& timings() const { return timings_; }
+  // Whether every variant of the plan is graph_safe (CUDA graphs can be used at all).
+  bool plan_graph_safe() const { return graph_safe_plan_; }
 
  private:
   struct Seq {
@@ -73,6 +81,8 @@ class Executor final : public ModelRunner {
   // Pages for every sequence of the step, all or none; returns the fresh ones.
   std::vector<int32_t> reserve_pages(const std::map<int32_t, int64_t>& length_after);
   void run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps);
+  VariantArgs args_for(int layer, const PagedKv* kv);
+  void run_layers(TapSink* taps);
 
   std::unique_ptr<DeviceHost> host_;
   Plan plan_;
@@ -82,9 +92,10 @@ class Executor final : public ModelRunner {
   bool timing_ = false;
   std::vector<const Variant*> timed_;  // the variant of each timing interval of this step
   std::vector<VariantTiming> timings_;
-  std::vector<int32_t> order_;
-  std::string nan_prev_;
-  std::vector<Perturbation> perturb_;  // --nan-check: the previous tap's statistics, "" at the start of a step  // this step's token order when regrouped (run row i is caller token order_[i])
+  std::vector<int32_t> order_;         // this step's token order when regrouped (run row i is caller token order_[i])
+  std::string nan_prev_;               // --nan-check: the previous tap's statistics, "" at the start of a step
+  std::vector<Perturbation> perturb_;
+  bool graph_safe_plan_ = false;
 };
 
 }  // namespace tandem

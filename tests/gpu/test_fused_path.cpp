@@ -25,6 +25,11 @@
 // max(rel_tolerance, 2 x the standard path's error at that tap).
 // Batch invariance (FusedParity.SamePromptAloneAndInBatches): one prompt alone, inside a batch of 3 and of 17
 // (other sequences at other lengths), 32 greedy tokens: equal, or parted at a near-tie (printed).
+// CUDA graphs (FusedGraphs.ReplayMatchesEager): the fused path with and without graphs in lockstep through decode
+// steps that cross page boundaries, a long prompt joining (the slots and tables are reallocated: graphs captured
+// before must not be replayed) and a sequence leaving (an older batch size comes back): logits within 1e-3
+// rel_l2 every step, greedy identical, and graphs actually replayed. The parity matrix runs its fused lane with
+// graphs in the NHD cells and without in the HND cells.
 // The tiny HF fixtures run the fused path in GpuExecutors (test_executor_gpu.cpp). Every test skips without a GPU.
 #include <gtest/gtest.h>
 
@@ -158,7 +163,11 @@ TEST(FusedParity, Matrix) {
           const double tol = m.conditioning * rel_tolerance(dt);
           Lane lanes[2];  // 0: standard, 1: fused
           for (int l = 0; l < 2; ++l) {
-            lanes[l].runner = cuda_runner(l == 0 ? "standard" : "fused", *src, dt, 32768, {page, layout, {}});
+            // The fused lane replays CUDA graphs for its decode steps in the NHD cells and launches kernel by
+            // kernel in the HND cells: both modes meet the same rules.
+            TestRunnerOptions o{page, layout, {}};
+            o.cuda_graphs = layout == KvLayout::NHD;
+            lanes[l].runner = cuda_runner(l == 0 ? "standard" : "fused", *src, dt, 32768, o);
             ASSERT_TRUE(lanes[l].runner->plan().notices.empty()) << lanes[l].runner->plan().notices.front();
           }
           const int64_t join_lens[] = {1, 15, 16, 17, 300};
@@ -245,6 +254,10 @@ TEST(FusedParity, Matrix) {
               sb.generated.push_back(tb);
             }
           }
+          if (layout == KvLayout::NHD)  // the 3-sequence and the 20-sequence decode steps came from graphs
+            EXPECT_GE(lanes[1].runner->host().graph_replays(), kGenerate - 10) << "CUDA graphs were not used";
+          else
+            EXPECT_EQ(lanes[1].runner->host().graph_replays(), 0);
           ++cells;
           parted += int(div.size());
           std::string where;
@@ -342,6 +355,68 @@ TEST(FusedParity, SamePromptAloneAndInBatches) {
       std::printf("[ info ] %s: probe in a batch of %d: greedy equal to alone for %d/%d tokens\n", m.name.c_str(),
                   others + 1, parted, kGenerate);
     }
+  }
+}
+
+TEST(FusedGraphs, ReplayMatchesEager) {
+  REQUIRE_GPU();
+  const auto models = test_models();
+  if (models.empty()) GTEST_SKIP() << "no models (set TANDEM_GPU_MODELS, or fetch the default model)";
+  for (const TestModel& m : models) {
+    SCOPED_TRACE(m.name);
+    auto src = open_model_source(m.path);
+    const int64_t V = src->config().vocab_size;
+    Lane lanes[2];  // 0: graphs, 1: kernel by kernel
+    for (int l = 0; l < 2; ++l) {
+      TestRunnerOptions o{16, KvLayout::NHD, {}};
+      o.cuda_graphs = l == 0;
+      lanes[l].runner = cuda_runner("fused", *src, DType::BF16, 32768, o);
+      EXPECT_EQ(lanes[l].runner->plan_graph_safe(), true);
+      for (int j = 0; j < 3; ++j) lanes[l].seqs.push_back({j, prompt(15 + j, V, uint32_t(40 + j)), {}, 0});
+    }
+    int steps = 0;
+    double worst = 0;
+    auto run_steps = [&](int n) {
+      for (int k = 0; k < n; ++k, ++steps) {
+        StepOutput out[2];
+        for (int l = 0; l < 2; ++l) {
+          Step step;
+          for (Seq& s : lanes[l].seqs) {
+            if (s.fed == 0) lanes[l].runner->create_sequence(s.id, int64_t(s.prompt.size()) + 80);
+            add_next(step, s);
+          }
+          out[l] = lanes[l].runner->forward(step, nullptr);
+        }
+        ASSERT_EQ(out[0].logits.numel(), out[1].logits.numel());
+        const Comparison c = compare(out[0].logits, out[1].logits);
+        worst = std::max(worst, c.rel_l2);
+        EXPECT_LE(c.rel_l2, 1e-3) << "step " << steps << ": " << c.summary();
+        EXPECT_EQ(c.nonfinite_a, 0) << "step " << steps;
+        for (size_t r = 0; r < lanes[0].seqs.size(); ++r) {
+          const int32_t a = argmax(out[0].logits.f32() + int64_t(r) * V, V);
+          const int32_t b = argmax(out[1].logits.f32() + int64_t(r) * V, V);
+          EXPECT_EQ(a, b) << "step " << steps << " sequence " << lanes[0].seqs[r].id;
+          lanes[0].seqs[r].generated.push_back(a);
+          lanes[1].seqs[r].generated.push_back(a);  // both lanes feed the same tokens
+        }
+      }
+    };
+    run_steps(24);  // prefill, then decode across the page boundaries at 16 and 32
+    const int64_t replays_before_join = lanes[0].runner->host().graph_replays();
+    EXPECT_GE(replays_before_join, 20);
+    for (Lane& lane : lanes) lane.seqs.push_back({7, prompt(700, V, 77), {}, 0});  // grows the slots
+    run_steps(8);
+    for (Lane& lane : lanes) {
+      lane.runner->release_sequence(7);
+      lane.seqs.pop_back();
+    }
+    run_steps(8);  // batch 3 again, over the reallocated buffers
+    EXPECT_GE(lanes[0].runner->host().graph_replays(), replays_before_join + 10);
+    EXPECT_GE(lanes[0].runner->host().graph_captures(), 3);
+    EXPECT_EQ(lanes[1].runner->host().graph_replays(), 0);
+    std::printf("[ info ] %s: %d steps, graphs captured %lld, replayed %lld; logits graphs vs none worst rel_l2 %.2e\n",
+                m.name.c_str(), steps, (long long)lanes[0].runner->host().graph_captures(),
+                (long long)lanes[0].runner->host().graph_replays(), worst);
   }
 }
 
