@@ -207,6 +207,8 @@ void run(const BenchArgs& a) {
     std::printf("\n%-6s %-8s %10s %12s %14s %10s %8s\n", "batch", "context", "tok/s", "median ms", "bytes/step",
                 "GB/s", "% copy");
     bool broke_down = false;
+    // Decode steps replay CUDA graphs when the plan allows (captured in the second warm-up step).
+    const bool graphs = ropt.cuda_graphs && runner->plan_graph_safe();
     for (int64_t c : contexts) {
       for (int64_t b : batches) {
         if (b * paged_tokens(c + a.steps + 4) > kv_pool_tokens || c + a.steps + 4 > cfg.max_positions) {
@@ -250,6 +252,7 @@ void run(const BenchArgs& a) {
                             {"calls", t.calls}, {"bytes", bytes}, {"GBps", gbps}});
           }
           out["decode_breakdown"] = {{"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
+                                     {"mode", "kernel by kernel, an event between variants (no CUDA graph)"},
                                      {"stages", rows}};
           broke_down = true;
         }
@@ -265,7 +268,8 @@ void run(const BenchArgs& a) {
                                {"bytes_per_token", double(bytes) / double(b)},
                                {"pct_copy_bw", 100 * gbps / lim.copy_bw_GBps}, {"tflops", nullptr},
                                {"pct_gemm_peak", nullptr}, {"step_ms_median", st.median * 1e3},
-                               {"step_ms_min", st.min * 1e3}, {"step_ms_max", st.max * 1e3}, {"reps", a.steps}});
+                               {"step_ms_min", st.min * 1e3}, {"step_ms_max", st.max * 1e3}, {"reps", a.steps},
+                               {"cuda_graphs", graphs}});
       }
     }
   }

@@ -2,7 +2,9 @@
 // with fewer kernels than the standard path and the same rounding points, so every tap it publishes (its last
 // stage's) stays within the standard path's tolerance, and the elementwise fusions are bit-identical.
 //
-//   qkv..kv_write     cuBLASLt GEMM, then one kernel: bias + RoPE + paged K/V append (cuda/attention.cuh)
+//   qkv..kv_write     GEMV (T <= 8, cuda/gemv.cuh) or cuBLASLt GEMM, then one kernel: bias + RoPE + paged K/V
+//                     append (cuda/attention.cuh)
+//   o_proj, down      GEMV for T <= 8, else cuBLASLt GEMM
 //   attention         FlashInfer batch prefill over the paged cache, one plan per step (cuda/flashinfer.cuh)
 //   attn_residual..mlp_norm   one kernel: x += o_proj; h = rmsnorm(x) (cuda/norm.cuh add_rmsnorm)
 //   gate_up..act      T <= 8: one GEMV kernel gate/up + SiLU*mul (cuda/gemv.cuh); more rows: GEMM + silu_mul
@@ -31,6 +33,12 @@ CudaContext& ctx(const VariantArgs& a) { return static_cast<CudaContext&>(a.devi
 cudaStream_t stream(const VariantArgs& a) { return ctx(a).stream; }
 
 const std::vector<KvLayout> kBothLayouts{KvLayout::NHD, KvLayout::HND};
+// Up to kGemvMaxRows rows (decode): the weight-streaming GEMV; more: cuBLASLt.
+void linear_auto(const VariantArgs& a, const Tensor& x, const Tensor& w, const Tensor& out) {
+  if (x.shape[0] <= kGemvMaxRows) linear_gemv(x, w, out, stream(a));
+  else ctx(a).gemm->linear(x, w, out, stream(a));
+}
+
 const char* const kNormNeeds =
     "mlp_residual.fused leaves the next layer's attn_norm (or final_norm) in h, and this variant uses it";
 
@@ -61,9 +69,10 @@ TD_REGISTER_VARIANT(norm_after_fused_residual(Stage::attn_norm));
 TD_REGISTER_VARIANT(norm_after_fused_residual(Stage::final_norm));
 
 TD_REGISTER_VARIANT(fused(
-    Stage::qkv, Stage::kv_write, "fused", "cuBLASLt GEMM, then bias + RoPE + paged K/V append in one kernel",
+    Stage::qkv, Stage::kv_write, "fused",
+    "GEMV (up to 8 rows) or cuBLASLt GEMM, then bias + RoPE + paged K/V append in one kernel",
     [](const VariantArgs& a) {
-      ctx(a).gemm->linear(a.slots.h, a.lw->wqkv, a.slots.qkv, stream(a));
+      linear_auto(a, a.slots.h, a.lw->wqkv, a.slots.qkv);
       qkv_rope_kv_write(a.slots.qkv, a.lw->bqkv, a.step.positions, a.device.rope_inv_freq, *a.kv,
                         attention_shape(a.config), stream(a));
     },
@@ -102,6 +111,15 @@ Variant flashinfer_attention() {
 }
 TD_REGISTER_VARIANT(flashinfer_attention());
 
+TD_REGISTER_VARIANT(fused(Stage::o_proj, Stage::o_proj, "fused",
+                          "up to 8 rows: GEMV kernel; more: cuBLASLt GEMM (+ bias kernel)", [](const VariantArgs& a) {
+                            linear_auto(a, a.slots.attn, a.lw->wo, a.slots.h);
+                            if (a.lw->bo.data) add_bias(a.slots.h, a.lw->bo, stream(a));
+                          }));
+
+TD_REGISTER_VARIANT(fused(Stage::down, Stage::down, "fused", "up to 8 rows: GEMV kernel; more: cuBLASLt GEMM",
+                          [](const VariantArgs& a) { linear_auto(a, a.slots.act, a.lw->w_down, a.slots.h); }));
+
 TD_REGISTER_VARIANT(fused(Stage::attn_residual, Stage::mlp_norm, "fused",
                           "residual add + RMSNorm in one kernel", [](const VariantArgs& a) {
                             add_rmsnorm(a.slots.x, a.slots.h, a.lw->mlp_norm, float(a.config.rms_eps), a.slots.h,
@@ -133,8 +151,8 @@ TD_REGISTER_PATH(PathPreset{
     "fused", Device::CUDA,
     "CUDA, fused kernels + FlashInfer attention over the paged cache: the GPU default (falls back to standard "
     "per stage where a model is outside what is instantiated)",
-    {"embed.standard", "attn_norm.fused", "qkv..kv_write.fused", "attention.flashinfer", "o_proj.standard",
-     "attn_residual..mlp_norm.fused", "gate_up..act.fused", "down.standard", "mlp_residual.fused",
+    {"embed.standard", "attn_norm.fused", "qkv..kv_write.fused", "attention.flashinfer", "o_proj.fused",
+     "attn_residual..mlp_norm.fused", "gate_up..act.fused", "down.fused", "mlp_residual.fused",
      "final_norm.fused", "logits.standard"},
     "standard"});
 

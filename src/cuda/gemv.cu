@@ -14,47 +14,66 @@
 namespace tandem::cuda {
 namespace {
 
-constexpr int kWarps = 8;  // outputs per block: one warp per output column i
+constexpr int kWarps = 8;   // outputs per block: one warp per output column
+constexpr int kUnroll = 4;  // 16-byte weight loads each lane has in flight before it uses them
 
-// VEC elements per load (16 bytes, or 1). One warp computes out[:, i] for all R rows: it walks gate row i and up
-// row I + i once, lanes striding by 32 * VEC elements, each lane keeping 2R fp32 partial sums.
+// acc[n][r] += x[r] . w_n over H for the NW weight rows `w[n]` and R rows of x: lanes stride by 32 * VEC
+// elements, kUnroll chunks per trip with every weight load issued first (weight bandwidth is the limit, so the
+// loads must be in flight together). Partial sums stay per lane; the caller reduces over the warp.
+template <typename T, int R, int VEC, int NW>
+__device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* const (&w)[NW], int64_t H,
+                                          float (&acc)[NW][R]) {
+  const int lane = threadIdx.x & 31;
+  constexpr int64_t kStep = 32 * VEC;
+  for (int64_t k0 = int64_t(lane) * VEC; k0 < H; k0 += kStep * kUnroll) {
+    T wv[kUnroll][NW][VEC];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t k = k0 + u * kStep;
+      if (k < H) {
+#pragma unroll
+        for (int n = 0; n < NW; ++n) {
+          if constexpr (VEC > 1) *reinterpret_cast<uint4*>(wv[u][n]) = __ldg(reinterpret_cast<const uint4*>(w[n] + k));
+          else wv[u][n][0] = w[n][k];
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t k = k0 + u * kStep;
+      if (k >= H) break;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        T xv[VEC];
+        if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = __ldg(reinterpret_cast<const uint4*>(x + r * H + k));
+        else xv[0] = x[r * H + k];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const float xf = to_f32(xv[e]);
+#pragma unroll
+          for (int n = 0; n < NW; ++n) acc[n][r] = fmaf(xf, to_f32(wv[u][n][e]), acc[n][r]);
+        }
+      }
+    }
+  }
+}
+
+// One warp computes out[:, i] for all R rows: gate row i and up row I + i of w.
 template <typename T, int R, int VEC>
 __global__ void gate_up_silu_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out,
                                     int64_t I, int64_t H) {
   const int lane = threadIdx.x & 31;
   const int64_t i = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (i >= I) return;  // whole warps leave together: no shuffle below misses a lane
-  const T* wg = w + i * H;
-  const T* wu = w + (I + i) * H;
-  float g[R], u[R];
+  const T* const rows[2] = {w + i * H, w + (I + i) * H};
+  float acc[2][R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) g[r] = u[r] = 0.0f;
-  for (int64_t k = int64_t(lane) * VEC; k < H; k += 32 * VEC) {
-    T a[VEC], b[VEC];
-    if constexpr (VEC > 1) {
-      *reinterpret_cast<uint4*>(a) = __ldg(reinterpret_cast<const uint4*>(wg + k));
-      *reinterpret_cast<uint4*>(b) = __ldg(reinterpret_cast<const uint4*>(wu + k));
-    } else {
-      a[0] = wg[k];
-      b[0] = wu[k];
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      T xv[VEC];
-      if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = __ldg(reinterpret_cast<const uint4*>(x + r * H + k));
-      else xv[0] = x[r * H + k];
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const float xf = to_f32(xv[e]);
-        g[r] = fmaf(xf, to_f32(a[e]), g[r]);
-        u[r] = fmaf(xf, to_f32(b[e]), u[r]);
-      }
-    }
-  }
+  for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = 0.0f;
+  warp_dots<T, R, VEC, 2>(x, rows, H, acc);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const float gs = to_f32(from_f32<T>(warp_sum(g[r])));  // the GEMM's output rounding
-    const float us = to_f32(from_f32<T>(warp_sum(u[r])));
+    const float gs = to_f32(from_f32<T>(warp_sum(acc[0][r])));  // the GEMM's output rounding
+    const float us = to_f32(from_f32<T>(warp_sum(acc[1][r])));
     if (lane == 0) {
       const float act = to_f32(from_f32<T>(gs / (1.0f + expf(-gs))));  // silu_mul's rounding points
       out[r * I + i] = from_f32<T>(act * us);
@@ -62,30 +81,70 @@ __global__ void gate_up_silu_kernel(const T* __restrict__ x, const T* __restrict
   }
 }
 
+// One warp computes out[:, n] for all R rows.
+template <typename T, int R, int VEC>
+__global__ void linear_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t N,
+                                   int64_t K) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const T* const rows[1] = {w + n * K};
+  float acc[1][R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[0][r] = 0.0f;
+  warp_dots<T, R, VEC, 1>(x, rows, K, acc);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float v = warp_sum(acc[0][r]);
+    if (lane == 0) out[r * N + n] = from_f32<T>(v);
+  }
+}
+
+enum class Kernel { gate_up_silu, linear };
+
 template <typename T, int R>
-void launch_rows(const Tensor& x, const Tensor& w, const Tensor& out, int64_t I, int64_t H, bool vec,
+void launch_rows(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K, bool vec,
                  cudaStream_t stream) {
   constexpr int kVec = int(16 / sizeof(T));
-  const unsigned blocks = unsigned((I + kWarps - 1) / kWarps);
-  if (vec)
-    gate_up_silu_kernel<T, R, kVec><<<blocks, 32 * kWarps, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(),
-                                                                        out.ptr<T>(), I, H);
-  else
-    gate_up_silu_kernel<T, R, 1><<<blocks, 32 * kWarps, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(),
-                                                                     out.ptr<T>(), I, H);
+  const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
+  const T* xp = x.ptr<const T>();
+  const T* wp = w.ptr<const T>();
+  T* op = out.ptr<T>();
+  if (k == Kernel::gate_up_silu) {
+    if (vec) gate_up_silu_kernel<T, R, kVec><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+    else gate_up_silu_kernel<T, R, 1><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+  } else {
+    if (vec) linear_gemv_kernel<T, R, kVec><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+    else linear_gemv_kernel<T, R, 1><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+  }
   TD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T, int R = 1>
-void dispatch_rows(int64_t rows, const Tensor& x, const Tensor& w, const Tensor& out, int64_t I, int64_t H,
+void dispatch_rows(Kernel k, int64_t rows, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K,
                    bool vec, cudaStream_t stream) {
   if constexpr (R <= kGemvMaxRows) {
-    if (rows == R) return launch_rows<T, R>(x, w, out, I, H, vec, stream);
-    dispatch_rows<T, R + 1>(rows, x, w, out, I, H, vec, stream);
+    if (rows == R) return launch_rows<T, R>(k, x, w, out, N, K, vec, stream);
+    dispatch_rows<T, R + 1>(k, rows, x, w, out, N, K, vec, stream);
   }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+void run(Kernel k, const char* op, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, cudaStream_t stream) {
+  const int64_t T = x.shape[0], K = x.shape[1];
+  TD_CHECK(T <= kGemvMaxRows, "{}: {} rows; the GEMV kernel takes 1..{} (use the GEMM for more)", op, T,
+           kGemvMaxRows);
+  if (T == 0) return;
+  TD_CHECK(K > 0, "{}: empty rows in {}", op, x.describe());
+  check_data(op, {&x, &w, &out});
+  const int64_t elem = int64_t(dtype_block_bytes(x.dtype));
+  const bool vec = (K * elem) % 16 == 0 && aligned16(x.data) && aligned16(w.data);
+  dispatch_float(x.dtype, op, [&](auto tag) {
+    using D = typename decltype(tag)::type;
+    dispatch_rows<D>(k, T, x, w, out, N, K, vec, stream);
+  });
+}
 
 }  // namespace
 
@@ -102,17 +161,22 @@ void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStrea
   check_float_tensor(op, "out", out, Device::CUDA, 2);
   check_dtype(op, "out (x's dtype)", out, x.dtype);
   check_shape(op, "out ([T, I])", out, {T, I});
-  TD_CHECK(T <= kGemvMaxRows, "gate_up_silu: {} rows; the GEMV kernel takes 1..{} (use the GEMM for more)", T,
-           kGemvMaxRows);
-  if (T == 0) return;
-  TD_CHECK(H > 0, "gate_up_silu: empty rows in {}", x.describe());
-  check_data(op, {&x, &w, &out});
-  const int64_t elem = int64_t(dtype_block_bytes(x.dtype));
-  const bool vec = (H * elem) % 16 == 0 && aligned16(x.data) && aligned16(w.data);
-  dispatch_float(x.dtype, op, [&](auto tag) {
-    using D = typename decltype(tag)::type;
-    dispatch_rows<D>(T, x, w, out, I, H, vec, stream);
-  });
+  run(Kernel::gate_up_silu, op, x, w, out, I, stream);
+}
+
+void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream) {
+  const char* op = "linear_gemv";
+  check_float_tensor(op, "x", x, Device::CUDA, 2);
+  const int64_t T = x.shape[0], K = x.shape[1];
+  check_float_tensor(op, "w", w, Device::CUDA, 2);
+  check_dtype(op, "w (x's dtype)", w, x.dtype);
+  check_shape(op, "w ([out features, x's in features])", w, {-1, K});
+  const int64_t N = w.shape[0];
+  TD_CHECK(N > 0, "linear_gemv: empty weight {}", w.describe());
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_dtype(op, "out (x's dtype)", out, x.dtype);
+  check_shape(op, "out ([T, N])", out, {T, N});
+  run(Kernel::linear, op, x, w, out, N, stream);
 }
 
 }  // namespace tandem::cuda

@@ -8,6 +8,13 @@
 // order of the fp32 sums. x: [T, H] with 1 <= T <= kGemvMaxRows; w: [2I, H]; out: [T, I]; one dtype (f32, f16,
 // bf16), contiguous rows. 16-byte loads when H is a multiple of 16 bytes' worth of elements and the pointers are
 // 16-byte aligned, else one element at a time. CPU twin: cpu::gate_up_silu.
+//
+// linear_gemv: out[t, n] = round(x[t] . w[n]) for w [N, K], x [T, K], 1 <= T <= kGemvMaxRows, fp32 sums, one
+// rounding to the dtype: the standard path's linear (cuBLASLt, fp32 accumulate) up to the order of the sums. No
+// bias (callers add it, as the standard path does). CPU twin: cpu::linear.
+//
+// Both: one warp per output column reads that weight row once for all T rows, kUnroll 16-byte loads in flight
+// per lane; x rows come through L1.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -20,5 +27,6 @@ namespace tandem::cuda {
 inline constexpr int64_t kGemvMaxRows = 8;
 
 void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream);
+void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream);
 
 }  // namespace tandem::cuda

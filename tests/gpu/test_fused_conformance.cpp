@@ -223,6 +223,57 @@ TEST_F(OpConformance, gate_up_silu) {
       }
 }
 
+// ------------------------------------------------------------------------------------------------- linear_gemv
+
+TEST_F(OpConformance, linear_gemv) {
+  struct NK {
+    int64_t N, K;
+  };
+  // 64x576: 16-byte loads, fewer chunks than one unrolled trip; 300x1001: the scalar path; 3072x2048 and
+  // 2048x8192: real qkv / down shapes (several unrolled trips per lane).
+  const NK sizes[] = {{64, 576}, {300, 1001}, {3072, 2048}, {2048, 8192}};
+  cuda::Gemm gemm;
+  uint32_t seed = 2700;
+  for (DType dt : kFloatTypes)
+    for (const NK& s : sizes)
+      for (int64_t T = 1; T <= cuda::kGemvMaxRows; ++T) {
+        if (s.K >= 2048 && T != 1 && T != 3 && T != cuda::kGemvMaxRows) continue;
+        SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"N", str(s.N)}, {"K", str(s.K)}}));
+        std::vector<float> x = randn(T * s.K, dt, seed), w = randn(s.N * s.K, dt, seed + 1);
+        seed += 2;
+        // Extremes: row 0 near zero, the last row large (sums near 1e4 in f16, whose max is 65504).
+        for (int64_t k = 0; k < s.K; ++k) {
+          x[size_t(k)] = round_to(x[size_t(k)] * 1e-6f, dt);
+          if (T > 1) x[size_t((T - 1) * s.K + k)] = round_to(x[size_t((T - 1) * s.K + k)] * 64.0f, dt);
+        }
+        Guarded d_x(dt, {T, s.K}), d_w(dt, {s.N, s.K}), d_out(dt, {T, s.N}), d_std(dt, {T, s.N});
+        d_x.upload(x);
+        d_w.upload(w);
+        cuda::linear_gemv(d_x, d_w, d_out, stream_);
+        gemm.linear(d_x, d_w, d_std, stream_);
+        sync();
+        const std::vector<float> got = d_out.download();
+        const std::vector<float> want = d_std.download();
+        for (int64_t r = 0; r < T; ++r) {  // per row: the near-zero row is held to its own scale
+          const std::vector<float> g(got.begin() + r * s.N, got.begin() + (r + 1) * s.N);
+          const std::vector<float> e(want.begin() + r * s.N, want.begin() + (r + 1) * s.N);
+          EXPECT_TRUE(close(g, e, nmse_bound(dt))) << "row " << r << " vs cuBLASLt";
+        }
+        HostTensor out = HostTensor::empty(DType::F32, {T, s.N});
+        cpu::linear(host_f32(x, {T, s.K}), host_f32(w, {s.N, s.K}), out);
+        EXPECT_TRUE(close(got, to_vector(out), dt == DType::F32 ? 1e-10 : nmse_bound(dt))) << "vs CPU twin";
+        expect_guards_intact({&d_x, &d_w, &d_out, &d_std});
+      }
+}
+
+TEST_F(OpConformance, linear_gemv_RejectsBadShapes) {
+  Guarded x(DType::BF16, {cuda::kGemvMaxRows + 1, 64}), w(DType::BF16, {32, 64}),
+      out(DType::BF16, {cuda::kGemvMaxRows + 1, 32});
+  EXPECT_THROW(cuda::linear_gemv(x, w, out, stream_), Error);
+  Guarded x1(DType::BF16, {1, 64}), w1(DType::BF16, {32, 63}), out1(DType::BF16, {1, 32});
+  EXPECT_THROW(cuda::linear_gemv(x1, w1, out1, stream_), Error);
+}
+
 TEST_F(OpConformance, gate_up_silu_RejectsTooManyRows) {
   const int64_t T = cuda::kGemvMaxRows + 1;
   Guarded x(DType::BF16, {T, 64}), w(DType::BF16, {128, 64}), out(DType::BF16, {T, 64});
