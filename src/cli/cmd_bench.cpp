@@ -28,6 +28,7 @@ struct BenchArgs {
   int steps = 10;
   int reps = 5;
   std::string json;
+  bool logits_to_host = false;
 };
 
 std::vector<int64_t> parse_list(const std::string& s, const char* flag) {
@@ -209,6 +210,7 @@ void run(const BenchArgs& a) {
     bool broke_down = false;
     // Decode steps replay CUDA graphs when the plan allows (captured in the second warm-up step).
     const bool graphs = ropt.cuda_graphs && runner->plan_graph_safe();
+    const bool greedy_only = !a.logits_to_host;
     for (int64_t c : contexts) {
       for (int64_t b : batches) {
         if (b * paged_tokens(c + a.steps + 4) > kv_pool_tokens || c + a.steps + 4 > cfg.max_positions) {
@@ -227,6 +229,7 @@ void run(const BenchArgs& a) {
           Step step;
           for (size_t i = 0; i < seqs.size(); ++i)
             step.add(int32_t((i * 31 + s) % cfg.vocab_size), seqs[i], int32_t(runner->sequence_length(seqs[i])), true);
+          step.greedy_only = greedy_only;  // token ids come back, not logits rows (a greedy server's decode)
           const double s0 = now_s();
           runner->forward(step, nullptr);
           if (s >= 2) times.push_back(now_s() - s0);  // two warm-up steps
@@ -269,7 +272,7 @@ void run(const BenchArgs& a) {
                                {"pct_copy_bw", 100 * gbps / lim.copy_bw_GBps}, {"tflops", nullptr},
                                {"pct_gemm_peak", nullptr}, {"step_ms_median", st.median * 1e3},
                                {"step_ms_min", st.min * 1e3}, {"step_ms_max", st.max * 1e3}, {"reps", a.steps},
-                               {"cuda_graphs", graphs}});
+                               {"cuda_graphs", graphs}, {"logits_to_host", !greedy_only}});
       }
     }
   }
@@ -306,6 +309,8 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--prefill-tokens", a->prefills, "prefill prompt lengths")->capture_default_str();
   cmd->add_option("--steps", a->steps, "timed decode steps per configuration")->capture_default_str();
   cmd->add_option("--reps", a->reps, "timed prefills per length")->capture_default_str();
+  cmd->add_flag("--logits-to-host", a->logits_to_host,
+                "decode steps copy every logits row to the host (default: greedy tokens chosen on the GPU, ids copied)");
   cmd->add_option("--json", a->json, "result file (default bench/results/<date>-<card>.json; appended if it exists)");
   cmd->callback([a] { run(*a); });
 }

@@ -146,7 +146,13 @@ class CpuHost final : public DeviceHost {
   }
 
   HostTensor to_host(const Tensor& t) override { return HostTensor::to_f32(t); }
-  HostTensor finish_step() override { return std::move(logits_); }
+  HostTensor finish_step(std::vector<int32_t>* argmax) override {
+    if (!argmax) return std::move(logits_);
+    const int64_t R = logits_.numel() > 0 ? logits_.view().shape[0] : 0, V = model_->config.vocab_size;
+    argmax->resize(size_t(R));
+    for (int64_t r = 0; r < R; ++r) (*argmax)[size_t(r)] = greedy_token({logits_.f32() + r * V, size_t(V)});
+    return HostTensor::empty(DType::F32, {0, V});
+  }
 
   void timing_reset() override { marks_.clear(); }
   void timing_mark() override { marks_.push_back(std::chrono::steady_clock::now()); }

@@ -11,6 +11,7 @@
 #include "cuda/device_buffer.h"
 #include "cuda/device_query.h"
 #include "cuda/random_fill.cuh"
+#include "cuda/sampling.cuh"
 
 namespace tandem::cuda {
 namespace {
@@ -37,6 +38,7 @@ class CudaHost final : public DeviceHost {
     for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     if (staging_) cudaFreeHost(staging_);
+    if (argmax_host_) cudaFreeHost(argmax_host_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -224,8 +226,21 @@ class CudaHost final : public DeviceHost {
 
   HostTensor to_host(const Tensor& t) override { return download_f32(t, stream_); }
 
-  HostTensor finish_step() override {
-    if (slots_.logits.shape[0] > 0) copy_to_host(slots_.logits, out_logits_, stream_);
+  HostTensor finish_step(std::vector<int32_t>* argmax) override {
+    const int64_t R = slots_.logits.shape[0];
+    if (argmax) {
+      argmax->resize(size_t(R));
+      if (R > 0) {
+        const Tensor ids = argmax_.view().slice_rows(0, R);
+        argmax_rows(slots_.logits, ids, stream_);
+        TD_CUDA_CHECK(cudaMemcpyAsync(argmax_host_, ids.data, size_t(R) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                      stream_));
+      }
+      TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::memcpy(argmax->data(), argmax_host_, size_t(R) * sizeof(int32_t));
+      return HostTensor::empty(DType::F32, {0, config_.vocab_size});
+    }
+    if (R > 0) copy_to_host(slots_.logits, out_logits_, stream_);
     TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return std::move(out_logits_);
   }
@@ -369,6 +384,9 @@ class CudaHost final : public DeviceHost {
     TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
     final_rows_ = DeviceTensor::empty(dtype_, {n, config_.hidden_size});
     logits_ = DeviceTensor::empty(DType::F32, {n, config_.vocab_size});
+    argmax_ = DeviceTensor::empty(DType::I32, {n});
+    if (argmax_host_) TD_CUDA_CHECK(cudaFreeHost(argmax_host_));
+    TD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&argmax_host_), size_t(n) * sizeof(int32_t)));
     logit_rows_ = n;
     ++buffers_epoch_;
   }
@@ -389,7 +407,8 @@ class CudaHost final : public DeviceHost {
   int64_t pages_ = 0;
   DeviceTensor kv_;  // [2 L][pages][page elems]: K of layer l is pool 2l, V is 2l + 1
   int64_t rows_ = 0, logit_rows_ = 0;
-  DeviceTensor x_, h_, qkv_, attn_, gate_up_, act_, scratch_, final_rows_, logits_;
+  DeviceTensor x_, h_, qkv_, attn_, gate_up_, act_, scratch_, final_rows_, logits_, argmax_;
+  int32_t* argmax_host_ = nullptr;  // pinned [logit_rows_]
   int32_t* staging_ = nullptr;  // pinned
   int64_t staging_ints_ = 0;
   DeviceTensor meta_;

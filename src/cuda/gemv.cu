@@ -14,23 +14,23 @@
 namespace tandem::cuda {
 namespace {
 
-constexpr int kWarps = 8;   // outputs per block: one warp per output column
+constexpr int kWarps = 8;   // warps per block
 constexpr int kUnroll = 4;  // 16-byte weight loads each lane has in flight before it uses them
 
 // acc[n][r] += x[r] . w_n over H for the NW weight rows `w[n]` and R rows of x: lanes stride by 32 * VEC
 // elements, kUnroll chunks per trip with every weight load issued first (weight bandwidth is the limit, so the
 // loads must be in flight together). Partial sums stay per lane; the caller reduces over the warp.
 template <typename T, int R, int VEC, int NW>
-__device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* const (&w)[NW], int64_t H,
-                                          float (&acc)[NW][R]) {
+__device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* const (&w)[NW], int64_t k_begin,
+                                          int64_t k_end, int64_t H, float (&acc)[NW][R]) {
   const int lane = threadIdx.x & 31;
   constexpr int64_t kStep = 32 * VEC;
-  for (int64_t k0 = int64_t(lane) * VEC; k0 < H; k0 += kStep * kUnroll) {
+  for (int64_t k0 = k_begin + int64_t(lane) * VEC; k0 < k_end; k0 += kStep * kUnroll) {
     T wv[kUnroll][NW][VEC];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t k = k0 + u * kStep;
-      if (k < H) {
+      if (k < k_end) {
 #pragma unroll
         for (int n = 0; n < NW; ++n) {
           if constexpr (VEC > 1) *reinterpret_cast<uint4*>(wv[u][n]) = __ldg(reinterpret_cast<const uint4*>(w[n] + k));
@@ -41,7 +41,7 @@ __device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* cons
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t k = k0 + u * kStep;
-      if (k >= H) break;
+      if (k >= k_end) break;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         T xv[VEC];
@@ -58,66 +58,130 @@ __device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* cons
   }
 }
 
-// One warp computes out[:, i] for all R rows: gate row i and up row I + i of w.
-template <typename T, int R, int VEC>
+// The block's 8 warps cover kWarps / SPLIT output columns, SPLIT warps per column, each over one slice of the
+// dot product (a multiple of 32 * VEC elements); so that small-N projections still put enough loads in flight
+// on every SM. The slices' warp sums meet in shared memory and are added in slice order (deterministic).
+template <int SPLIT>
+struct Split {
+  static constexpr int kCols = kWarps / SPLIT;
+  int64_t col;            // this warp's output column
+  int slice;              // this warp's slice of the dot product
+  int64_t k_begin, k_end;
+  __device__ Split(int64_t K, int vec) {
+    const int warp = threadIdx.x >> 5;
+    col = int64_t(blockIdx.x) * kCols + warp % kCols;
+    slice = warp / kCols;
+    const int64_t chunk = 32 * vec;
+    const int64_t per = (K + chunk * SPLIT - 1) / (chunk * SPLIT) * chunk;
+    k_begin = min(K, slice * per);
+    k_end = min(K, k_begin + per);
+  }
+};
+
+// red[slice][col in block][value]: the warps' sums, reduced by slice 0's warps.
+template <int SPLIT, int NV>
+__device__ __forceinline__ void reduce_slices(float (&v)[NV], int slice, int col_in_block,
+                                              float (*red)[kWarps][NV]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) v[j] = warp_sum(v[j]);
+  if constexpr (SPLIT > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int j = 0; j < NV; ++j) red[slice][col_in_block][j] = v[j];
+    __syncthreads();
+    if (slice == 0)
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        float t = 0.0f;
+        for (int s = 0; s < SPLIT; ++s) t += red[s][col_in_block][j];
+        v[j] = t;
+      }
+  }
+}
+
+// out[:, i] = silu(gate row i . x) * (up row I + i . x) for all R rows.
+template <typename T, int R, int VEC, int SPLIT>
 __global__ void gate_up_silu_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out,
                                     int64_t I, int64_t H) {
-  const int lane = threadIdx.x & 31;
-  const int64_t i = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (i >= I) return;  // whole warps leave together: no shuffle below misses a lane
+  __shared__ float red[SPLIT > 1 ? SPLIT : 1][kWarps][2 * R];
+  const Split<SPLIT> sp(H, VEC);
+  const bool live = sp.col < I;  // dead warps still meet the barrier
+  const int64_t i = live ? sp.col : 0;
   const T* const rows[2] = {w + i * H, w + (I + i) * H};
   float acc[2][R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = 0.0f;
-  warp_dots<T, R, VEC, 2>(x, rows, H, acc);
+  if (live) warp_dots<T, R, VEC, 2>(x, rows, sp.k_begin, sp.k_end, H, acc);
+  float v[2 * R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) v[r] = acc[0][r], v[R + r] = acc[1][r];
+  reduce_slices<SPLIT, 2 * R>(v, sp.slice, int((threadIdx.x >> 5) % Split<SPLIT>::kCols), red);
+  if (!live || sp.slice != 0 || (threadIdx.x & 31) != 0) return;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const float gs = to_f32(from_f32<T>(warp_sum(acc[0][r])));  // the GEMM's output rounding
-    const float us = to_f32(from_f32<T>(warp_sum(acc[1][r])));
-    if (lane == 0) {
-      const float act = to_f32(from_f32<T>(gs / (1.0f + expf(-gs))));  // silu_mul's rounding points
-      out[r * I + i] = from_f32<T>(act * us);
-    }
+    const float gs = to_f32(from_f32<T>(v[r]));  // the GEMM's output rounding
+    const float us = to_f32(from_f32<T>(v[R + r]));
+    const float act = to_f32(from_f32<T>(gs / (1.0f + expf(-gs))));  // silu_mul's rounding points
+    out[r * I + i] = from_f32<T>(act * us);
   }
 }
 
-// One warp computes out[:, n] for all R rows.
-template <typename T, int R, int VEC>
+// out[:, n] = w row n . x for all R rows.
+template <typename T, int R, int VEC, int SPLIT>
 __global__ void linear_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t N,
                                    int64_t K) {
-  const int lane = threadIdx.x & 31;
-  const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
+  __shared__ float red[SPLIT > 1 ? SPLIT : 1][kWarps][R];
+  const Split<SPLIT> sp(K, VEC);
+  const bool live = sp.col < N;
+  const int64_t n = live ? sp.col : 0;
   const T* const rows[1] = {w + n * K};
   float acc[1][R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[0][r] = 0.0f;
-  warp_dots<T, R, VEC, 1>(x, rows, K, acc);
+  if (live) warp_dots<T, R, VEC, 1>(x, rows, sp.k_begin, sp.k_end, K, acc);
+  reduce_slices<SPLIT, R>(acc[0], sp.slice, int((threadIdx.x >> 5) % Split<SPLIT>::kCols), red);
+  if (!live || sp.slice != 0 || (threadIdx.x & 31) != 0) return;
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float v = warp_sum(acc[0][r]);
-    if (lane == 0) out[r * N + n] = from_f32<T>(v);
-  }
+  for (int r = 0; r < R; ++r) out[r * N + n] = from_f32<T>(acc[0][r]);
+}
+
+// Slices per column: enough warps in all (about 8192, a full H100/H200) without slices under 512 elements.
+int split_for(int64_t N, int64_t K) {
+  int s = 1;
+  while (s < kWarps && N * s < 8192 && K / (2 * s) >= 512) s *= 2;
+  return s;
 }
 
 enum class Kernel { gate_up_silu, linear };
 
-template <typename T, int R>
-void launch_rows(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K, bool vec,
-                 cudaStream_t stream) {
+template <typename T, int R, int SPLIT>
+void launch_split(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K, bool vec,
+                  cudaStream_t stream) {
   constexpr int kVec = int(16 / sizeof(T));
-  const unsigned blocks = unsigned((N + kWarps - 1) / kWarps);
+  const unsigned blocks = unsigned((N + Split<SPLIT>::kCols - 1) / Split<SPLIT>::kCols);
   const T* xp = x.ptr<const T>();
   const T* wp = w.ptr<const T>();
   T* op = out.ptr<T>();
   if (k == Kernel::gate_up_silu) {
-    if (vec) gate_up_silu_kernel<T, R, kVec><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
-    else gate_up_silu_kernel<T, R, 1><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+    if (vec) gate_up_silu_kernel<T, R, kVec, SPLIT><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+    else gate_up_silu_kernel<T, R, 1, SPLIT><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
   } else {
-    if (vec) linear_gemv_kernel<T, R, kVec><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
-    else linear_gemv_kernel<T, R, 1><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+    if (vec) linear_gemv_kernel<T, R, kVec, SPLIT><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
+    else linear_gemv_kernel<T, R, 1, SPLIT><<<blocks, 32 * kWarps, 0, stream>>>(xp, wp, op, N, K);
   }
   TD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int R>
+void launch_rows(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K, bool vec,
+                 cudaStream_t stream) {
+  switch (split_for(N, K)) {
+    case 1: return launch_split<T, R, 1>(k, x, w, out, N, K, vec, stream);
+    case 2: return launch_split<T, R, 2>(k, x, w, out, N, K, vec, stream);
+    case 4: return launch_split<T, R, 4>(k, x, w, out, N, K, vec, stream);
+    default: return launch_split<T, R, 8>(k, x, w, out, N, K, vec, stream);
+  }
 }
 
 template <typename T, int R = 1>

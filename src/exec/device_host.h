@@ -62,8 +62,9 @@ class DeviceHost {
   // Perturbation experiments: t[:, col_begin:col_end] *= factor, in place, on a slot of this step (rounded to
   // the slot's dtype). Diagnostics only: on the GPU it goes through the host.
   virtual void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) = 0;
-  // Waits for the step and returns its logits [R, V] fp32 on the host.
-  virtual HostTensor finish_step() = 0;
+  // Waits for the step and returns its logits [R, V] fp32 on the host; with `argmax`, fills it with each row's
+  // greedy_token() instead (chosen on the device) and returns [0, V]: the logits are not copied.
+  virtual HostTensor finish_step(std::vector<int32_t>* argmax) = 0;
 
   // CUDA graphs, for steps begun graphable, after the variants' prepare(): `key` names the step's shape (tokens,
   // logits rows, batch, the context's graph_salt). replayed: a graph captured for this key over the host's

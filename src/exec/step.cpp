@@ -1,11 +1,23 @@
 #include "exec/step.h"
 
+#include <limits>
 #include <map>
 
 #include "core/error.h"
 
 
 namespace tandem {
+
+int32_t greedy_token(std::span<const float> row) {
+  int32_t best = -1;
+  for (size_t i = 0; i < row.size(); ++i) {
+    const float v = row[i];
+    if (v != v || v == -std::numeric_limits<float>::infinity()) continue;
+    if (best < 0 || v > row[size_t(best)]) best = int32_t(i);
+  }
+  return best;
+}
+
 void validate_step(const Step& step, int64_t vocab,
                    const std::function<std::optional<SequenceExtent>(int32_t)>& lookup) {
   const int64_t T = step.size();

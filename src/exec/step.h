@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct Step {
   std::vector<int32_t> seq_ids;
   std::vector<int32_t> positions;
   std::vector<uint8_t> want_logits;  // 1: return a logits row for this token
+  // The caller needs only each logits row's greedy token (StepOutput::argmax): it is chosen on the device and
+  // the logits stay there (StepOutput::logits is empty), unless a tap asks for them.
+  bool greedy_only = false;
 
   void add(int32_t token, int32_t seq, int32_t pos, bool logits) {
     tokens.push_back(token);
@@ -40,8 +44,14 @@ void validate_step(const Step& step, int64_t vocab,
                    const std::function<std::optional<SequenceExtent>(int32_t seq)>& lookup);
 
 struct StepOutput {
-  HostTensor logits;                // [tokens that asked for logits, vocab] fp32
+  HostTensor logits;                // [tokens that asked for logits, vocab] fp32 ([0, V] for a greedy_only step)
   std::vector<int32_t> logit_rows;  // index into the step's tokens for each logits row
+  std::vector<int32_t> argmax;      // greedy_only: greedy_token() of each logits row
 };
+
+// The greedy token of a logits row: the largest value's index, NaN and -inf never chosen, ties to the lowest
+// index, +inf above every finite value; -1 when every value is NaN or -inf. The CPU sampler's greedy rule
+// (runtime/sampler.h) and the device's (cuda/sampling.cuh argmax_rows).
+int32_t greedy_token(std::span<const float> row);
 
 }  // namespace tandem

@@ -269,6 +269,7 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
     for (int32_t t : order_)
       regrouped.add(caller_step.tokens[size_t(t)], caller_step.seq_ids[size_t(t)], caller_step.positions[size_t(t)],
                     caller_step.want_logits[size_t(t)] != 0);
+  regrouped.greedy_only = caller_step.greedy_only;
   const Step& step = order_.empty() ? caller_step : regrouped;
   // Positions continue each cache (validated), so a sequence's length after the step is its last position + 1.
   std::map<int32_t, int64_t> length_after;
@@ -318,7 +319,9 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
     }
     if (mode == DeviceHost::GraphRun::capturing) host_->graph_end(true);
   }
-  out.logits = host_->finish_step();
+  // Logits stay on the device for a greedy_only step, unless a tap wants them.
+  const bool argmax_only = step.greedy_only && !(taps && taps->wants(Stage::logits, -1));
+  out.logits = host_->finish_step(argmax_only ? &out.argmax : nullptr);
 
   for (const auto& [seq, len] : length_after) seqs_.at(seq).length = len;
   if (timing_) {
@@ -341,8 +344,18 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
     std::vector<int32_t> dest(rank.size());
     for (size_t k = 0; k < rank.size(); ++k) dest[size_t(rank[k])] = int32_t(k);
     if (out.logits.numel() > 0) out.logits = scatter_rows(out.logits, dest);
+    if (!out.argmax.empty()) {
+      std::vector<int32_t> a(out.argmax.size());
+      for (size_t r = 0; r < a.size(); ++r) a[size_t(dest[r])] = out.argmax[r];
+      out.argmax = std::move(a);
+    }
     std::sort(by_caller.begin(), by_caller.end());
     out.logit_rows = by_caller;
+  }
+  if (step.greedy_only && !argmax_only) {  // the logits came to the host for a tap: choose here, same rule
+    const int64_t V = config().vocab_size;
+    for (size_t r = 0; r < out.logit_rows.size(); ++r)
+      out.argmax.push_back(greedy_token({out.logits.f32() + int64_t(r) * V, size_t(V)}));
   }
   if (taps && taps->wants(Stage::logits, -1)) taps->publish(Stage::logits, -1, out.logits);
   order_.clear();

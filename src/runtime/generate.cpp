@@ -71,8 +71,13 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     std::vector<size_t> still;
     for (size_t i = 0; i < active.size(); ++i) {
       const size_t r = active[i];
-      std::span<const float> row(out.logits.f32() + int64_t(i) * V, size_t(V));
-      const int32_t tok = samplers[r].sample(row, history[r]);
+      int32_t tok;
+      if (!out.argmax.empty()) {  // chosen on the device (greedy, no penalty: the sampler's rule)
+        tok = out.argmax[i];
+        TD_CHECK(tok >= 0, "sampler: all {} logits are NaN/-inf", V);
+      } else {
+        tok = samplers[r].sample(std::span<const float>(out.logits.f32() + int64_t(i) * V, size_t(V)), history[r]);
+      }
       history[r].push_back(tok);
       results[r].tokens.push_back(tok);
       if (on_token) on_token(r, tok);
@@ -92,14 +97,19 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
   };
 
   auto t0 = std::chrono::steady_clock::now();
+  // Greedy requests without a repetition penalty need only each row's argmax: the logits stay on the device.
+  const bool greedy_only = std::all_of(requests.begin(), requests.end(), [](const GenerationRequest& q) {
+    return q.sampling.greedy() && (q.sampling.repeat_penalty == 1.0f || q.sampling.repeat_last_n == 0);
+  });
+  prefill.greedy_only = greedy_only;
   take(runner.forward(prefill, prefill_taps));
   st.prefill_seconds = seconds_since(t0);
 
   t0 = std::chrono::steady_clock::now();
   while (!active.empty()) {
     Step step;
-    for (size_t r : active)
-      step.add(history[r].back(), int32_t(r), int32_t(history[r].size() - 1), true);
+    for (size_t r : active) step.add(history[r].back(), int32_t(r), int32_t(history[r].size() - 1), true);
+    step.greedy_only = greedy_only;
     take(runner.forward(step, nullptr));
     st.generated_tokens += step.size();
   }

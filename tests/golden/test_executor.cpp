@@ -64,6 +64,39 @@ TEST_P(Executors, PageSizesAndLayoutsAreBitIdenticalAndMatchHF) {
 
 // cached_kv (--kv-verify) reads a sequence's whole cache through its page table: the same K|V rows for every page
 // size and layout, equal to the kv_write taps of the steps that wrote them.
+// A greedy_only step returns each logits row's greedy token and no logits, in the caller's row order (also for
+// an interleaved step), and a tap on the logits brings them back with the same tokens.
+TEST_P(Executors, GreedyOnlyStepReturnsTheArgmaxOfEachRow) {
+  auto full = reference_runner(model_), greedy = reference_runner(model_);
+  const int64_t V = model_->config.vocab_size;
+  for (auto* r : {full.get(), greedy.get()}) {
+    r->create_sequence(0, 32);
+    r->create_sequence(1, 32);
+  }
+  Step step;  // interleaved: the executor regroups it
+  for (int i = 0; i < 5; ++i) {
+    step.add(3 + i, 0, i, i >= 3);
+    step.add(7 + 2 * i, 1, i, i == 4);
+  }
+  const StepOutput a = full->forward(step, nullptr);
+  step.greedy_only = true;
+  const StepOutput b = greedy->forward(step, nullptr);
+  ASSERT_EQ(a.logit_rows, b.logit_rows);
+  EXPECT_EQ(b.logits.numel(), 0);
+  ASSERT_EQ(b.argmax.size(), a.logit_rows.size());
+  for (size_t r = 0; r < b.argmax.size(); ++r)
+    EXPECT_EQ(b.argmax[r], greedy_token({a.logits.f32() + int64_t(r) * V, size_t(V)})) << "row " << r;
+  TapRecorder taps;
+  Step next;
+  next.add(5, 0, 5, true);
+  next.add(6, 1, 5, true);
+  next.greedy_only = true;
+  const StepOutput c = greedy->forward(next, &taps);
+  ASSERT_NE(taps.find("logits"), nullptr);
+  ASSERT_EQ(c.logits.numel(), 2 * V);  // a tap wanted them
+  for (size_t r = 0; r < 2; ++r) EXPECT_EQ(c.argmax[r], greedy_token({c.logits.f32() + int64_t(r) * V, size_t(V)}));
+}
+
 TEST_P(Executors, CachedKvIsTheSameThroughEveryPageTable) {
   const auto ids = ints(*exp_, "p1.prompt");
   std::vector<HostTensor> first;

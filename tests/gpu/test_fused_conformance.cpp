@@ -4,11 +4,14 @@
 // NMSE bound (criteria in conformance.h). Inputs include the extremes: |q|, |k| near 200 and positions near 4000
 // for RoPE, rows near zero and near the dtype's range for the residual norm, and the scalar (unaligned) GEMV path.
 #include <cmath>
+#include <limits>
 
 #include "cuda/elementwise.cuh"
 #include "cuda/gemm.cuh"
 #include "cuda/gemv.cuh"
 #include "cuda/norm.cuh"
+#include "cuda/sampling.cuh"
+#include "exec/step.h"
 #include "paged_step.h"
 
 namespace tandem {
@@ -229,9 +232,10 @@ TEST_F(OpConformance, linear_gemv) {
   struct NK {
     int64_t N, K;
   };
-  // 64x576: 16-byte loads, fewer chunks than one unrolled trip; 300x1001: the scalar path; 3072x2048 and
-  // 2048x8192: real qkv / down shapes (several unrolled trips per lane).
-  const NK sizes[] = {{64, 576}, {300, 1001}, {3072, 2048}, {2048, 8192}};
+  // 64x576: 16-byte loads, fewer chunks than one unrolled trip, one warp per column; 300x1001: the scalar
+  // path; 3072x2048 and 2048x8192: real qkv / down shapes (4 warps per column); 256x8192: 8 warps per column;
+  // 100x4100: the scalar path over 8 uneven slices.
+  const NK sizes[] = {{64, 576}, {300, 1001}, {3072, 2048}, {2048, 8192}, {256, 8192}, {100, 4100}};
   cuda::Gemm gemm;
   uint32_t seed = 2700;
   for (DType dt : kFloatTypes)
@@ -272,6 +276,39 @@ TEST_F(OpConformance, linear_gemv_RejectsBadShapes) {
   EXPECT_THROW(cuda::linear_gemv(x, w, out, stream_), Error);
   Guarded x1(DType::BF16, {1, 64}), w1(DType::BF16, {32, 63}), out1(DType::BF16, {1, 32});
   EXPECT_THROW(cuda::linear_gemv(x1, w1, out1, stream_), Error);
+}
+
+// ------------------------------------------------------------------------------------------------ argmax_rows
+
+// Against greedy_token (its CPU twin) on rows with ties, NaN, -inf, +inf, all-NaN/-inf rows (-1), one-hot and
+// flat rows, values near f32's max and a real vocabulary size (the maximum in the last and first slot).
+TEST_F(OpConformance, argmax_rows) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (int64_t V : {int64_t(1), int64_t(7), int64_t(1025), int64_t(128256)}) {
+    const int64_t R = 12;
+    std::vector<float> h = randn(R * V, DType::F32, uint32_t(V));
+    auto row = [&](int64_t r) { return h.data() + r * V; };
+    std::fill(row(1), row(1) + V, nan);                                      // nothing choosable: -1
+    for (int64_t k = 0; k < V; ++k) row(2)[k] = k % 2 ? -inf : nan;           // -1
+    std::fill(row(3), row(3) + V, 0.5f);                                     // flat: index 0
+    std::fill(row(4), row(4) + V, -1e30f), row(4)[V - 1] = 3.0e38f;          // one-hot at the end
+    if (V > 1) row(5)[V / 2] = inf, row(5)[V - 1] = inf;                     // first +inf
+    for (int64_t k = 0; k < V; ++k) row(6)[k] = float(k % 3);                 // ties to the lowest index
+    row(7)[0] = 1e38f;                                                        // one-hot at the start
+    for (int64_t k = 0; k < V; k += 2) row(8)[k] = nan;                       // NaN mixed in
+    Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
+    d.upload(h);
+    cuda::argmax_rows(d, ids, stream_);
+    sync();
+    std::vector<int32_t> got(static_cast<size_t>(R));
+    TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+    for (int64_t r = 0; r < R; ++r)
+      EXPECT_EQ(got[size_t(r)], greedy_token({row(r), size_t(V)})) << "V " << V << " row " << r;
+    EXPECT_EQ(got[1], -1);
+    EXPECT_EQ(got[3], 0);
+    EXPECT_EQ(got[4], V - 1);
+    expect_guards_intact({&d, &ids});
+  }
 }
 
 TEST_F(OpConformance, gate_up_silu_RejectsTooManyRows) {

@@ -414,6 +414,16 @@ TEST(FusedGraphs, ReplayMatchesEager) {
     EXPECT_GE(lanes[0].runner->host().graph_replays(), replays_before_join + 10);
     EXPECT_GE(lanes[0].runner->host().graph_captures(), 3);
     EXPECT_EQ(lanes[1].runner->host().graph_replays(), 0);
+    // A greedy_only step (token ids from the device, from a graph) against the logits of the other lane.
+    Step g[2];
+    for (int l = 0; l < 2; ++l)
+      for (Seq& q : lanes[l].seqs) add_next(g[l], q);
+    g[0].greedy_only = true;
+    const StepOutput go = lanes[0].runner->forward(g[0], nullptr), lo = lanes[1].runner->forward(g[1], nullptr);
+    EXPECT_EQ(go.logits.numel(), 0);
+    ASSERT_EQ(go.argmax.size(), lanes[0].seqs.size());
+    for (size_t r = 0; r < go.argmax.size(); ++r)
+      EXPECT_EQ(go.argmax[r], greedy_token({lo.logits.f32() + int64_t(r) * V, size_t(V)})) << "row " << r;
     std::printf("[ info ] %s: %d steps, graphs captured %lld, replayed %lld; logits graphs vs none worst rel_l2 %.2e\n",
                 m.name.c_str(), steps, (long long)lanes[0].runner->host().graph_captures(),
                 (long long)lanes[0].runner->host().graph_replays(), worst);

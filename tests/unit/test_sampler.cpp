@@ -1,3 +1,4 @@
+#include "exec/step.h"
 #include "runtime/sampler.h"
 
 #include <gtest/gtest.h>
@@ -138,6 +139,32 @@ TEST(SamplerGreedy, IgnoresNaNAndNegInf) {
   EXPECT_EQ(s.sample(std::vector<float>{kNaN, 1.0f, kNaN, 2.0f, kNaN}, {}), 3);
   EXPECT_EQ(s.sample(std::vector<float>{kNaN, -kInf, -100.0f}, {}), 2);
   EXPECT_EQ(s.sample(std::vector<float>{1.0f, kInf, kNaN}, {}), 1);
+}
+
+// greedy_token (exec/step.h, the device argmax's twin) is the sampler's greedy rule on every row, extremes included.
+TEST(SamplerGreedy, GreedyTokenIsTheSamplersRule) {
+  Sampler s(plain(0.0f));
+  EXPECT_EQ(greedy_token(std::vector<float>{kNaN, kNaN}), -1);
+  EXPECT_EQ(greedy_token(std::vector<float>{-kInf, kNaN}), -1);
+  EXPECT_EQ(greedy_token(std::vector<float>{1.0f, kInf, kInf}), 1);
+  uint64_t x = 12345;
+  auto next = [&] {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return x;
+  };
+  for (int row = 0; row < 500; ++row) {
+    std::vector<float> v(size_t(1 + next() % 300));
+    for (float& f : v) {
+      const uint64_t k = next() % 20;
+      f = k == 0 ? kNaN : k == 1 ? -kInf : k == 2 && row % 7 == 0 ? kInf : float(int(next() % 9) - 4);  // ties
+    }
+    const int32_t g = greedy_token(v);
+    if (g < 0) {
+      EXPECT_THROW(s.sample(v, {}), Error);
+    } else {
+      EXPECT_EQ(g, s.sample(v, {})) << "row " << row;
+    }
+  }
 }
 
 TEST(SamplerErrors, AllNaNOrNegInfThrows) {
