@@ -255,7 +255,8 @@ void run(const BenchArgs& a) {
                             {"calls", t.calls}, {"bytes", bytes}, {"GBps", gbps}});
           }
           out["decode_breakdown"] = {{"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
-                                     {"mode", "kernel by kernel, an event between variants (no CUDA graph)"},
+                                     {"mode", "GPU time per variant: kernel by kernel (no CUDA graph), every launch queued behind a gate "
+                                              "before the GPU starts, events between variants (no host gaps)"},
                                      {"stages", rows}};
           broke_down = true;
         }

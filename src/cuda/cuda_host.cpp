@@ -35,10 +35,13 @@ class CudaHost final : public DeviceHost {
     TD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~CudaHost() override {
+    open_gate();
+    if (stream_) cudaStreamSynchronize(stream_);
     for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     if (staging_) cudaFreeHost(staging_);
     if (argmax_host_) cudaFreeHost(argmax_host_);
+    if (gate_flag_) cudaFreeHost(gate_flag_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -111,6 +114,7 @@ class CudaHost final : public DeviceHost {
 
   void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows,
                   bool graphable) override {
+    open_gate();
     const ModelConfig& c = config_;
     const int64_t T = step.size(), R = int64_t(logit_rows.size());
     // The previous step ended synchronized unless it threw midway; the staging buffer below must be idle.
@@ -190,6 +194,7 @@ class CudaHost final : public DeviceHost {
   DeviceContext& context() override { return ctx_; }
 
   HostTensor kv_rows(int layer) override {
+    open_gate();
     const ModelConfig& c = config_;
     DeviceTensor out = DeviceTensor::empty(dtype_, {view_.tokens, 2 * c.kv_dim()});
     kv_gather(view_.positions, kv_layer(layer),
@@ -198,6 +203,7 @@ class CudaHost final : public DeviceHost {
   }
 
   HostTensor kv_pages(int layer, std::span<const int32_t> pages) override {
+    open_gate();
     const int64_t pe = geo_.page_elems(), e = dtype_block_bytes(dtype_);
     HostTensor out = HostTensor::empty(DType::F32, {int64_t(pages.size()), 2, pe});
     char* base = static_cast<char*>(kv_.view().data);
@@ -212,6 +218,7 @@ class CudaHost final : public DeviceHost {
   }
 
   void scale_columns(const Tensor& t, int64_t col_begin, int64_t col_end, float factor) override {
+    open_gate();
     TD_CHECK(t.ndim == 2 && t.strides[1] == 1 && 0 <= col_begin && col_begin <= col_end && col_end <= t.shape[1],
              "scale_columns: columns [{}, {}) of {}", col_begin, col_end, t.describe());
     HostTensor h = download_f32(t, stream_);  // synchronizes
@@ -224,9 +231,13 @@ class CudaHost final : public DeviceHost {
     TD_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `back` is freed on return
   }
 
-  HostTensor to_host(const Tensor& t) override { return download_f32(t, stream_); }
+  HostTensor to_host(const Tensor& t) override {
+    open_gate();
+    return download_f32(t, stream_);
+  }
 
   HostTensor finish_step(std::vector<int32_t>* argmax) override {
+    open_gate();
     const int64_t R = slots_.logits.shape[0];
     if (argmax) {
       argmax->resize(size_t(R));
@@ -295,7 +306,22 @@ class CudaHost final : public DeviceHost {
   int64_t graph_replays() const override { return graph_replays_; }
   int64_t graph_captures() const override { return graph_captures_; }
 
-  void timing_reset() override { marks_ = 0; }
+  // Timed steps queue their launches behind a gate (device_buffer.h) that opens when the step's host work is done
+  // (finish_step, or any read-back), so the intervals are GPU time without the host's launch gaps.
+  void timing_reset() override {
+    marks_ = 0;
+    if (!gate_flag_) {
+      TD_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&gate_flag_), sizeof(int32_t), cudaHostAllocMapped));
+      TD_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&gate_dev_), gate_flag_, 0));
+    }
+    *gate_flag_ = 0;
+    launch_stream_gate(gate_dev_, 2000.0, stream_);
+    gated_ = true;
+  }
+  void open_gate() {
+    if (gated_) *static_cast<volatile int32_t*>(gate_flag_) = 1;
+    gated_ = false;
+  }
   void timing_mark() override {
     if (marks_ + 1 > events_.size()) {
       cudaEvent_t e;
@@ -421,6 +447,9 @@ class CudaHost final : public DeviceHost {
   HostTensor out_logits_;
   std::vector<cudaEvent_t> events_;  // pool of boundary events, reused every timed step
   size_t marks_ = 0;
+  int32_t* gate_flag_ = nullptr;  // mapped pinned: the timing gate's flag (host side)
+  int32_t* gate_dev_ = nullptr;   // the same flag, as the device sees it
+  bool gated_ = false;
   // CUDA graphs by step key (DeviceHost::graph_begin). The slots and the step tables live at fixed device
   // addresses; buffers_epoch_ counts their reallocations, and a graph captured in an older epoch is not replayed.
   struct Graph {

@@ -106,4 +106,21 @@ HostTensor download_f32(const Tensor& device, cudaStream_t stream) {
   return device.dtype == DType::F32 ? std::move(raw) : HostTensor::to_f32(raw);
 }
 
+namespace {
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__global__ void stream_gate_kernel(const volatile int32_t* flag, uint64_t timeout_ns) {
+  const uint64_t t0 = global_ns();
+  while (*flag == 0 && global_ns() - t0 < timeout_ns) __nanosleep(2000);
+}
+}  // namespace
+
+void launch_stream_gate(const volatile int32_t* flag, double timeout_ms, cudaStream_t stream) {
+  stream_gate_kernel<<<1, 1, 0, stream>>>(flag, uint64_t(timeout_ms * 1e6));
+  TD_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace tandem::cuda

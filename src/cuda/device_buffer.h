@@ -56,4 +56,9 @@ DeviceTensor upload(const Tensor& host, DType dtype, cudaStream_t stream);
 // Device tensor -> new fp32 host tensor (synchronizes the stream).
 HostTensor download_f32(const Tensor& device, cudaStream_t stream);
 
+// A stream gate for timing: a one-thread kernel on `stream` that waits until *flag (mapped pinned memory) is
+// non-zero, or timeout_ms have passed. Work queued behind it then runs back to back once the host opens the gate,
+// so that events between kernels time the GPU alone, not the host's launch gaps.
+void launch_stream_gate(const volatile int32_t* flag, double timeout_ms, cudaStream_t stream);
+
 }  // namespace tandem::cuda

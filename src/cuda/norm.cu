@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "core/checks.h"
@@ -16,6 +18,7 @@ namespace {
 
 constexpr int kThreads = 256;          // a multiple of 32, at most 1024
 constexpr int64_t kMaxBlocks = 65535;  // rows beyond this are covered by the grid-stride loop
+constexpr int kNormChunks = 8;         // register path: rows up to kThreads * 8 * 16 bytes (16384 bf16 values)
 
 // Sum over the block; every thread gets the total (same order in every thread, so deterministic).
 // `red` holds one float per warp. Ends with a barrier, so it can be called again right away.
@@ -80,6 +83,78 @@ __global__ void add_rmsnorm_kernel(T* x, const T* delta, const T* __restrict__ w
   }
 }
 
+// Rows held in registers: thread t owns chunks t, t + blockDim, ... (kChunks at most) of VEC elements, loaded
+// 16 bytes at a time, all issued before the reduction; so a row costs one memory latency, not one per loop trip
+// (the loops above, at T = 1, are one block waiting out H / 256 dependent trips: ~10 us for H = 2048). kAdd: x =
+// round(x + delta) first, as add_rmsnorm_kernel. Same rounding points as the kernels above; the fp32 sum of
+// squares is added in another order (rmsnorm and add_rmsnorm take this path under the same conditions, so
+// they stay bit-identical to each other).
+template <typename T, bool kAdd>
+__global__ void rmsnorm_regs_kernel(T* x, const T* delta, const T* __restrict__ w, T* out, int64_t rows, int64_t H,
+                                    float eps) {
+  constexpr int VEC = 16 / sizeof(T);
+  __shared__ float red[32];
+  const int64_t n_chunks = H / VEC;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    T* xr = x + r * H;
+    T v[kNormChunks][VEC];
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kNormChunks; ++j) {
+      const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+      if (c < n_chunks) *reinterpret_cast<uint4*>(v[j]) = *reinterpret_cast<const uint4*>(xr + c * VEC);
+    }
+    if constexpr (kAdd) {
+#pragma unroll
+      for (int j = 0; j < kNormChunks; ++j) {
+        const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+        if (c < n_chunks) {
+          T d[VEC];
+          *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(delta + r * H + c * VEC);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) v[j][e] = from_f32<T>(to_f32(v[j][e]) + to_f32(d[e]));
+          *reinterpret_cast<uint4*>(xr + c * VEC) = *reinterpret_cast<const uint4*>(v[j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNormChunks; ++j) {
+      const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+      if (c < n_chunks)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) ss += to_f32(v[j][e]) * to_f32(v[j][e]);
+    }
+    ss = block_sum(ss, red);  // also the barrier after which out may overwrite delta (kAdd) or x (in place)
+    const float inv = rsqrtf(ss / float(H) + eps);
+    T* o = out + r * H;
+#pragma unroll
+    for (int j = 0; j < kNormChunks; ++j) {
+      const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+      if (c < n_chunks) {
+        T wv[VEC], ov[VEC];
+        *reinterpret_cast<uint4*>(wv) = __ldg(reinterpret_cast<const uint4*>(w + c * VEC));
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const float normed = to_f32(from_f32<T>(to_f32(v[j][e]) * inv));
+          ov[e] = from_f32<T>(to_f32(wv[e]) * normed);
+        }
+        *reinterpret_cast<uint4*>(o + c * VEC) = *reinterpret_cast<const uint4*>(ov);
+      }
+    }
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The register path: rows a multiple of 16 bytes, at most kThreads * kNormChunks chunks, 16-byte aligned.
+bool use_regs(const Tensor& x, int64_t H, std::initializer_list<const void*> ptrs) {
+  const int64_t vec = 16 / dtype_block_bytes(x.dtype);
+  if (H % vec != 0 || H / vec > int64_t(kThreads) * kNormChunks) return false;
+  for (const void* p : ptrs)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
 }  // namespace
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream) {
@@ -99,7 +174,12 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cud
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
   dispatch_float(x.dtype, "rmsnorm", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+    if (use_regs(x, H, {x.data, w.data, out.data}))
+      rmsnorm_regs_kernel<T, false><<<blocks, kThreads, 0, stream>>>(const_cast<T*>(x.ptr<const T>()), nullptr,
+                                                                     w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+    else
+      rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(), out.ptr<T>(), rows, H,
+                                                         eps);
     TD_CUDA_CHECK_LAUNCH();
   });
 }
@@ -127,8 +207,12 @@ void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float ep
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
   dispatch_float(x.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    add_rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<T>(), delta.ptr<const T>(), w.ptr<const T>(),
-                                                           out.ptr<T>(), rows, H, eps);
+    if (use_regs(x, H, {x.data, delta.data, w.data, out.data}))
+      rmsnorm_regs_kernel<T, true><<<blocks, kThreads, 0, stream>>>(x.ptr<T>(), delta.ptr<const T>(),
+                                                                    w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+    else
+      add_rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<T>(), delta.ptr<const T>(), w.ptr<const T>(),
+                                                             out.ptr<T>(), rows, H, eps);
     TD_CUDA_CHECK_LAUNCH();
   });
 }

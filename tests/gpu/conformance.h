@@ -64,6 +64,9 @@ namespace tandem {
 inline constexpr DType kFloatTypes[] = {DType::F32, DType::BF16, DType::F16};
 inline const int64_t kRows[] = {1, 3, 17, 64};
 inline const int64_t kWidths[] = {64, 96, 576, 1000};
+// Norms: also the register path's limits (cuda/norm.cu): 1001 (rows not 16-byte multiples: the loop path), 4104
+// (several partial chunks per thread), 16392 (past the register path for every dtype: the loop path).
+inline const int64_t kNormWidths[] = {64, 96, 576, 1000, 1001, 4104, 16392};
 
 inline double nmse_bound(DType out) {
   switch (out) {
