@@ -254,7 +254,7 @@ void run(const BenchArgs& a) {
             rows.push_back({{"stage", t.variant->stages.str()}, {"variant", t.variant->name}, {"ms", t.ms},
                             {"calls", t.calls}, {"bytes", bytes}, {"GBps", gbps}});
           }
-          out["decode_breakdown"] = {{"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
+          out["decode_breakdown_" + path_name + "_" + model_name] = {{"path", path_name}, {"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
                                      {"mode", "GPU time per variant: kernel by kernel (no CUDA graph), every launch queued behind a gate "
                                               "before the GPU starts, events between variants (no host gaps)"},
                                      {"stages", rows}};
@@ -286,7 +286,8 @@ void run(const BenchArgs& a) {
     nlohmann::ordered_json prev = nlohmann::ordered_json::parse(in, nullptr, false);
     if (!prev.is_discarded() && prev.value("card", "") == card && prev.contains("runs")) {
       for (auto& r : out["runs"]) prev["runs"].push_back(r);
-      if (out.contains("decode_breakdown")) prev["decode_breakdown_" + model_name] = out["decode_breakdown"];
+      const std::string key = "decode_breakdown_" + path_name + "_" + model_name;
+      if (out.contains(key)) prev[key] = out[key];
       prev["peak_gpu_mem_GB"] = std::max(prev.value("peak_gpu_mem_GB", 0.0), out["peak_gpu_mem_GB"].get<double>());
       out = prev;
     }
