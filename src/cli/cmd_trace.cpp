@@ -9,6 +9,7 @@
 
 #include "cli/common.h"
 #include "diag/compare.h"
+#include "diag/report.h"
 #include "diag/trace.h"
 
 namespace tandem::cli {
@@ -16,7 +17,7 @@ namespace {
 
 struct TraceArgs {
   ModelOptions model;
-  std::string prompt, prompt_ids, taps, json;
+  std::string prompt, prompt_ids, taps, json, html;
   int steps = 4;
   std::vector<std::string> perturb;
   std::string sweep;
@@ -165,6 +166,13 @@ void run(const TraceArgs& a) {
     f << tracer.json() << "\n";
     std::fprintf(stderr, "trace: %zu tap statistics written to %s\n", tracer.stats().size(), a.json.c_str());
   }
+  if (!a.html.empty()) {
+    std::ofstream f(a.html);
+    TD_CHECK(f.good(), "--html {}: cannot write", a.html);
+    f << trace_report_html({"tandem trace: " + std::string(l.runner->path_name()) + " path", tracer.table(),
+                            int(c.n_layers), tracer.stats(), tracer.logit_max()});
+    std::fprintf(stderr, "trace: report written to %s\n", a.html.c_str());
+  }
   std::fflush(stdout);
   if (const TapStats* bad = tracer.first_non_finite())
     fail("trace: {} at step {} holds {} NaN and {} Inf of {} values (the first non-finite tap)", bad->tap, bad->step,
@@ -183,6 +191,7 @@ void register_trace(CLI::App& app) {
   cmd->add_option("-n,--steps", a->steps, "greedy decode steps after the prefill")->capture_default_str();
   cmd->add_option("--taps", a->taps, "taps with statistics: names (L1.attention), stages (attention) or * (all)");
   cmd->add_option("--json", a->json, "write every tap's statistics and the attention-logit maxima to this file");
+  cmd->add_option("--html", a->html, "write a self-contained HTML report (plots, heat map, tables) to this file");
   cmd->add_flag("--no-bos", a->no_bos, "do not add the tokenizer's BOS token");
   cmd->add_option("--perturb", a->perturb,
                   "TAP:PART:scale=F (e.g. L1.qkv:k:scale=0.0005, L*.attn_norm:all:scale=2): trace the perturbed run "

@@ -109,4 +109,115 @@ std::string diff_report_html(const DiffReport& r) {
   return h + "</table></body></html>\n";
 }
 
+std::string trace_report_html(const TraceReport& r) {
+  const TapStats* first_bad = nullptr;
+  int steps = 0;
+  std::map<std::pair<int, std::string>, const TapStats*> by;  // (step, tap)
+  for (const TapStats& t : r.stats) {
+    by[{t.step, t.tap}] = &t;
+    steps = std::max(steps, t.step + 1);
+    if (!first_bad && !t.finite()) first_bad = &t;
+  }
+  std::string h = fmt::format(
+      "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{0}</title><style>"
+      "body{{font-family:sans-serif;margin:20px}}pre{{background:#f4f4f4;padding:8px}}"
+      "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}"
+      ".bad{{color:#b00}}</style></head><body><h1>{0}</h1><p>{1} steps; {2}</p>",
+      esc(r.title), steps,
+      first_bad ? fmt::format("<span class=\"bad\" id=\"first-non-finite\">first non-finite tap: {} at step {} "
+                              "({} NaN, {} Inf of {})</span>",
+                              esc(first_bad->tap), first_bad->step, first_bad->nan, first_bad->inf, first_bad->count)
+                : std::string("every tap finite"));
+
+  // One log plot: the residual stream's absmax per layer for each step, and the largest |scaled logit| per layer.
+  const int W = 640, H = 260, pad = 40, L = std::max(1, r.n_layers);
+  std::vector<std::pair<std::string, std::vector<double>>> series;
+  for (int s = 0; s < steps; ++s) {
+    std::vector<double> v(size_t(r.n_layers), 0.0);
+    for (int l = 0; l < r.n_layers; ++l)
+      if (const auto it = by.find({s, tap_name(Stage::mlp_residual, l)}); it != by.end())
+        v[size_t(l)] = it->second->nan + it->second->inf > 0 ? INFINITY : it->second->absmax;
+    series.push_back({fmt::format("absmax L*.mlp_residual, step {}", s), v});
+  }
+  std::vector<double> lm(size_t(r.n_layers), 0.0);
+  for (const LogitMax& m : r.logit_max)
+    if (m.layer >= 0 && m.layer < r.n_layers) lm[size_t(m.layer)] = std::max(lm[size_t(m.layer)], std::fabs(m.value));
+  series.push_back({"largest |q.k|/sqrt(d) per layer, any step and head", lm});
+  double lo = INFINITY, hi = 0;
+  for (const auto& [name, v] : series)
+    for (double x : v)
+      if (x > 0 && std::isfinite(x)) lo = std::min(lo, x), hi = std::max(hi, x);
+  if (!(hi > 0)) lo = 1, hi = 10;
+  const double llo = std::floor(std::log10(lo)), lhi = std::max(llo + 1, std::ceil(std::log10(hi)));
+  auto px = [&](int l) { return pad + (W - 2 * pad) * (L == 1 ? 0.5 : double(l) / double(L - 1)); };
+  auto py = [&](double v) {  // non-finite values sit on the top edge, zeros on the bottom
+    if (!std::isfinite(v)) return double(pad) / 2;
+    const double lv = v > 0 ? std::log10(v) : llo;
+    return H - pad - (H - 2 * pad) * (lv - llo) / (lhi - llo);
+  };
+  h += fmt::format("<h2>absmax per layer and the largest attention logit, log scale</h2><svg id=\"absmax\" "
+                   "width=\"{}\" height=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
+                   W, H + 16 * int(series.size()));
+  for (double d = llo; d <= lhi; d += 1)
+    h += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#eee\"/><text x=\"2\" "
+                     "y=\"{:.1f}\" font-size=\"10\">1e{}</text>",
+                     pad, W - pad, py(std::pow(10, d)), py(std::pow(10, d)), py(std::pow(10, d)) + 3, int(d));
+  const char* colors[] = {"#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"};
+  for (size_t k = 0; k < series.size(); ++k) {
+    const bool logits = k + 1 == series.size();
+    const std::string color = logits ? "#1f77b4" : colors[k % 8];
+    std::string pts;
+    for (int l = 0; l < r.n_layers; ++l) pts += fmt::format("{:.1f},{:.1f} ", px(l), py(series[k].second[size_t(l)]));
+    h += fmt::format("<polyline class=\"series\" points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" "
+                     "stroke-dasharray=\"{}\"><title>{}</title></polyline><text x=\"{}\" y=\"{}\" font-size=\"11\" "
+                     "fill=\"{}\">{}</text>",
+                     pts, color, logits ? "4,3" : "", esc(series[k].first), pad, H + 12 + 16 * int(k), color,
+                     esc(series[k].first));
+  }
+  h += "</svg>";
+
+  // Heat map of the last step: layers down, stages across, colour = log10(absmax).
+  const int last = std::max(0, steps - 1), cw = 56, ch = 16, left = 40, top = 60;
+  const int n_stages = int(Stage::mlp_residual) - int(Stage::attn_norm) + 1;
+  h += fmt::format("<h2>absmax, layer x stage (step {}; first step with a non-finite tap: {})</h2><svg "
+                   "id=\"heatmap\" width=\"{}\" height=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
+                   first_bad ? first_bad->step : last, first_bad ? std::to_string(first_bad->step) : "none",
+                   left + cw * n_stages + 10, top + ch * r.n_layers + 10);
+  const int shown = first_bad ? first_bad->step : last;
+  for (int s = 0; s < n_stages; ++s)
+    h += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"9\" transform=\"rotate(-40 {} {})\">{}</text>",
+                     left + s * cw + 4, top - 4, left + s * cw + 4, top - 4,
+                     stage_name(Stage(int(Stage::attn_norm) + s)));
+  for (int l = 0; l < r.n_layers; ++l) {
+    h += fmt::format("<text x=\"2\" y=\"{}\" font-size=\"10\">L{}</text>", top + l * ch + 12, l);
+    for (int s = 0; s < n_stages; ++s) {
+      const std::string tap = tap_name(Stage(int(Stage::attn_norm) + s), l);
+      const auto it = by.find({shown, tap});
+      const TapStats* t = it == by.end() ? nullptr : it->second;
+      std::string fill = "#dddddd";
+      if (t && !t->finite()) {
+        fill = "#7f0000";
+      } else if (t) {
+        const double f = std::clamp((std::log10(std::max(t->absmax, 1e-30)) - llo) / (lhi - llo), 0.0, 1.0);
+        fill = fmt::format("rgb({},{},{})", int(255 * f), int(200 * (1 - f)), int(255 * (1 - f)));
+      }
+      const bool first = t && t == first_bad;
+      h += fmt::format("<rect class=\"cell{}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" "
+                       "stroke=\"{}\" stroke-width=\"{}\"><title>{}: {}</title></rect>",
+                       t && !t->finite() ? " bad" : "", left + s * cw, top + l * ch, cw, ch, fill,
+                       first ? "#000" : "#fff", first ? 3 : 1, tap,
+                       t ? fmt::format("absmax {:.3e}, {} NaN, {} Inf", t->absmax, t->nan, t->inf)
+                         : std::string("no statistics"));
+    }
+  }
+  h += "</svg><h2>trace</h2><pre>" + esc(r.text) + "</pre><h2>taps</h2><table><tr><th>step</th><th>tap</th>"
+       "<th>absmax</th><th>rms</th><th>NaN</th><th>Inf</th><th>headroom</th></tr>";
+  for (const TapStats& t : r.stats)
+    h += fmt::format("<tr{}><td>{}</td><td>{}</td><td>{:.3e}</td><td>{:.3e}</td><td>{}</td><td>{}</td><td>{:.2e}</td>"
+                     "</tr>",
+                     t.finite() ? "" : " class=\"bad\"", t.step, esc(t.tap), t.absmax, t.rms, t.nan, t.inf,
+                     t.headroom);
+  return h + "</table></body></html>\n";
+}
+
 }  // namespace tandem

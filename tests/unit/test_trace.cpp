@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <limits>
 
 #include "cli_run.h"
@@ -73,6 +76,37 @@ TEST(Trace, CommandNamesTheFirstNonFiniteTap) {
   r = run_tandem("trace -m " + model);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("give -p TEXT or --prompt-ids"));
+}
+
+// --html: a self-contained report (no script, no external reference) with the plot, the heat map and the
+// tables; the broken run's report names and outlines the first non-finite tap, and is written before the error.
+TEST(Trace, HtmlReportShowsThePlotsAndTheFirstNonFiniteTap) {
+  const std::string model = std::string(TANDEM_FIXTURES) + "/llama";
+  const std::string file = ::testing::TempDir() + "/trace_report.html";
+  auto read = [&] {
+    std::ifstream f(file);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  RunResult r = run_tandem("trace -m " + model + " --prompt-ids 1,5,9,20 -n 2 --html " + file);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::string html = read();
+  EXPECT_THAT(html, HasSubstr("<svg id=\"absmax\""));
+  EXPECT_THAT(html, HasSubstr("<svg id=\"heatmap\""));
+  EXPECT_THAT(html, HasSubstr("absmax L*.mlp_residual, step 2"));
+  EXPECT_THAT(html, HasSubstr("largest |q.k|/sqrt(d) per layer"));
+  EXPECT_THAT(html, HasSubstr("every tap finite"));
+  EXPECT_THAT(html, HasSubstr("<td>L1.attention</td>"));
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  EXPECT_EQ(html.find("src="), std::string::npos);
+  std::remove(file.c_str());
+  r = run_tandem("trace -m " + model + " --prompt-ids 1,5,9,20 -n 1 --variant attention=test_drop_last_key --html " +
+                 file);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  html = read();
+  EXPECT_THAT(html, HasSubstr("id=\"first-non-finite\">first non-finite tap: L0.attention at step 0"));
+  EXPECT_THAT(html, HasSubstr("class=\"cell bad\""));
+  EXPECT_THAT(html, HasSubstr("stroke=\"#000\" stroke-width=\"3\"><title>L0.attention:"));
+  std::remove(file.c_str());
 }
 
 // K scaled to zero in layer 1: every layer-1 attention logit is 0 in the perturbed trace, and the response is reported.
