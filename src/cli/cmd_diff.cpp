@@ -28,6 +28,7 @@ struct DiffArgs {
   bool no_bos = false, kv_verify = false;
   int batch = 1;
   std::string html;
+  bool matrix = false;
 };
 
 // Every tap name in the order a forward pass produces them.
@@ -108,8 +109,10 @@ std::string verify_kv(Side (&sides)[2], const ModelConfig& c, int step, double t
 
 // batch > 1: sequences 1.. run beside sequence 0 in every step, sequence b with the prompt's first
 // max(1, len - b) tokens (other lengths, other pages), each fed its own greedy choice (side a's).
+// logits_only: no taps are recorded (so that plan a may replay CUDA graphs, which taps turn off); only the logits
+// of every step are compared, as the tap "logits".
 Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<int32_t>& ids, int steps, double tol,
-                     bool kv_verify = false, int batch = 1) {
+                     bool kv_verify = false, int batch = 1, bool logits_only = false) {
   const int64_t capacity = int64_t(ids.size()) + steps + 1;
   std::vector<int64_t> lens(static_cast<size_t>(batch));
   for (int b = 0; b < batch; ++b) {
@@ -132,7 +135,9 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
   for (int s = 0; s <= steps; ++s) {
     TapRecorder rec[2];
     StepOutput out[2];
-    for (int i = 0; i < 2; ++i) out[i] = sides[i].runner->forward(step, &rec[i]);
+    for (int i = 0; i < 2; ++i) out[i] = sides[i].runner->forward(step, logits_only ? nullptr : &rec[i]);
+    if (logits_only)
+      for (int i = 0; i < 2; ++i) rec[i].publish(Stage::logits, -1, out[i].logits);
     std::string prev, r;
     std::vector<ReportCell> cells;
     for (const std::string& name : order) {
@@ -189,6 +194,8 @@ Outcome compare_runs(Side (&sides)[2], const ModelConfig& c, const std::vector<i
                steps, std::move(last_cells)});
 }
 
+int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<int32_t>& ids);
+
 int run(const DiffArgs& a) {
   ModelOptions base;
   base.model = a.model;
@@ -225,6 +232,7 @@ int run(const DiffArgs& a) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
   }
+  if (a.matrix) return run_matrix(a, bundle, ids);
   const ModelConfig& c = bundle.config();
   const DType worst = std::max({sides[0].runner->host().dtype(), sides[1].runner->host().dtype()},
                                [](DType x, DType y) { return rel_tolerance(x) < rel_tolerance(y); });
@@ -257,6 +265,59 @@ int run(const DiffArgs& a) {
   return o.diverged ? 1 : 0;
 }
 
+// --matrix: plan a against plan b in every cell of page size {1, 16} x KV layout {NHD, HND} x batch {1, 3}, and
+// when plan a runs on the GPU also x dtype {bf16, f16} x CUDA graphs {off, on}. Cells with graphs on compare the
+// logits of every step only (taps keep a step off the graph); the others compare every common tap. One line per
+// cell: pass, or the step and the first divergent tap. Exit 1 when any cell fails.
+int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<int32_t>& ids) {
+  const ModelConfig& c = bundle.config();
+  RunnerOptions probe;
+  probe.path = a.a;
+  probe.variants = a.variant_a;
+  const bool gpu = plan_for(probe, &c).device == Device::CUDA;
+  const std::vector<std::string> dtypes = gpu ? std::vector<std::string>{"bf16", "f16"} : std::vector<std::string>{"f32"};
+  const std::vector<bool> graphs = gpu ? std::vector<bool>{false, true} : std::vector<bool>{false};
+  std::printf("diff --matrix: a = %s, b = %s; %zu cells\n", a.a.c_str(), a.b.c_str(),
+              size_t(2 * 2 * 2) * dtypes.size() * graphs.size());
+  std::printf("%-6s %-5s %-4s %-5s %-6s  %s\n", "page", "kv", "batch", "dtype", "graphs", "result");
+  int failed = 0, cells = 0;
+  for (const std::string& dt : dtypes)
+    for (bool g : graphs)
+      for (int64_t page : {int64_t(1), int64_t(16)})
+        for (const char* layout : {"nhd", "hnd"})
+          for (int batch : {1, 3}) {
+            Side sides[2];
+            for (int i = 0; i < 2; ++i) {
+              RunnerOptions o;
+              o.path = i == 0 ? a.a : a.b;
+              o.variants = i == 0 ? a.variant_a : a.variant_b;
+              o.dtype = dt;
+              o.page_size = page;
+              o.kv_layout = layout;
+              o.cuda_graphs = g;
+              sides[i].label = i == 0 ? "a" : "b";
+              sides[i].runner = make_runner(bundle, o);
+            }
+            const DType worst = std::max({sides[0].runner->host().dtype(), sides[1].runner->host().dtype()},
+                                         [](DType x, DType y) { return rel_tolerance(x) < rel_tolerance(y); });
+            const double tol = a.tol > 0 ? a.tol : rel_tolerance(worst);
+            const Outcome o = compare_runs(sides, c, ids, a.steps, tol, false, batch, g);
+            std::string result = "pass";
+            if (o.diverged) {
+              ++failed;
+              const auto bad = std::find_if(o.cells.begin(), o.cells.end(), [](const ReportCell& x) { return x.bad; });
+              result = fmt::format("FAIL at step {}: {} (rel_l2 {:.2e} > {:.1e})", o.step,
+                                   bad == o.cells.end() ? std::string("?") : bad->tap,
+                                   bad == o.cells.end() ? 0.0 : bad->rel_l2, tol);
+            }
+            if (g) result += fmt::format(" (logits only; {} steps from graphs)", sides[0].runner->host().graph_replays());
+            std::printf("%-6lld %-5s %-4d  %-5s %-6s  %s\n", (long long)page, layout, batch, dt.c_str(),
+                        g ? "on" : "off", result.c_str());
+            ++cells;
+          }
+  std::printf("%d of %d cells pass\n", cells - failed, cells);
+  return failed ? 1 : 0;
+}
 
 // ------------------------------------------------------------------------------------------------------ bisect
 
@@ -439,6 +500,9 @@ void register_diff(CLI::App& app) {
   cmd->add_option("--batch", a->batch, "sequences per step (the others: shorter copies of the prompt)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
+  cmd->add_flag("--matrix", a->matrix,
+                "run the comparison over page sizes {1,16} x NHD/HND x batch {1,3} (GPU plan a: x bf16/f16 x CUDA "
+                "graphs off/on) and print a pass/fail grid with the first divergent tap per cell");
   cmd->add_flag("--kv-verify", a->kv_verify,
                 "after every step compare sequence 0's whole K/V cache (through each side's page table) and report "
                 "the first wrong layer, head and position");

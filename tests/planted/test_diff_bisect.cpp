@@ -113,6 +113,21 @@ TEST(Planted, AnotherSequencesPagesShowOnlyInABatch) {
   EXPECT_THAT(r.output, ::testing::ContainsRegex("CULPRIT: (attention.test_other_seq_pages|rope.test_decode_offset) "));
 }
 
+// diff --matrix: the same planted bug fails exactly the batch-3 cells of the grid, at L0.attention, in every page
+// size and layout; the correct plan passes every cell.
+TEST(Planted, DiffMatrixFailsOnlyTheCellsThatExposeTheBug) {
+  RunResult r = run_tandem(kRun + "--matrix");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("8 of 8 cells pass"));
+  r = run_tandem(kRun + "--matrix --variant-a attention=test_other_seq_pages");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("4 of 8 cells pass"));
+  for (const char* cell : {"1      nhd   1 ", "1      hnd   1 ", "16     nhd   1 ", "16     hnd   1 "})
+    EXPECT_THAT(r.output, HasSubstr(std::string(cell) + "    f32   off     pass\n"));
+  for (const char* cell : {"1      nhd   3 ", "1      hnd   3 ", "16     nhd   3 ", "16     hnd   3 "})
+    EXPECT_THAT(r.output, HasSubstr(std::string(cell) + "    f32   off     FAIL at step 0: L0.attention"));
+}
+
 size_t count(const std::string& text, const std::string& what) {
   size_t n = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
