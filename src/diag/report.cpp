@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 
 #include "diag/taps.h"
@@ -30,6 +31,36 @@ std::string heat_color(const ReportCell* c, double tol) {
   if (c->rel_l2 <= tol) return "#4caf50";
   const double t = std::clamp(std::log10(c->rel_l2 / tol) / 3.0, 0.0, 1.0);
   return fmt::format("rgb(255,{},0)", int(220 * (1 - t)));
+}
+
+// A layer x stage heat map (layers down, the per-layer stages across) appended to h as <svg id="heatmap">, after
+// an <h2> heading; cell(tap) styles each cell.
+struct HeatCell {
+  std::string cls, fill = "#dddddd", stroke = "#fff";
+  int stroke_width = 1;
+  std::string title;
+};
+void heat_map(std::string& h, const std::string& heading, int n_layers,
+              const std::function<HeatCell(const std::string& tap)>& cell) {
+  const int cw = 56, ch = 16, left = 40, top = 60;
+  const int n_stages = int(Stage::mlp_residual) - int(Stage::attn_norm) + 1;
+  h += fmt::format("<h2>{}</h2><svg id=\"heatmap\" width=\"{}\" height=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
+                   heading, left + cw * n_stages + 10, top + ch * n_layers + 10);
+  for (int s = 0; s < n_stages; ++s)
+    h += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"9\" transform=\"rotate(-40 {} {})\">{}</text>",
+                     left + s * cw + 4, top - 4, left + s * cw + 4, top - 4,
+                     stage_name(Stage(int(Stage::attn_norm) + s)));
+  for (int l = 0; l < n_layers; ++l) {
+    h += fmt::format("<text x=\"2\" y=\"{}\" font-size=\"10\">L{}</text>", top + l * ch + 12, l);
+    for (int s = 0; s < n_stages; ++s) {
+      const std::string tap = tap_name(Stage(int(Stage::attn_norm) + s), l);
+      const HeatCell c = cell(tap);
+      h += fmt::format("<rect class=\"cell{}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" "
+                       "stroke=\"{}\" stroke-width=\"{}\"><title>{}: {}</title></rect>",
+                       c.cls, left + s * cw, top + l * ch, cw, ch, c.fill, c.stroke, c.stroke_width, tap, c.title);
+    }
+  }
+  h += "</svg>";
 }
 
 }  // namespace
@@ -79,29 +110,16 @@ std::string diff_report_html(const DiffReport& r) {
                    "font-size=\"12\" fill=\"#1f77b4\">b: {}</text></svg>",
                    pad, esc(r.label_a), pad, esc(r.label_b));
 
-  // Heat map: layers down, stages across.
-  const int cw = 56, ch = 16, left = 40, top = 60;
-  const int n_stages = int(Stage::mlp_residual) - int(Stage::attn_norm) + 1;  // the per-layer stages
-  h += fmt::format("<h2>rel_l2 / tolerance, layer x stage</h2><svg id=\"heatmap\" width=\"{}\" height=\"{}\" "
-                   "xmlns=\"http://www.w3.org/2000/svg\">",
-                   left + cw * n_stages + 10, top + ch * r.n_layers + 10);
-  for (int s = 0; s < n_stages; ++s)
-    h += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"9\" transform=\"rotate(-40 {} {})\">{}</text>",
-                     left + s * cw + 4, top - 4, left + s * cw + 4, top - 4,
-                     stage_name(Stage(int(Stage::attn_norm) + s)));
-  for (int l = 0; l < r.n_layers; ++l) {
-    h += fmt::format("<text x=\"2\" y=\"{}\" font-size=\"10\">L{}</text>", top + l * ch + 12, l);
-    for (int s = 0; s < n_stages; ++s) {
-      const std::string tap = tap_name(Stage(int(Stage::attn_norm) + s), l);
-      const auto it = by_tap.find(tap);
-      const ReportCell* c = it == by_tap.end() ? nullptr : it->second;
-      h += fmt::format("<rect class=\"cell{}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" "
-                       "stroke=\"#fff\"><title>{}: {}</title></rect>",
-                       c && c->bad ? " bad" : "", left + s * cw, top + l * ch, cw, ch, heat_color(c, r.tol), tap,
-                       c ? fmt::format("rel_l2 {:.3e}", c->rel_l2) : std::string("not published by both plans"));
-    }
-  }
-  h += "</svg><h2>report</h2><pre>" + esc(r.text) + "</pre><h2>taps of this step</h2><table><tr><th>tap</th>"
+  heat_map(h, "rel_l2 / tolerance, layer x stage", r.n_layers, [&](const std::string& tap) {
+    const auto it = by_tap.find(tap);
+    const ReportCell* c = it == by_tap.end() ? nullptr : it->second;
+    HeatCell hc;
+    hc.cls = c && c->bad ? " bad" : "";
+    hc.fill = heat_color(c, r.tol);
+    hc.title = c ? fmt::format("rel_l2 {:.3e}", c->rel_l2) : std::string("not published by both plans");
+    return hc;
+  });
+  h += "<h2>report</h2><pre>" + esc(r.text) + "</pre><h2>taps of this step</h2><table><tr><th>tap</th>"
        "<th>rel_l2</th><th>absmax a</th><th>absmax b</th></tr>";
   for (const ReportCell& c : r.cells)
     h += fmt::format("<tr{}><td>{}</td><td>{:.3e}</td><td>{:.3e}</td><td>{:.3e}</td></tr>",
@@ -176,41 +194,27 @@ std::string trace_report_html(const TraceReport& r) {
   }
   h += "</svg>";
 
-  // Heat map of the last step: layers down, stages across, colour = log10(absmax).
-  const int last = std::max(0, steps - 1), cw = 56, ch = 16, left = 40, top = 60;
-  const int n_stages = int(Stage::mlp_residual) - int(Stage::attn_norm) + 1;
-  h += fmt::format("<h2>absmax, layer x stage (step {}; first step with a non-finite tap: {})</h2><svg "
-                   "id=\"heatmap\" width=\"{}\" height=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
-                   first_bad ? first_bad->step : last, first_bad ? std::to_string(first_bad->step) : "none",
-                   left + cw * n_stages + 10, top + ch * r.n_layers + 10);
-  const int shown = first_bad ? first_bad->step : last;
-  for (int s = 0; s < n_stages; ++s)
-    h += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"9\" transform=\"rotate(-40 {} {})\">{}</text>",
-                     left + s * cw + 4, top - 4, left + s * cw + 4, top - 4,
-                     stage_name(Stage(int(Stage::attn_norm) + s)));
-  for (int l = 0; l < r.n_layers; ++l) {
-    h += fmt::format("<text x=\"2\" y=\"{}\" font-size=\"10\">L{}</text>", top + l * ch + 12, l);
-    for (int s = 0; s < n_stages; ++s) {
-      const std::string tap = tap_name(Stage(int(Stage::attn_norm) + s), l);
-      const auto it = by.find({shown, tap});
-      const TapStats* t = it == by.end() ? nullptr : it->second;
-      std::string fill = "#dddddd";
-      if (t && !t->finite()) {
-        fill = "#7f0000";
-      } else if (t) {
-        const double f = std::clamp((std::log10(std::max(t->absmax, 1e-30)) - llo) / (lhi - llo), 0.0, 1.0);
-        fill = fmt::format("rgb({},{},{})", int(255 * f), int(200 * (1 - f)), int(255 * (1 - f)));
-      }
-      const bool first = t && t == first_bad;
-      h += fmt::format("<rect class=\"cell{}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" "
-                       "stroke=\"{}\" stroke-width=\"{}\"><title>{}: {}</title></rect>",
-                       t && !t->finite() ? " bad" : "", left + s * cw, top + l * ch, cw, ch, fill,
-                       first ? "#000" : "#fff", first ? 3 : 1, tap,
-                       t ? fmt::format("absmax {:.3e}, {} NaN, {} Inf", t->absmax, t->nan, t->inf)
-                         : std::string("no statistics"));
-    }
-  }
-  h += "</svg><h2>trace</h2><pre>" + esc(r.text) + "</pre><h2>taps</h2><table><tr><th>step</th><th>tap</th>"
+  // Heat map of the step with the first non-finite tap (else the last), colour = log10(absmax).
+  const int shown = first_bad ? first_bad->step : std::max(0, steps - 1);
+  heat_map(h, fmt::format("absmax, layer x stage (step {}; first step with a non-finite tap: {})", shown,
+                          first_bad ? std::to_string(first_bad->step) : "none"),
+           r.n_layers, [&](const std::string& tap) {
+             const auto it = by.find({shown, tap});
+             const TapStats* t = it == by.end() ? nullptr : it->second;
+             HeatCell hc;
+             if (t && !t->finite()) {
+               hc.cls = " bad";
+               hc.fill = "#7f0000";
+             } else if (t) {
+               const double f = std::clamp((std::log10(std::max(t->absmax, 1e-30)) - llo) / (lhi - llo), 0.0, 1.0);
+               hc.fill = fmt::format("rgb({},{},{})", int(255 * f), int(200 * (1 - f)), int(255 * (1 - f)));
+             }
+             if (t && t == first_bad) hc.stroke = "#000", hc.stroke_width = 3;
+             hc.title = t ? fmt::format("absmax {:.3e}, {} NaN, {} Inf", t->absmax, t->nan, t->inf)
+                          : std::string("no statistics");
+             return hc;
+           });
+  h += "<h2>trace</h2><pre>" + esc(r.text) + "</pre><h2>taps</h2><table><tr><th>step</th><th>tap</th>"
        "<th>absmax</th><th>rms</th><th>NaN</th><th>Inf</th><th>headroom</th></tr>";
   for (const TapStats& t : r.stats)
     h += fmt::format("<tr{}><td>{}</td><td>{}</td><td>{:.3e}</td><td>{:.3e}</td><td>{}</td><td>{}</td><td>{:.2e}</td>"
