@@ -63,6 +63,8 @@ struct Side {
     if (stage && (*stage == Stage::attention || *stage == Stage::kv_write))
       out += fmt::format("; KV {} pages of {} tokens, sequence 0 pages {}", kv_layout_name(p.kv_layout),
                          runner->pages().page_size(), pages_of(*runner));
+    if (v && stage && *stage == Stage::attention)
+      if (const std::string st = runner->variant_state(*v); !st.empty()) out += "; " + st;
     return out;
   }
 };

@@ -452,6 +452,15 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
   return summary_;
 }
 
+std::string describe_plan(const FlashInferPlanSummary& s) {
+  // Plain concatenation: fmt's compile-time format checks do not build under nvcc.
+  using std::to_string;
+  return "FlashInfer plan: batch " + to_string(s.batch) + ", " + to_string(s.tokens) + " tokens, CTA tile " +
+         to_string(s.cta_tile_q) + ", padded batch " + to_string(s.padded_batch_size) + ", split-KV " +
+         (s.split_kv ? "on" : "off") + ", " + (s.cuda_graph ? "CUDA-graph" : "eager") + " mode, workspaces " +
+         to_string(s.float_workspace_bytes) + " B float + " + to_string(s.int_workspace_bytes) + " B int";
+}
+
 uint64_t FlashInferAttention::launch_signature() const {
   const State& st = *st_;
   const fi::PrefillPlanInfo& i = st.info;

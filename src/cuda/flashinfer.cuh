@@ -74,6 +74,9 @@ struct FlashInferPlanSummary {
   size_t float_workspace_bytes = 0, int_workspace_bytes = 0;  // what this plan needs
 };
 
+// "FlashInfer plan: batch 3, 24 tokens, CTA tile 16, padded batch 33, split-KV on, CUDA-graph mode" (reports).
+std::string describe_plan(const FlashInferPlanSummary& s);
+
 class FlashInferAttention {
  public:
   // page_size and layout: the KV pools'. max_tokens / max_batch: the largest step expected (workspaces are sized
@@ -96,6 +99,7 @@ class FlashInferAttention {
   // A hash of everything run() bakes into its launches besides the tensors passed to it: the plan's launch
   // shape and offsets and the workspace addresses.
   uint64_t launch_signature() const;
+  const FlashInferPlanSummary& summary() const { return summary_; }
 
   // One layer: out[t, h * head_dim + d] per the contract above. q: [T, W] with W >= n_heads * head_dim (the q
   // part is the first n_heads * head_dim columns, e.g. the rows of a fused qkv tensor with their row stride) or

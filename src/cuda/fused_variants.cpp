@@ -89,6 +89,10 @@ Variant flashinfer_attention() {
         c.flashinfer->run(a.slots.qkv, *a.kv, a.slots.attn, c.stream);
       },
       kBothLayouts);
+  v.state = [](DeviceContext& d) {
+    const CudaContext& c = static_cast<CudaContext&>(d);
+    return c.flashinfer ? describe_plan(c.flashinfer->summary()) : std::string("FlashInfer: no plan yet");
+  };
   // Once per step, outside any CUDA graph: the plan (graph mode for graphable decode steps).
   v.prepare = [](const VariantArgs& a) {
     CudaContext& c = ctx(a);

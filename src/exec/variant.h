@@ -104,6 +104,9 @@ struct Variant {
   // changes between steps of the same shape (no host sync, no copies from host memory, no allocation): its
   // launches can be captured once and replayed as a CUDA graph.
   bool graph_safe = false;
+  // What the variant chose for the last step (e.g. FlashInfer's plan: tile, padded batch, split-KV), for diff's
+  // report of what went into a tensor; may be empty.
+  std::function<std::string(DeviceContext&)> state;
   // Variants that must be in the same plan, and why (e.g. a norm that the previous layer's fused residual kernel
   // already computed). build_plan rejects a plan that lacks one; a preset's fallback replaces both.
   std::vector<std::string> needs;

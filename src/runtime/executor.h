@@ -72,6 +72,8 @@ class Executor final : public ModelRunner {
   const std::vector<VariantTiming>& timings() const { return timings_; }
   // Whether every variant of the plan is graph_safe (CUDA graphs can be used at all).
   bool plan_graph_safe() const { return graph_safe_plan_; }
+  // Variant::state of `v` for the last step ("" when it has none).
+  std::string variant_state(const Variant& v) { return v.state ? v.state(host_->context()) : std::string(); }
 
  private:
   struct Seq {

@@ -14,6 +14,7 @@
 #include "cuda/attention.cuh"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
+#include "cuda/flashinfer.cuh"
 #include "cuda/gemm.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
@@ -305,6 +306,21 @@ TEST(CudaLaunchers, EmptyBatchesAreNoOps) {
   EXPECT_NO_THROW(gemm.linear(Tensor::contiguous(nullptr, DType::BF16, {0, 96}, Device::CUDA),
                               dev(DType::BF16, {64, 96}), Tensor::contiguous(nullptr, DType::BF16, {0, 64}, Device::CUDA),
                               nullptr));
+}
+
+// diff's report line for attention.flashinfer's state (no GPU needed).
+TEST(FlashInferReport, DescribePlanNamesEveryField) {
+  cuda::FlashInferPlanSummary p;
+  p.batch = 3;
+  p.tokens = 3;
+  p.cta_tile_q = 16;
+  p.padded_batch_size = 33;
+  p.split_kv = true;
+  p.cuda_graph = true;
+  p.float_workspace_bytes = 1024;
+  p.int_workspace_bytes = 256;
+  EXPECT_EQ(cuda::describe_plan(p), "FlashInfer plan: batch 3, 3 tokens, CTA tile 16, padded batch 33, split-KV on, "
+                                    "CUDA-graph mode, workspaces 1024 B float + 256 B int");
 }
 
 }  // namespace
