@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/hash.h"
 #include "cuda/check.h"
 #include "cuda/device_buffer.h"
 #include "cuda/dtype_dispatch.h"
@@ -464,10 +465,8 @@ std::string describe_plan(const FlashInferPlanSummary& s) {
 uint64_t FlashInferAttention::launch_signature() const {
   const State& st = *st_;
   const fi::PrefillPlanInfo& i = st.info;
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](uint64_t v) {
-    for (int k = 0; k < 8; ++k) h = (h ^ ((v >> (8 * k)) & 0xFF)) * 1099511628211ull;
-  };
+  uint64_t h = kFnvOffset;
+  auto mix = [&](uint64_t v) { h = fnv1a_mix(h, v); };
   for (const int64_t v : i.ToVector()) mix(uint64_t(v));
   mix(uint64_t(reinterpret_cast<uintptr_t>(st.float_ws.view().data)));
   mix(uint64_t(reinterpret_cast<uintptr_t>(st.int_ws.view().data)));

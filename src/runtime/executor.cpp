@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "diag/trace.h"
 
 namespace tandem {
@@ -26,6 +27,11 @@ std::vector<int32_t> grouped_order(std::span<const int32_t> seq_ids) {
   std::stable_sort(order.begin(), order.end(),
                    [&](int32_t a, int32_t b) { return rank[seq_ids[size_t(a)]] < rank[seq_ids[size_t(b)]]; });
   return order;
+}
+
+// A variant that runs once per layer (its stages lie within attn_norm .. mlp_residual).
+bool per_layer(const Variant& v) {
+  return int(v.stages.first) >= int(kFirstLayerStage) && int(v.stages.last) <= int(kLastLayerStage);
 }
 
 // Row i of `in` [N, ...] moves to row dest[i].
@@ -52,11 +58,6 @@ Executor::Executor(std::unique_ptr<DeviceHost> host, Plan plan, ExecutorOptions 
                                  [](const Variant* v) { return v->graph_safe; });
 }
 
-// FNV-1a over 64-bit words: the key of a step's graph.
-static uint64_t mix_key(uint64_t h, uint64_t v) {
-  for (int i = 0; i < 8; ++i) h = (h ^ ((v >> (8 * i)) & 0xFF)) * 1099511628211ull;
-  return h;
-}
 
 void Executor::create_sequence(int32_t seq, int64_t capacity) {
   const ModelConfig& c = config();
@@ -208,8 +209,7 @@ void Executor::run_layers(TapSink* taps) {
   for (int layer = 0; layer < int(config().n_layers); ++layer) {
     const PagedKv kv = host_->kv_layer(layer);
     for (const Variant* v : plan_.segments)
-      if (int(v->stages.first) >= int(kFirstLayerStage) && int(v->stages.last) <= int(kLastLayerStage))
-        run_segment(*v, layer, &kv, taps);
+      if (per_layer(*v)) run_segment(*v, layer, &kv, taps);
   }
   model_level(false);
 }
@@ -296,18 +296,14 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
   {
     const PagedKv kv0 = host_->kv_layer(0);
     for (const Variant* v : plan_.segments)
-      if (v->prepare) {
-        const bool per_layer = int(v->stages.first) >= int(kFirstLayerStage) &&
-                               int(v->stages.last) <= int(kLastLayerStage);
-        v->prepare(args_for(per_layer ? 0 : -1, per_layer ? &kv0 : nullptr));
-      }
+      if (v->prepare) v->prepare(per_layer(*v) ? args_for(0, &kv0) : args_for(-1, nullptr));
   }
   DeviceHost::GraphRun mode = DeviceHost::GraphRun::eager;
   if (graphable) {
-    uint64_t key = 1469598103934665603ull;
+    uint64_t key = kFnvOffset;
     for (uint64_t v : {uint64_t(step.size()), uint64_t(out.logit_rows.size()), uint64_t(tables.seq_ids.size()),
                        host_->context().graph_salt})
-      key = mix_key(key, v);
+      key = fnv1a_mix(key, v);
     mode = host_->graph_begin(key);
   }
   if (mode != DeviceHost::GraphRun::replayed) {
