@@ -2,7 +2,7 @@
 # One call on the GPU machine: build, run the gpu-labelled tests, real-shape parity against HF on the same GPU and
 # the fused parity matrix (with TANDEM_GPU_MODELS: ~5 min on an H200),
 # and compute-sanitizer memcheck over the gpu tests. Logs go to $OUT (or /tmp/gpu_check).
-#   tools/gpu_check.sh [build|test|models|sanitize|all]...
+#   tools/gpu_check.sh [build|test|models|sanitize|all|bench]...   (bench: not part of all; BENCH_SHAPES, BENCH_ARGS)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -11,7 +11,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 BUILD=build-gpu
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
-has() { for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
+has() { for s in "${steps[@]}"; do [ "$s" = "$1" ] || { [ "$s" = all ] && [ "$1" != bench ]; } && return 0; done; return 1; }
 
 # The GPU image has no libpcre2-dev; a copy unpacked from Debian's packages can travel in .deps/pcre2-root
 # (carry it): dpkg -x libpcre2-dev_*.deb and libpcre2-8-0_*.deb there.
@@ -45,4 +45,12 @@ if has sanitize; then
   env -u TANDEM_GPU_MODELS compute-sanitizer --tool memcheck --error-exitcode 9 $BUILD/gpu_tests \
       > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5
+fi
+if has bench; then
+  # Quick decode figures in one process per shape, appended to $OUT/bench.json (the committed runs use bench/README).
+  for shape in ${BENCH_SHAPES:-llama-3.2-1b-shape llama-3.1-8b-shape}; do
+    # shellcheck disable=SC2086
+    $BUILD/tandem bench --random-weights "$shape" ${BENCH_ARGS:---phase decode --batch 1,64 --context 128,2048} \
+        --json "$OUT/bench.json" 2>&1 | grep -vE "^(loading|note:)" | tail -n +1
+  done
 fi

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -12,6 +13,7 @@
 #include "cuda/check.h"
 #include "cuda/device_math.cuh"
 #include "cuda/dtype_dispatch.h"
+#include "cuda/launch.h"
 
 namespace tandem::cuda {
 namespace {
@@ -95,6 +97,8 @@ __global__ void qkv_rope_kv_write_kernel(T* qkv, const T* __restrict__ bias, con
   const int64_t q_dim = int64_t(n_heads) * head_dim, kv_dim = int64_t(n_kv_heads) * head_dim;
   const int64_t qkv_dim = q_dim + 2 * kv_dim;
   const int64_t n_pairs = int64_t(n_heads + n_kv_heads) * half;
+  pdl_launch_dependents();
+  pdl_wait();  // qkv comes from the GEMM/GEMV before (launch_pdl, cuda/launch.h)
   auto biased = [&](const T* row, int64_t i) {
     return bias ? to_f32(from_f32<T>(to_f32(row[i]) + to_f32(bias[i]))) : to_f32(row[i]);
   };
@@ -258,6 +262,226 @@ __global__ void attention_kernel(const T* __restrict__ qkv, const int32_t* __res
   }
 }
 
+// ------------------------------------------------------------------------------------------- split-KV decode
+
+// Keys per split at least (shorter splits cost more in merging than they save); TANDEM_DECODE_MIN_CHUNK overrides
+// it (benchmarking).
+int decode_min_chunk() {
+  static const int v = [] {
+    const char* e = std::getenv("TANDEM_DECODE_MIN_CHUNK");
+    return e && *e ? std::max(1, std::atoi(e)) : 16;
+  }();
+  return v;
+}
+constexpr int kDecodeUnroll = 4;     // keys per key group whose k and v loads are in flight together
+constexpr int kDecodeMaxSplits = 128;  // a multiple of 32 (the merge gives each lane kDecodeMaxSplits / 32)
+constexpr int kDecodeTile = 64;        // keys whose page-table lookups the block makes together
+
+// Splits per (token, kv head): enough blocks for eight per SM (short splits keep several rounds of loads from
+// queuing behind each other in one warp), at most kDecodeMaxSplits. A function of T and the
+// shape only, so the launch shape of a decode step is fixed by its size (CUDA graphs).
+int decode_splits(int64_t T, const AttentionShape& s) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TD_CUDA_CHECK(cudaGetDevice(&dev));
+    TD_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  const int64_t items = T * s.n_kv_heads;
+  return int(std::clamp<int64_t>((8 * sms + items - 1) / items, 1, kDecodeMaxSplits));
+}
+
+// Online-softmax state of one row over part of its keys: running max m, sum of exp(score - m) l, and this lane's
+// VEC elements of the weighted sum. Merging two states is exact (both rescaled to the larger max).
+template <int VEC>
+struct SoftmaxState {
+  float m = -INFINITY, l = 0.0f, acc[VEC] = {};
+  __device__ __forceinline__ void merge(float m2, float l2, const float (&acc2)[VEC]) {
+    const float mn = fmaxf(m, m2);
+    const float a = m == mn ? 1.0f : expf(m - mn), b = m2 == mn ? 1.0f : expf(m2 - mn);  // no inf - inf
+    l = l * a + l2 * b;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = acc[e] * a + acc2[e] * b;
+    m = mn;
+  }
+};
+
+// Grid (splits, n_kv_heads, T); block = one warp per q head of the kv head's group. The token's keys [lo, pos]
+// are cut into `used` splits of at least min_chunk keys; the block of split c scores its keys for all the
+// group's heads (each warp one head; the warps read the same k/v lines, so DRAM sees them once). In a warp, LPK
+// lanes hold one key (16 bytes each) and the warp's 32 / LPK key groups take every (32 / LPK)-th key, each with
+// its own online softmax; the groups merge by shuffles. With one split the block writes the output; otherwise
+// each split stores its state in `partial` and the last split to finish (a counter per (token, kv head), reset by
+// that block) merges the states in split order, so the result does not depend on which block came last.
+template <typename T, int HD>
+__global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ positions, Pages pg,
+                                        const T* __restrict__ k_pool, const T* __restrict__ v_pool,
+                                        T* __restrict__ out, float* __restrict__ partial, int32_t* counters,
+                                        int n_heads, int n_kv_heads, int window, float scale, int min_chunk) {
+  constexpr int VEC = 16 / int(sizeof(T));
+  constexpr int LPK = HD / VEC;  // lanes per key
+  static_assert(HD % VEC == 0 && LPK <= 32 && 32 % LPK == 0, "head_dim must fill whole 16-byte lanes");
+  constexpr int KPW = 32 / LPK;  // keys per warp per round
+  constexpr int kStateFloats = HD + 2;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int kg = lane / LPK, sub = lane % LPK;
+  const int splits = int(gridDim.x), c = int(blockIdx.x), kvh = int(blockIdx.y);
+  const int64_t t = blockIdx.z;
+  const int group = n_heads / n_kv_heads;
+  const int h = kvh * group + warp;
+  const int64_t q_dim = int64_t(n_heads) * HD, qkv_dim = q_dim + 2 * int64_t(n_kv_heads) * HD;
+  T* o = out + t * q_dim + int64_t(h) * HD;
+  pdl_launch_dependents();
+
+  // The step's positions and tables are written before its first kernel: read before pdl_wait (launch.h).
+  const int64_t pos = positions[t];
+  const int64_t first = entry_first_page(pg, t, pos);  // uniform over the grid's blocks of token t
+  pdl_wait();  // q, the cache (this step's K/V) and the workspace: from the kernels before
+  if (first < 0) {
+    if (c == 0)
+      for (int i = lane; i < HD; i += 32) o[i] = quiet_nan<T>();
+    return;
+  }
+  const int64_t lo = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+  const int64_t len = pos - lo + 1;
+  const int64_t chunk = max(int64_t(min_chunk), (len + splits - 1) / splits);
+  const int used = int((len + chunk - 1) / chunk);
+  if (c >= used) return;
+  const int64_t begin = lo + c * chunk, end = min(pos + 1, begin + chunk);
+
+  float q[VEC];
+  {
+    T qv[VEC];
+    *reinterpret_cast<uint4*>(qv) = *reinterpret_cast<const uint4*>(qkv + t * qkv_dim + int64_t(h) * HD + sub * VEC);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) q[e] = to_f32(qv[e]);
+  }
+  const int64_t head_off = int64_t(kvh) * pg.s_head + sub * VEC;
+  __shared__ int64_t off_s[kDecodeTile];  // the tile's key offsets in the pools (-1: a page outside the pool)
+  SoftmaxState<VEC> st;
+  int bad = 0;
+  for (int64_t t0 = begin; t0 < end; t0 += kDecodeTile) {
+    const int n = int(min(int64_t(kDecodeTile), end - t0));
+    __syncthreads();  // the previous tile's offsets are no longer read
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {  // one table lookup per key for the whole block
+      const int64_t off = slot_offset(pg, first, t0 + j);
+      off_s[j] = off;
+      bad |= off < 0;
+    }
+    __syncthreads();
+    for (int j0 = 0; j0 < n; j0 += KPW * kDecodeUnroll) {  // uniform over the warp (shuffles)
+      T kv_k[kDecodeUnroll][VEC], kv_v[kDecodeUnroll][VEC];
+      bool live[kDecodeUnroll];
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        const int j = j0 + u * KPW + kg;
+        const int64_t off = j < n ? off_s[j] : -1;
+        live[u] = off >= 0;
+        if (live[u]) {
+          *reinterpret_cast<uint4*>(kv_k[u]) = __ldg(reinterpret_cast<const uint4*>(k_pool + off + head_off));
+          *reinterpret_cast<uint4*>(kv_v[u]) = __ldg(reinterpret_cast<const uint4*>(v_pool + off + head_off));
+        }
+      }
+      // All the round's scores first (independent shuffles), then one rescale of the running state.
+      float score[kDecodeUnroll];
+      float mn = st.m;
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        float d = 0.0f;
+        if (live[u])
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) d = fmaf(q[e], to_f32(kv_k[u][e]), d);
+#pragma unroll
+        for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);  // the key group
+        score[u] = d * scale;
+        if (live[u]) mn = fmaxf(mn, score[u]);
+      }
+      const float a = st.m == mn ? 1.0f : expf(st.m - mn);
+      st.l *= a;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) st.acc[e] *= a;
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        if (!live[u]) continue;
+        const float pexp = expf(score[u] - mn);
+        st.l += pexp;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) st.acc[e] = fmaf(pexp, to_f32(kv_v[u][e]), st.acc[e]);
+      }
+      st.m = mn;
+    }
+  }
+  // Key groups of the warp -> one state, held by the lanes of group 0 (lanes 0 .. LPK - 1).
+#pragma unroll
+  for (int off = LPK; off < 32; off <<= 1) {
+    float acc2[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc2[e] = __shfl_xor_sync(0xffffffffu, st.acc[e], off);
+    const float m2 = __shfl_xor_sync(0xffffffffu, st.m, off), l2 = __shfl_xor_sync(0xffffffffu, st.l, off);
+    st.merge(m2, l2, acc2);
+  }
+  if (__syncthreads_or(bad)) st.l = __int_as_float(0x7fc00000);  // a page id outside the pool: the row comes out NaN
+  if (used == 1) {
+    if (kg == 0)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) o[sub * VEC + e] = from_f32<T>(st.acc[e] / st.l);
+    return;
+  }
+  float* mine = partial + ((t * n_heads + h) * splits + c) * kStateFloats;
+  if (kg == 0)
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) mine[2 + sub * VEC + e] = st.acc[e];
+  if (lane == 0) mine[0] = st.m, mine[1] = st.l;
+  __threadfence();  // the state is visible device-wide before the counter says so
+  __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    int32_t* counter = counters + t * n_kv_heads + kvh;
+    last = atomicAdd(counter, 1) == used - 1;
+    if (last) *counter = 0;  // ready for the next launch (stream order)
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // Merge the used splits' states for this warp's head, in split order: lane i holds the max and weight of splits
+  // i, i + 32, ... (used <= kDecodeMaxSplits); each lane then sums HD / 32 output elements over the splits.
+  const float* states = partial + (t * n_heads + h) * splits * kStateFloats;
+  constexpr int kPerLane = kDecodeMaxSplits / 32;
+  float ms[kPerLane], m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int sp = lane + 32 * i;
+    ms[i] = sp < used ? __ldcg(states + sp * kStateFloats) : -INFINITY;
+    m = fmaxf(m, ms[i]);
+  }
+  m = warp_max(m);
+  float ws[kPerLane], l = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int sp = lane + 32 * i;
+    ws[i] = sp < used ? (ms[i] == m ? 1.0f : expf(ms[i] - m)) : 0.0f;
+    if (sp < used) l += __ldcg(states + sp * kStateFloats + 1) * ws[i];
+  }
+  l = warp_sum(l);  // (a fixed reduction tree: the same order every launch)
+  constexpr int PER = HD / 32;
+  float acc[PER] = {};
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    if (32 * i >= used) break;
+#pragma unroll 4
+    for (int j = 0; j < 32; ++j) {
+      const int sp = 32 * i + j;
+      if (sp >= used) break;
+      const float w = __shfl_sync(0xffffffffu, ws[i], j);
+      const float* st_acc = states + sp * kStateFloats + 2;
+#pragma unroll
+      for (int e = 0; e < PER; ++e) acc[e] = fmaf(__ldcg(st_acc + lane + 32 * e), w, acc[e]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < PER; ++j) o[lane + 32 * j] = from_f32<T>(acc[j] / l);
+}
+
 // ---------------------------------------------------------------------------------------------------- validation
 
 void check_shape_args(const char* op, const AttentionShape& s) {
@@ -370,11 +594,10 @@ void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& posi
   const size_t shared_bytes = size_t(shape.head_dim) * sizeof(float);
   dispatch_float(qkv.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
-    qkv_rope_kv_write_kernel<D><<<blocks, kCopyThreads, shared_bytes, stream>>>(
-        qkv.ptr<D>(), bias.data ? bias.ptr<const D>() : nullptr, positions.ptr<const int32_t>(),
-        inv_freq.ptr<const float>(), pg, kv.k.ptr<D>(), kv.v.ptr<D>(), T, shape.n_heads, shape.n_kv_heads,
-        shape.head_dim);
-    TD_CUDA_CHECK_LAUNCH();
+    launch_pdl(qkv_rope_kv_write_kernel<D>, blocks, kCopyThreads, shared_bytes, stream, qkv.ptr<D>(),
+               bias.data ? bias.ptr<const D>() : nullptr, positions.ptr<const int32_t>(),
+               inv_freq.ptr<const float>(), pg, kv.k.ptr<D>(), kv.v.ptr<D>(), T, shape.n_heads, shape.n_kv_heads,
+               shape.head_dim);
   });
 }
 
@@ -403,6 +626,74 @@ void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, co
                                                          shape.n_heads, shape.n_kv_heads, shape.head_dim,
                                                          shape.sliding_window, scale);
     TD_CUDA_CHECK_LAUNCH();
+  });
+}
+
+bool attention_decode_supports(const AttentionShape& shape, DType dtype, std::string* why) {
+  auto no = [&](std::string w) {
+    if (why) *why = "attention_decode: " + std::move(w);
+    return false;
+  };
+  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
+    return no("dtype " + std::string(dtype_name(dtype)) + " (instantiated: f32, f16, bf16)");
+  if (shape.head_dim != 64 && shape.head_dim != 128)
+    return no("head_dim " + std::to_string(shape.head_dim) + " (instantiated: 64, 128)");
+  if (shape.n_kv_heads <= 0 || shape.n_heads % shape.n_kv_heads != 0 || shape.n_heads / shape.n_kv_heads > 32)
+    return no(std::to_string(shape.n_heads) + " q heads over " + std::to_string(shape.n_kv_heads) +
+              " kv heads (group size 1..32)");
+  return true;
+}
+
+int64_t attention_decode_workspace(int64_t T, const AttentionShape& shape) {
+  const int splits = decode_splits(T, shape);
+  if (splits == 1) return 0;
+  return T * shape.n_kv_heads + T * shape.n_heads * splits * (int64_t(shape.head_dim) + 2);
+}
+
+void attention_decode(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
+                      const Tensor& out, const Tensor& workspace, cudaStream_t stream) {
+  const char* op = "attention_decode";
+  check_shape_args(op, shape);
+  std::string why;
+  TD_CHECK(attention_decode_supports(shape, qkv.dtype, &why), "{}", why);
+  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
+  const Pages pg = check_paged(op, kv, shape, T);
+  const int64_t q_dim = int64_t(shape.n_heads) * shape.head_dim;
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_shape(op, "out", out, {T, q_dim});
+  check_dtype(op, "out", out, qkv.dtype);
+  check_data(op, {&out});
+  TD_CHECK(!overlaps(out, qkv), "{}: out {} must not alias qkv {}", op, out.describe(), qkv.describe());
+  TD_CHECK(T <= 65535, "{}: {} tokens (at most 65535 a launch)", op, T);
+  if (T == 0) return;
+  const auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data) % 16 == 0; };
+  TD_CHECK(aligned(qkv) && aligned(kv.k) && aligned(kv.v), "{}: qkv {} and the pools {} must be 16-byte aligned", op,
+           qkv.describe(), kv.k.describe());
+  const int splits = decode_splits(T, shape);
+  const int64_t need = attention_decode_workspace(T, shape);
+  float* partial = nullptr;
+  int32_t* counters = nullptr;
+  if (need > 0) {
+    check_float_tensor(op, "workspace", workspace, Device::CUDA, 1);
+    check_dtype(op, "workspace", workspace, DType::F32);
+    TD_CHECK(workspace.numel() >= need, "{}: workspace {} holds {} floats; {} tokens need {}", op,
+             workspace.describe(), workspace.numel(), T, need);
+    check_data(op, {&workspace});
+    counters = workspace.ptr<int32_t>();
+    partial = workspace.ptr<float>() + T * shape.n_kv_heads;
+  }
+  const dim3 grid(unsigned(splits), unsigned(shape.n_kv_heads), unsigned(T));
+  const unsigned threads = unsigned(32 * (shape.n_heads / shape.n_kv_heads));
+  const float scale = 1.0f / std::sqrt(float(shape.head_dim));
+  dispatch_float(qkv.dtype, op, [&](auto tag) {
+    using D = typename decltype(tag)::type;
+    auto launch = [&](auto kernel) {
+      launch_pdl(kernel, grid, threads, 0, stream, qkv.ptr<const D>(), positions.ptr<const int32_t>(), pg,
+                 kv.k.ptr<const D>(), kv.v.ptr<const D>(), out.ptr<D>(), partial, counters, shape.n_heads,
+                 shape.n_kv_heads, shape.sliding_window, scale, decode_min_chunk());
+    };
+    if (shape.head_dim == 64) launch(attention_decode_kernel<D, 64>);
+    else launch(attention_decode_kernel<D, 128>);
   });
 }
 

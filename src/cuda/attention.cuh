@@ -15,6 +15,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <string>
+
 #include "core/tensor.h"
 #include "exec/kv_cache.h"
 
@@ -35,6 +37,20 @@ void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& posi
 // qkv: [T, qkv_dim] (the q part is read); out: [T, n_heads * head_dim], same dtype as qkv and the cache.
 void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
                const Tensor& out, cudaStream_t stream);
+
+// The fused path's attention for decode steps: attention()'s contract (any step; bad rows NaN alike), split-KV so
+// that a step of few tokens still spreads over the GPU. Grid (splits, n_kv_heads, T), one warp per q head of a
+// group, 16-byte loads of k and v per lane; splits = a function of T and the shape only (fixed launch shape for
+// CUDA graphs). With more than one split the states meet in `workspace` and the last split of each (token, kv
+// head) merges them in split order (deterministic). workspace: f32 [>= attention_decode_workspace(T, shape)]
+// (none needed when that is 0); its first T * n_kv_heads elements are counters that must be zero before the first
+// call and are left zero by every call. head_dim 64 or 128, group size <= 32, f32/f16/bf16, qkv and pools 16-byte
+// aligned (attention_decode_supports says why not). Fp32 softmax and sums; the summation order differs from
+// attention() (split, key groups), so the two agree within rounding, not bit for bit.
+bool attention_decode_supports(const AttentionShape& shape, DType dtype, std::string* why = nullptr);
+int64_t attention_decode_workspace(int64_t T, const AttentionShape& shape);
+void attention_decode(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
+                      const Tensor& out, const Tensor& workspace, cudaStream_t stream);
 
 // out[t] = k | v of token t's slot: [T, 2 kv_dim], the cache's dtype (the L{layer}.kv_write tap).
 void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape& shape, const Tensor& out,

@@ -10,6 +10,7 @@
 #include "cuda/check.h"
 #include "cuda/device_buffer.h"
 #include "cuda/device_query.h"
+#include "cuda/launch.h"
 #include "cuda/random_fill.cuh"
 #include "cuda/sampling.cuh"
 
@@ -468,6 +469,7 @@ class CudaHost final : public DeviceHost {
 
 std::unique_ptr<DeviceHost> make_cuda_host(const ModelSource& source, const HostOptions& options,
                                            LoadProgress progress) {
+  set_programmatic_launch(options.programmatic_launch);
   auto h = std::make_unique<CudaHost>(source.config(), options);
   h->load(source, progress);
   return h;
@@ -475,6 +477,7 @@ std::unique_ptr<DeviceHost> make_cuda_host(const ModelSource& source, const Host
 
 std::unique_ptr<DeviceHost> make_random_cuda_host(const ModelConfig& config, const HostOptions& options,
                                                   uint64_t seed) {
+  set_programmatic_launch(options.programmatic_launch);
   auto h = std::make_unique<CudaHost>(config, options);
   h->randomize(seed);
   return h;

@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "cuda/device_buffer.h"
 #include "cuda/gemm.cuh"
 #include "exec/device_host.h"
 
@@ -22,6 +23,8 @@ class CudaContext final : public DeviceContext {
   // attention.flashinfer's adapter (workspaces; made on first use) and the step serial it last planned.
   std::shared_ptr<FlashInferAttention> flashinfer;
   int64_t flashinfer_planned = -1;
+  // attention.fused's split-KV decode workspace (grows in prepare(), outside any graph; counters kept zero).
+  DeviceTensor decode_workspace;
 };
 
 std::unique_ptr<DeviceHost> make_cuda_host(const ModelSource& source, const HostOptions& options,

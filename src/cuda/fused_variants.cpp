@@ -5,7 +5,9 @@
 //   qkv..kv_write     GEMV (T <= 8, cuda/gemv.cuh) or cuBLASLt GEMM, then one kernel: bias + RoPE + paged K/V
 //                     append (cuda/attention.cuh)
 //   o_proj, down      GEMV for T <= 8, else cuBLASLt GEMM
-//   attention         FlashInfer batch prefill over the paged cache, one plan per step (cuda/flashinfer.cuh)
+//   attention         decode steps of few sequences with short histories: the split-KV decode kernel
+//                     (cuda/attention.cuh attention_decode); others: FlashInfer batch prefill over the paged
+//                     cache, one plan per step (cuda/flashinfer.cuh)
 //   attn_residual..mlp_norm   one kernel: x += o_proj; h = rmsnorm(x) (cuda/norm.cuh add_rmsnorm)
 //   gate_up..act      T <= 8: one GEMV kernel gate/up + SiLU*mul (cuda/gemv.cuh); more rows: GEMM + silu_mul
 //   mlp_residual      one kernel: x += down; h = the *next* norm of x (layer l+1's attn_norm, or final_norm)
@@ -14,9 +16,12 @@
 // The last two need each other (Variant::needs): a plan that swaps mlp_residual.fused for the standard add must
 // swap attn_norm and final_norm too, and build_plan says so. The preset falls back to `standard`, stage by stage,
 // where a variant cannot run the model (FlashInfer's head dims and dtypes, cuda/flashinfer.cuh).
+#include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "core/hash.h"
 #include "cuda/attention.cuh"
 #include "cuda/check.h"
 #include "cuda/cuda_host.h"
@@ -35,7 +40,7 @@ cudaStream_t stream(const VariantArgs& a) { return ctx(a).stream; }
 const std::vector<KvLayout> kBothLayouts{KvLayout::NHD, KvLayout::HND};
 // Up to kGemvMaxRows rows (decode): the weight-streaming GEMV; more: cuBLASLt.
 void linear_auto(const VariantArgs& a, const Tensor& x, const Tensor& w, const Tensor& out) {
-  if (x.shape[0] <= kGemvMaxRows) linear_gemv(x, w, out, stream(a));
+  if (gemv_tuning(x.shape[0], w.shape[0], w.shape[1]) != GemvTuning::cublas) linear_gemv(x, w, out, stream(a));
   else ctx(a).gemm->linear(x, w, out, stream(a));
 }
 
@@ -115,6 +120,55 @@ Variant flashinfer_attention() {
 }
 TD_REGISTER_VARIANT(flashinfer_attention());
 
+// Where the split-KV decode kernel beats FlashInfer (H200, bf16, TANDEM_GEMV_TUNING=deep, tok/s, one call):
+// batch 1 at context 128 (1B shape 891 vs 845, 8B 204 vs 197), but not batch 64 at context 128 (1B 36808 vs
+// 38674) nor batch 1 at context 2048 (1B 613 vs 827, 8B 168 vs 194): its per-split merge costs more than
+// FlashInfer's once the histories are long. So: decode steps of few sequences with short histories only.
+constexpr int64_t kDecodeKernelMaxBatch = 8;
+constexpr int64_t kDecodeKernelMaxKv = 256;
+
+// A decode step (one query per sequence) that the split-KV decode kernel takes; other steps go to FlashInfer.
+bool decode_step(const VariantArgs& a) {
+  const KvStepTables* t = a.step.tables;
+  if (!t || a.step.tokens != int64_t(t->seq_ids.size()) || a.step.tokens > kDecodeKernelMaxBatch) return false;
+  for (int64_t len : t->kv_len)
+    if (len > kDecodeKernelMaxKv) return false;
+  return attention_decode_supports(attention_shape(a.config), a.slots.qkv.dtype);
+}
+
+Variant fused_attention() {
+  Variant fi = flashinfer_attention();
+  Variant v = fused(
+      Stage::attention, Stage::attention, "fused",
+      "decode steps of <= 8 sequences with <= 256 cached tokens: split-KV decode kernel (cuda/attention.cuh "
+      "attention_decode); other steps: FlashInfer",
+      [run_fi = fi.run](const VariantArgs& a) {
+        if (!decode_step(a)) return run_fi(a);
+        CudaContext& c = ctx(a);
+        attention_decode(a.slots.qkv, a.step.positions, *a.kv, attention_shape(a.config), a.slots.attn,
+                         c.decode_workspace.view(), c.stream);
+      },
+      kBothLayouts);
+  v.state = [state_fi = fi.state](DeviceContext& d) {
+    const CudaContext& c = static_cast<CudaContext&>(d);
+    return "decode kernel workspace " + std::to_string(c.decode_workspace.nbytes()) + " B; " + state_fi(d);
+  };
+  v.prepare = [prepare_fi = fi.prepare](const VariantArgs& a) {
+    if (!decode_step(a)) return prepare_fi(a);
+    CudaContext& c = ctx(a);
+    const int64_t need = attention_decode_workspace(a.step.tokens, attention_shape(a.config));
+    if (need > c.decode_workspace.view().numel() || !c.decode_workspace.view().data) {
+      c.decode_workspace = DeviceTensor::empty(DType::F32, {std::max<int64_t>(need, 1)});
+      TD_CUDA_CHECK(cudaMemsetAsync(c.decode_workspace.view().data, 0, size_t(c.decode_workspace.nbytes()), c.stream));
+    }
+    // (the kernel choice is in the salt too: a graph captured with FlashInfer is not replayed for this kernel)
+    c.graph_salt ^= fnv1a_mix(fnv1a_mix(kFnvOffset, 0x64656b), reinterpret_cast<uintptr_t>(c.decode_workspace.view().data));
+  };
+  v.unsupported = fi.unsupported;
+  return v;
+}
+TD_REGISTER_VARIANT(fused_attention());
+
 TD_REGISTER_VARIANT(fused(Stage::o_proj, Stage::o_proj, "fused",
                           "up to 8 rows: GEMV kernel; more: cuBLASLt GEMM (+ bias kernel)", [](const VariantArgs& a) {
                             linear_auto(a, a.slots.attn, a.lw->wo, a.slots.h);
@@ -133,7 +187,8 @@ TD_REGISTER_VARIANT(fused(Stage::attn_residual, Stage::mlp_norm, "fused",
 TD_REGISTER_VARIANT(fused(Stage::gate_up, Stage::act, "fused",
                           "up to 8 rows: one GEMV kernel (gate, up, SiLU*mul); more: cuBLASLt GEMM + silu_mul",
                           [](const VariantArgs& a) {
-                            if (a.step.tokens <= kGemvMaxRows) {
+                            const Tensor& w = a.lw->w_gate_up;
+                            if (gemv_tuning(a.step.tokens, w.shape[0], w.shape[1]) != GemvTuning::cublas) {
                               gate_up_silu(a.slots.h, a.lw->w_gate_up, a.slots.act, stream(a));
                             } else {
                               ctx(a).gemm->linear(a.slots.h, a.lw->w_gate_up, a.slots.gate_up, stream(a));
@@ -155,7 +210,7 @@ TD_REGISTER_PATH(PathPreset{
     "fused", Device::CUDA,
     "CUDA, fused kernels + FlashInfer attention over the paged cache: the GPU default (falls back to standard "
     "per stage where a model is outside what is instantiated)",
-    {"embed.standard", "attn_norm.fused", "qkv..kv_write.fused", "attention.flashinfer", "o_proj.fused",
+    {"embed.standard", "attn_norm.fused", "qkv..kv_write.fused", "attention.fused", "o_proj.fused",
      "attn_residual..mlp_norm.fused", "gate_up..act.fused", "down.fused", "mlp_residual.fused",
      "final_norm.fused", "logits.standard"},
     "standard"});

@@ -13,12 +13,13 @@
 // rounding to the dtype: the standard path's linear (cuBLASLt, fp32 accumulate) up to the order of the sums. No
 // bias (callers add it, as the standard path does). CPU twin: cpu::linear.
 //
-// Both: one warp per output column reads that weight row once for all T rows, kUnroll 16-byte loads in flight
-// per lane; x rows come through L1.
+// Both: one warp per output column (or SPLIT warps, each a slice) reads that weight row once for all T rows;
+// x rows come through L1.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "core/tensor.h"
 
@@ -26,7 +27,18 @@ namespace tandem::cuda {
 
 inline constexpr int64_t kGemvMaxRows = 8;
 
-void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream);
-void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream);
+// How a projection of `rows` rows and an [N, K] weight runs (gate_up: N = 2I): the GEMV with many resident warps
+// and two loads each in flight (occupancy), with four loads per weight row in flight (deep), or cuBLASLt (more
+// than kGemvMaxRows rows, or where it was measured faster). TANDEM_GEMV_TUNING=occupancy|deep|cublas forces one
+// for every shape (benchmarking). The fused variants ask before choosing the kernel; the launchers ask too, for
+// the GEMV's own tuning (cublas there means occupancy). Both tunings compute the same sums in the same order.
+enum class GemvTuning { occupancy, deep, cublas };
+GemvTuning gemv_tuning(int64_t rows, int64_t N, int64_t K);
+
+// `tuning` (tests): that tuning instead of gemv_tuning()'s choice (cublas there means occupancy).
+void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
+                  std::optional<GemvTuning> tuning = std::nullopt);
+void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
+                 std::optional<GemvTuning> tuning = std::nullopt);
 
 }  // namespace tandem::cuda

@@ -12,6 +12,7 @@
 #include "cuda/check.h"
 #include "cuda/dtype_dispatch.h"
 #include "cuda/device_math.cuh"
+#include "cuda/launch.h"
 
 namespace tandem::cuda {
 namespace {
@@ -95,6 +96,8 @@ __global__ void rmsnorm_regs_kernel(T* x, const T* delta, const T* __restrict__ 
   constexpr int VEC = 16 / sizeof(T);
   __shared__ float red[32];
   const int64_t n_chunks = H / VEC;
+  pdl_launch_dependents();
+  pdl_wait();  // x and delta come from the kernels before (launch_pdl, cuda/launch.h)
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* xr = x + r * H;
     T v[kNormChunks][VEC];
@@ -175,8 +178,8 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cud
   dispatch_float(x.dtype, "rmsnorm", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (use_regs(x, H, {x.data, w.data, out.data}))
-      rmsnorm_regs_kernel<T, false><<<blocks, kThreads, 0, stream>>>(const_cast<T*>(x.ptr<const T>()), nullptr,
-                                                                     w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+      launch_pdl(rmsnorm_regs_kernel<T, false>, blocks, kThreads, 0, stream, const_cast<T*>(x.ptr<const T>()),
+                 nullptr, w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
     else
       rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), w.ptr<const T>(), out.ptr<T>(), rows, H,
                                                          eps);
@@ -208,8 +211,8 @@ void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float ep
   dispatch_float(x.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (use_regs(x, H, {x.data, delta.data, w.data, out.data}))
-      rmsnorm_regs_kernel<T, true><<<blocks, kThreads, 0, stream>>>(x.ptr<T>(), delta.ptr<const T>(),
-                                                                    w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
+      launch_pdl(rmsnorm_regs_kernel<T, true>, blocks, kThreads, 0, stream, x.ptr<T>(), delta.ptr<const T>(),
+                 w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
     else
       add_rmsnorm_kernel<T><<<blocks, kThreads, 0, stream>>>(x.ptr<T>(), delta.ptr<const T>(), w.ptr<const T>(),
                                                              out.ptr<T>(), rows, H, eps);

@@ -27,6 +27,8 @@ struct HostOptions {
   // GPU: when > 0 (and kv_tokens is 0), the KV pool takes what is left of this fraction of the card's memory
   // after the weights and an activation reserve (vLLM's --gpu-memory-utilization).
   double gpu_memory_utilization = 0;
+  // GPU: programmatic dependent launch for the kernels that support it (cuda/launch.h; process-wide).
+  bool programmatic_launch = true;
 };
 
 class DeviceHost {

@@ -37,6 +37,7 @@ struct RunnerOptions {
   bool kv_poison = false;              // fill fresh KV pages with NaN and check every attention output
   bool nan_check = false;              // stop at the first variant output holding NaN/Inf
   bool cuda_graphs = true;             // decode steps from CUDA graphs (ExecutorOptions::cuda_graphs)
+  bool pdl = true;                     // programmatic dependent launch (HostOptions::programmatic_launch)
 };
 // The preset `auto` resolves to: the fused path on a GPU when one is present (or --device cuda), else the
 // reference path on the CPU.

@@ -180,8 +180,13 @@ inline PagedKv paged_kv(const PagedStep& st, Device dev, DType dt, void* k, void
   return kv;
 }
 
-// The CUDA launchers on the step, every device buffer guarded; the guards are checked here.
-inline PagedResult run_cuda(cudaStream_t stream, const PagedStep& st, unsigned ops) {
+// Which CUDA attention kernel run_cuda calls: attention() or the split-KV attention_decode().
+enum class AttnKernel { standard, decode };
+
+// The CUDA launchers on the step, every device buffer guarded; the guards are checked here. For
+// AttnKernel::decode also that the workspace's counters are left zero.
+inline PagedResult run_cuda(cudaStream_t stream, const PagedStep& st, unsigned ops,
+                            AttnKernel kernel = AttnKernel::standard) {
   const DType dt = st.c.dtype;
   const int64_t T = st.T(), B = int64_t(st.tables.last_page_len.size());
   Guarded d_qkv(dt, {T, st.qkv_dim()}), d_pos(DType::I32, {T}), d_out(dt, {T, st.q_dim()});
@@ -201,7 +206,16 @@ inline PagedResult run_cuda(cudaStream_t stream, const PagedStep& st, unsigned o
                               d_batch);
   const AttentionShape shape = shape_of(st.c);
   if (ops & kWrite) cuda::kv_write(d_qkv, d_pos, kv, shape, stream);
-  if (ops & kAttend) cuda::attention(d_qkv, d_pos, kv, shape, d_out, stream);
+  const int64_t ws_floats = std::max<int64_t>(1, cuda::attention_decode_workspace(T, shape));
+  const int64_t n_counters = std::min(ws_floats, T * shape.n_kv_heads);
+  Guarded d_ws(DType::F32, {ws_floats});
+  std::vector<float> ws(size_t(ws_floats), std::numeric_limits<float>::quiet_NaN());  // stale partial states
+  std::fill_n(ws.begin(), n_counters, 0.0f);  // counters (int32 0 = f32 +0)
+  d_ws.upload(ws);
+  if (ops & kAttend) {
+    if (kernel == AttnKernel::decode) cuda::attention_decode(d_qkv, d_pos, kv, shape, d_out, d_ws, stream);
+    else cuda::attention(d_qkv, d_pos, kv, shape, d_out, stream);
+  }
   if (ops & kGather) cuda::kv_gather(d_pos, kv, shape, d_gathered, stream);
   TD_CUDA_CHECK(cudaStreamSynchronize(stream));
   PagedResult r;
@@ -210,7 +224,13 @@ inline PagedResult run_cuda(cudaStream_t stream, const PagedStep& st, unsigned o
   r.k_pool = d_k.download();
   r.v_pool = d_v.download();
   EXPECT_EQ(d_qkv.download(), st.qkv) << "qkv changed";  // (no NaN in qkv: plain equality)
-  expect_guards_intact({&d_qkv, &d_pos, &d_out, &d_gathered, &d_indptr, &d_indices, &d_last, &d_batch, &d_k, &d_v});
+  expect_guards_intact({&d_qkv, &d_pos, &d_out, &d_gathered, &d_indptr, &d_indices, &d_last, &d_batch, &d_k, &d_v,
+                        &d_ws});
+  if (kernel == AttnKernel::decode && cuda::attention_decode_workspace(T, shape) > 0) {
+    const std::vector<float> after = d_ws.download();
+    EXPECT_TRUE(std::all_of(after.begin(), after.begin() + n_counters, [](float c) { return c == 0.0f; }))
+        << "attention_decode left a split counter non-zero";
+  }
   return r;
 }
 
@@ -239,8 +259,8 @@ inline PagedResult run_cpu(const PagedStep& st, unsigned ops) {
 // Runs kv_write, attention and kv_gather on the GPU and on the CPU and compares everything: the attention output
 // within the dtype's NMSE bound, the pools and kv_gather bit for bit (with each other and with the layout's
 // definition). Every token of the step must be valid.
-inline void check_paged_step(cudaStream_t stream, const PagedStep& st) {
-  const PagedResult got = run_cuda(stream, st, kAllOps), ref = run_cpu(st, kAllOps);
+inline void check_paged_step(cudaStream_t stream, const PagedStep& st, AttnKernel kernel = AttnKernel::standard) {
+  const PagedResult got = run_cuda(stream, st, kAllOps, kernel), ref = run_cpu(st, kAllOps);
   const PagedWant want = expected_writes(st);
   EXPECT_TRUE(close(got.out, ref.out, nmse_bound(st.c.dtype))) << "attention output";
   EXPECT_TRUE(exact(ref.k_pool, want.k_pool)) << "CPU k pool";

@@ -1,4 +1,6 @@
 // Conformance of the paged KV ops (kv_write, attention, kv_gather) against their CPU twins; see conformance.h.
+#include <gmock/gmock.h>
+
 #include "paged_step.h"
 
 namespace tandem {
@@ -67,7 +69,7 @@ TEST_F(OpConformance, attention_LargeBatch) {  // 9000 tokens x 8 heads: more wo
 // the first (a max taken over part of the row fails), one-hot and flat rows. q = (100, 0, ...) and each key's
 // first element k0 is set, so a scaled score is 100 * k0 / 8 (head_dim 64), exact in fp32 whatever the summation
 // order: k0 = +-800 gives scores of +-1e4.
-TEST_F(OpConformance, attention_ExtremeRows) {
+void check_extreme_rows(cudaStream_t stream_, AttnKernel kernel) {
   const std::vector<SeqSpec> seqs = {
       {200, 1},  // 0: one key at +1e4 (position 170, the third chunk), the rest at -1e4
       {130, 3},  // 1: flat: every score 1e4
@@ -109,14 +111,16 @@ TEST_F(OpConformance, attention_ExtremeRows) {
             for (int64_t h = 0; h < c.n_kv_heads; ++h)
               row[st.q_dim() + h * c.head_dim] = k0_of(st.seq_of[size_t(t)], p, noise[size_t(p)]);
           }
-          check_paged_step(stream_, st);
+          check_paged_step(stream_, st, kernel);
         }
 }
+
+TEST_F(OpConformance, attention_ExtremeRows) { check_extreme_rows(stream_, AttnKernel::standard); }
 
 // Tokens that name no slot: a bad position (negative, beyond the entry's pages), a bad batch index, a page id
 // outside the pool. kv_write writes nothing for them, attention and kv_gather write NaN rows, nothing is read or
 // written out of bounds (the guards), and the valid tokens of the same step are unaffected.
-TEST_F(OpConformance, attention_InvalidRows) {
+void check_invalid_rows(cudaStream_t stream_, AttnKernel kernel) {
   uint32_t seed = 1200;
   for (DType dt : {DType::BF16, DType::F32})
     for (int64_t ps : kPageSizes)
@@ -142,7 +146,7 @@ TEST_F(OpConformance, attention_InvalidRows) {
         };
         for (const auto& [b, p] : bad) append_invalid_token(st, b, p, seed++);
 
-        const PagedResult got = run_cuda(stream_, st, kAllOps), ref = run_cpu(st, kAllOps);
+        const PagedResult got = run_cuda(stream_, st, kAllOps, kernel), ref = run_cpu(st, kAllOps);
         const PagedWant want = expected_writes(st);
         const int64_t q_dim = st.q_dim(), g_dim = 2 * st.kv_dim();
         std::vector<float> got_valid, ref_valid;
@@ -170,6 +174,63 @@ TEST_F(OpConformance, attention_InvalidRows) {
         EXPECT_TRUE(exact(got.gathered, want.gathered)) << "kv_gather";
         EXPECT_TRUE(exact(got.gathered, ref.gathered)) << "kv_gather vs CPU";
       }
+}
+
+TEST_F(OpConformance, attention_InvalidRows) { check_invalid_rows(stream_, AttnKernel::standard); }
+
+// ---------------------------------------------------------------------------------- split-KV decode kernel
+// attention_decode on the same cases (it keeps attention()'s contract for any step), plus decode batches whose
+// histories give one split, several, and the most (a lone long sequence), the split boundaries falling inside
+// pages and windows.
+
+TEST_F(OpConformance, attention_decode) {
+  struct Heads {
+    int n_heads, n_kv_heads, head_dim, window;
+  };
+  const Heads heads[] = {
+      {2, 2, 64, 0},     // group 1
+      {4, 2, 128, 0},    // group 2
+      {8, 2, 64, 37},    // group 4, a window
+      {14, 2, 128, 0},   // group 7 (Qwen2.5)
+      {8, 1, 128, 300},  // group 8 (MQA), a window across splits
+  };
+  const std::vector<SeqSpec> decodes = {{1000, 1}, {2047, 1}, {0, 1}, {15, 1}, {16, 1}, {17, 1}, {300, 1}};
+  uint32_t seed = 2100;
+  for (DType dt : kFloatTypes)
+    for (int64_t ps : kPageSizes)
+      for (KvLayout layout : kLayouts)
+        for (const Heads& h : heads) {
+          const AttnCase c{dt, h.n_heads, h.n_kv_heads, h.head_dim, h.window, ps, layout};
+          SCOPED_TRACE(describe_case(c));
+          check_paged_step(stream_, make_step(c, decodes, seed), AttnKernel::decode);
+          check_paged_step(stream_, make_step(c, mixed_step(ps), seed + 1), AttnKernel::decode);
+          seed += 17;
+        }
+}
+
+TEST_F(OpConformance, attention_decode_Splits) {
+  uint32_t seed = 2300;
+  for (DType dt : {DType::BF16, DType::F32})
+    for (int64_t history : {int64_t(5000), int64_t(129), int64_t(16), int64_t(0)}) {
+      const AttnCase c{dt, 8, 2, 128, 0, 16, KvLayout::HND};
+      SCOPED_TRACE("one sequence, history " + std::to_string(history) + ": " + describe_case(c));
+      check_paged_step(stream_, make_step(c, {{history, 1}}, seed += 17), AttnKernel::decode);
+    }
+  std::vector<SeqSpec> batch;  // 64 decodes: few splits each
+  for (int s = 0; s < 64; ++s) batch.push_back({(s * 37) % 700, 1});
+  const AttnCase c{DType::BF16, 32, 8, 128, 0, 16, KvLayout::NHD};
+  SCOPED_TRACE("64 decodes: " + describe_case(c));
+  check_paged_step(stream_, make_step(c, batch, seed + 1), AttnKernel::decode);
+}
+
+TEST_F(OpConformance, attention_decode_ExtremeRows) { check_extreme_rows(stream_, AttnKernel::decode); }
+TEST_F(OpConformance, attention_decode_InvalidRows) { check_invalid_rows(stream_, AttnKernel::decode); }
+
+TEST_F(OpConformance, attention_decode_Unsupported) {
+  std::string why;
+  EXPECT_FALSE(cuda::attention_decode_supports({8, 2, 96, 0}, DType::BF16, &why));
+  EXPECT_THAT(why, testing::HasSubstr("head_dim 96 (instantiated: 64, 128)"));
+  EXPECT_TRUE(cuda::attention_decode_supports({8, 2, 128, 0}, DType::F16));
 }
 
 // kv_write alone, into pools full of stale values (no NaN): exactly the step's slots change, bit for bit.

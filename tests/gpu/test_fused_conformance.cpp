@@ -194,6 +194,10 @@ TEST_F(OpConformance, add_rmsnorm_RejectsOutAliasingX) {
 
 // ------------------------------------------------------------------------------------------------ gate_up_silu
 
+// Both GEMV tunings on every case (gemv_tuning() picks one per shape).
+const cuda::GemvTuning kTunings[] = {cuda::GemvTuning::occupancy, cuda::GemvTuning::deep};
+const char* tuning_name(cuda::GemvTuning t) { return t == cuda::GemvTuning::deep ? "deep" : "occupancy"; }
+
 TEST_F(OpConformance, gate_up_silu) {
   struct HI {
     int64_t H, I;
@@ -204,26 +208,28 @@ TEST_F(OpConformance, gate_up_silu) {
   uint32_t seed = 2600;
   for (DType dt : kFloatTypes)
     for (const HI& s : sizes)
-      for (int64_t T = 1; T <= cuda::kGemvMaxRows; ++T) {
-        if (s.H == 2048 && T != 1 && T != cuda::kGemvMaxRows) continue;
-        SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"H", str(s.H)}, {"I", str(s.I)}}));
-        const std::vector<float> x = randn(T * s.H, dt, seed), w = randn(2 * s.I * s.H, dt, seed + 1);
-        seed += 2;
-        Guarded d_x(dt, {T, s.H}), d_w(dt, {2 * s.I, s.H}), d_out(dt, {T, s.I});
-        Guarded d_gu(dt, {T, 2 * s.I}), d_std(dt, {T, s.I});
-        d_x.upload(x);
-        d_w.upload(w);
-        cuda::gate_up_silu(d_x, d_w, d_out, stream_);
-        gemm.linear(d_x, d_w, d_gu, stream_);
-        cuda::silu_mul(d_gu, d_std, stream_);
-        sync();
-        const std::vector<float> got = d_out.download();
-        EXPECT_TRUE(close(got, d_std.download(), nmse_bound(dt))) << "vs GEMM + silu_mul";
-        HostTensor out = HostTensor::empty(DType::F32, {T, s.I});
-        cpu::gate_up_silu(host_f32(x, {T, s.H}), host_f32(w, {2 * s.I, s.H}), out);
-        EXPECT_TRUE(close(got, to_vector(out), dt == DType::F32 ? 1e-10 : nmse_bound(dt))) << "vs CPU twin";
-        expect_guards_intact({&d_x, &d_w, &d_out, &d_gu, &d_std});
-      }
+      for (int64_t T = 1; T <= cuda::kGemvMaxRows; ++T)
+        for (cuda::GemvTuning tuning : kTunings) {
+          if (s.H == 2048 && T != 1 && T != cuda::kGemvMaxRows) continue;
+          SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"H", str(s.H)}, {"I", str(s.I)},
+                                  {"tuning", tuning_name(tuning)}}));
+          const std::vector<float> x = randn(T * s.H, dt, seed), w = randn(2 * s.I * s.H, dt, seed + 1);
+          seed += 2;
+          Guarded d_x(dt, {T, s.H}), d_w(dt, {2 * s.I, s.H}), d_out(dt, {T, s.I});
+          Guarded d_gu(dt, {T, 2 * s.I}), d_std(dt, {T, s.I});
+          d_x.upload(x);
+          d_w.upload(w);
+          cuda::gate_up_silu(d_x, d_w, d_out, stream_, tuning);
+          gemm.linear(d_x, d_w, d_gu, stream_);
+          cuda::silu_mul(d_gu, d_std, stream_);
+          sync();
+          const std::vector<float> got = d_out.download();
+          EXPECT_TRUE(close(got, d_std.download(), nmse_bound(dt))) << "vs GEMM + silu_mul";
+          HostTensor out = HostTensor::empty(DType::F32, {T, s.I});
+          cpu::gate_up_silu(host_f32(x, {T, s.H}), host_f32(w, {2 * s.I, s.H}), out);
+          EXPECT_TRUE(close(got, to_vector(out), dt == DType::F32 ? 1e-10 : nmse_bound(dt))) << "vs CPU twin";
+          expect_guards_intact({&d_x, &d_w, &d_out, &d_gu, &d_std});
+        }
 }
 
 // ------------------------------------------------------------------------------------------------- linear_gemv
@@ -240,34 +246,36 @@ TEST_F(OpConformance, linear_gemv) {
   uint32_t seed = 2700;
   for (DType dt : kFloatTypes)
     for (const NK& s : sizes)
-      for (int64_t T = 1; T <= cuda::kGemvMaxRows; ++T) {
-        if (s.K >= 2048 && T != 1 && T != 3 && T != cuda::kGemvMaxRows) continue;
-        SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"N", str(s.N)}, {"K", str(s.K)}}));
-        std::vector<float> x = randn(T * s.K, dt, seed), w = randn(s.N * s.K, dt, seed + 1);
-        seed += 2;
-        // Extremes: row 0 near zero, the last row large (sums near 1e4 in f16, whose max is 65504).
-        for (int64_t k = 0; k < s.K; ++k) {
-          x[size_t(k)] = round_to(x[size_t(k)] * 1e-6f, dt);
-          if (T > 1) x[size_t((T - 1) * s.K + k)] = round_to(x[size_t((T - 1) * s.K + k)] * 64.0f, dt);
+      for (int64_t T = 1; T <= cuda::kGemvMaxRows; ++T)
+        for (cuda::GemvTuning tuning : kTunings) {
+          if (s.K >= 2048 && T != 1 && T != 3 && T != cuda::kGemvMaxRows) continue;
+          SCOPED_TRACE(case_name({{"dtype", str(dt)}, {"T", str(T)}, {"N", str(s.N)}, {"K", str(s.K)},
+                                  {"tuning", tuning_name(tuning)}}));
+          std::vector<float> x = randn(T * s.K, dt, seed), w = randn(s.N * s.K, dt, seed + 1);
+          seed += 2;
+          // Extremes: row 0 near zero, the last row large (sums near 1e4 in f16, whose max is 65504).
+          for (int64_t k = 0; k < s.K; ++k) {
+            x[size_t(k)] = round_to(x[size_t(k)] * 1e-6f, dt);
+            if (T > 1) x[size_t((T - 1) * s.K + k)] = round_to(x[size_t((T - 1) * s.K + k)] * 64.0f, dt);
+          }
+          Guarded d_x(dt, {T, s.K}), d_w(dt, {s.N, s.K}), d_out(dt, {T, s.N}), d_std(dt, {T, s.N});
+          d_x.upload(x);
+          d_w.upload(w);
+          cuda::linear_gemv(d_x, d_w, d_out, stream_, tuning);
+          gemm.linear(d_x, d_w, d_std, stream_);
+          sync();
+          const std::vector<float> got = d_out.download();
+          const std::vector<float> want = d_std.download();
+          for (int64_t r = 0; r < T; ++r) {  // per row: the near-zero row is held to its own scale
+            const std::vector<float> g(got.begin() + r * s.N, got.begin() + (r + 1) * s.N);
+            const std::vector<float> e(want.begin() + r * s.N, want.begin() + (r + 1) * s.N);
+            EXPECT_TRUE(close(g, e, nmse_bound(dt))) << "row " << r << " vs cuBLASLt";
+          }
+          HostTensor out = HostTensor::empty(DType::F32, {T, s.N});
+          cpu::linear(host_f32(x, {T, s.K}), host_f32(w, {s.N, s.K}), out);
+          EXPECT_TRUE(close(got, to_vector(out), dt == DType::F32 ? 1e-10 : nmse_bound(dt))) << "vs CPU twin";
+          expect_guards_intact({&d_x, &d_w, &d_out, &d_std});
         }
-        Guarded d_x(dt, {T, s.K}), d_w(dt, {s.N, s.K}), d_out(dt, {T, s.N}), d_std(dt, {T, s.N});
-        d_x.upload(x);
-        d_w.upload(w);
-        cuda::linear_gemv(d_x, d_w, d_out, stream_);
-        gemm.linear(d_x, d_w, d_std, stream_);
-        sync();
-        const std::vector<float> got = d_out.download();
-        const std::vector<float> want = d_std.download();
-        for (int64_t r = 0; r < T; ++r) {  // per row: the near-zero row is held to its own scale
-          const std::vector<float> g(got.begin() + r * s.N, got.begin() + (r + 1) * s.N);
-          const std::vector<float> e(want.begin() + r * s.N, want.begin() + (r + 1) * s.N);
-          EXPECT_TRUE(close(g, e, nmse_bound(dt))) << "row " << r << " vs cuBLASLt";
-        }
-        HostTensor out = HostTensor::empty(DType::F32, {T, s.N});
-        cpu::linear(host_f32(x, {T, s.K}), host_f32(w, {s.N, s.K}), out);
-        EXPECT_TRUE(close(got, to_vector(out), dt == DType::F32 ? 1e-10 : nmse_bound(dt))) << "vs CPU twin";
-        expect_guards_intact({&d_x, &d_w, &d_out, &d_std});
-      }
 }
 
 TEST_F(OpConformance, linear_gemv_RejectsBadShapes) {

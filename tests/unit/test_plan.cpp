@@ -131,7 +131,7 @@ TEST(Plan, FusedPresetIsWholeAndFallsBackStageByStage) {
   const Plan p = build_plan({"fused", {}, KvLayout::NHD, &c64, DType::BF16});
   EXPECT_EQ(p.device, Device::CUDA);
   EXPECT_TRUE(p.notices.empty()) << p.notices.front();
-  EXPECT_EQ(p.by_stage[size_t(Stage::attention)]->name, "attention.flashinfer");
+  EXPECT_EQ(p.by_stage[size_t(Stage::attention)]->name, "attention.fused");
   EXPECT_EQ(p.by_stage[size_t(Stage::rope)]->name, "qkv..kv_write.fused");
   EXPECT_EQ(p.by_stage[size_t(Stage::mlp_norm)]->name, "attn_residual..mlp_norm.fused");
   EXPECT_EQ(p.by_stage[size_t(Stage::act)]->name, "gate_up..act.fused");
@@ -145,7 +145,7 @@ TEST(Plan, FusedPresetIsWholeAndFallsBackStageByStage) {
     EXPECT_EQ(f.by_stage[size_t(Stage::attention)]->name, "attention.standard");
     EXPECT_EQ(f.by_stage[size_t(Stage::rope)]->name, "qkv..kv_write.fused");
     ASSERT_EQ(f.notices.size(), 1u);
-    EXPECT_THAT(f.notices[0], HasSubstr("path fused: attention.flashinfer cannot run this model ("));
+    EXPECT_THAT(f.notices[0], HasSubstr("path fused: attention.fused cannot run this model ("));
     EXPECT_THAT(f.notices[0], HasSubstr("); attention.standard instead"));
   }
   // Asked for by name, an unsupported variant is an error, not a fallback.
