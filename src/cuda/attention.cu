@@ -98,11 +98,12 @@ __global__ void qkv_rope_kv_write_kernel(T* qkv, const T* __restrict__ bias, con
   const int64_t qkv_dim = q_dim + 2 * kv_dim;
   const int64_t n_pairs = int64_t(n_heads + n_kv_heads) * half;
   pdl_launch_dependents();
-  pdl_wait();  // qkv comes from the GEMM/GEMV before (launch_pdl, cuda/launch.h)
   auto biased = [&](const T* row, int64_t i) {
     return bias ? to_f32(from_f32<T>(to_f32(row[i]) + to_f32(bias[i]))) : to_f32(row[i]);
   };
   for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+    // Positions, the page tables and inv_freq are written before the step's first kernel: the angles and the
+    // slot are ready before the wait for qkv (launch.h).
     const int64_t pos = positions[t];
     const float fpos = float(positions[t]);
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -110,9 +111,10 @@ __global__ void qkv_rope_kv_write_kernel(T* qkv, const T* __restrict__ bias, con
       c[i] = cosf(angle);
       s[i] = sinf(angle);
     }
-    __syncthreads();
     const int64_t first = entry_first_page(pg, t, pos);
     const int64_t slot = first < 0 ? -1 : slot_offset(pg, first, pos);  // -1: no slot; the row is still roped
+    __syncthreads();
+    if (t == blockIdx.x) pdl_wait();  // qkv comes from the GEMM/GEMV before; the pools are read by kernels before
     T* row = qkv + t * qkv_dim;
     for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
       const int64_t head = p / half;
@@ -275,19 +277,35 @@ int decode_min_chunk() {
 }
 constexpr int kDecodeUnroll = 4;     // keys per key group whose k and v loads are in flight together
 constexpr int kDecodeMaxSplits = 128;  // a multiple of 32 (the merge gives each lane kDecodeMaxSplits / 32)
-constexpr int kDecodeTile = 64;        // keys whose page-table lookups the block makes together
+constexpr int kDecodeTile = 256;       // keys whose page-table lookups the block makes together
+
+constexpr int kDecodeMaxThreads = 512;  // a block's threads at most (the kernel's launch bounds)
+
+// Warps per q head in a block (their states meet in shared memory, not in the workspace): 2, or 1 where two do
+// not fit kDecodeMaxThreads. Measured on an H200 (batch 1, context 128/256, min chunk 16): 1, 2, 4 and 8 within
+// 1% of each other (1B shape 903-916 tok/s, 8B 216-218), 2 at the top of both. TANDEM_DECODE_WARPS_PER_HEAD
+// overrides it (benchmarking; clamped to what fits).
+int decode_warps_per_head(const AttentionShape& s) {
+  static const int forced = [] {
+    const char* e = std::getenv("TANDEM_DECODE_WARPS_PER_HEAD");
+    return e && *e ? std::max(1, std::atoi(e)) : 0;
+  }();
+  const int group = s.n_heads / s.n_kv_heads, fit = std::max(1, kDecodeMaxThreads / 32 / group);
+  return std::min(fit, forced ? forced : 2);
+}
 
 // Splits per (token, kv head): enough blocks for eight per SM (short splits keep several rounds of loads from
 // queuing behind each other in one warp), at most kDecodeMaxSplits. A function of T and the
 // shape only, so the launch shape of a decode step is fixed by its size (CUDA graphs).
 int decode_splits(int64_t T, const AttentionShape& s) {
+  const int64_t W = decode_warps_per_head(s);
   static const int sms = [] {
     int dev = 0, n = 0;
     TD_CUDA_CHECK(cudaGetDevice(&dev));
     TD_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
     return n;
   }();
-  const int64_t items = T * s.n_kv_heads;
+  const int64_t items = T * s.n_kv_heads * W;
   return int(std::clamp<int64_t>((8 * sms + items - 1) / items, 1, kDecodeMaxSplits));
 }
 
@@ -306,15 +324,16 @@ struct SoftmaxState {
   }
 };
 
-// Grid (splits, n_kv_heads, T); block = one warp per q head of the kv head's group. The token's keys [lo, pos]
-// are cut into `used` splits of at least min_chunk keys; the block of split c scores its keys for all the
-// group's heads (each warp one head; the warps read the same k/v lines, so DRAM sees them once). In a warp, LPK
+// Grid (splits, n_kv_heads, T); block = W warps per q head of the kv head's group. The token's keys [lo, pos]
+// are cut into `used` splits of at least W * min_chunk keys; the block of split c scores its keys for all the
+// group's heads (W warps a head, taking turns of keys; the heads' warps read the same k/v lines, so DRAM sees
+// them once); the W states of a head meet in shared memory, in warp order. In a warp, LPK
 // lanes hold one key (16 bytes each) and the warp's 32 / LPK key groups take every (32 / LPK)-th key, each with
 // its own online softmax; the groups merge by shuffles. With one split the block writes the output; otherwise
 // each split stores its state in `partial` and the last split to finish (a counter per (token, kv head), reset by
 // that block) merges the states in split order, so the result does not depend on which block came last.
 template <typename T, int HD>
-__global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ positions, Pages pg,
+__global__ void __launch_bounds__(kDecodeMaxThreads) attention_decode_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ positions, Pages pg,
                                         const T* __restrict__ k_pool, const T* __restrict__ v_pool,
                                         T* __restrict__ out, float* __restrict__ partial, int32_t* counters,
                                         int n_heads, int n_kv_heads, int window, float scale, int min_chunk) {
@@ -323,11 +342,13 @@ __global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t
   static_assert(HD % VEC == 0 && LPK <= 32 && 32 % LPK == 0, "head_dim must fill whole 16-byte lanes");
   constexpr int KPW = 32 / LPK;  // keys per warp per round
   constexpr int kStateFloats = HD + 2;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
   const int kg = lane / LPK, sub = lane % LPK;
   const int splits = int(gridDim.x), c = int(blockIdx.x), kvh = int(blockIdx.y);
   const int64_t t = blockIdx.z;
   const int group = n_heads / n_kv_heads;
+  const int W = int(blockDim.x >> 5) / group;                // warps per head
+  const int warp = int(threadIdx.x >> 5) % group, part = int(threadIdx.x >> 5) / group;
   const int h = kvh * group + warp;
   const int64_t q_dim = int64_t(n_heads) * HD, qkv_dim = q_dim + 2 * int64_t(n_kv_heads) * HD;
   T* o = out + t * q_dim + int64_t(h) * HD;
@@ -344,7 +365,7 @@ __global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t
   }
   const int64_t lo = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
   const int64_t len = pos - lo + 1;
-  const int64_t chunk = max(int64_t(min_chunk), (len + splits - 1) / splits);
+  const int64_t chunk = max(int64_t(min_chunk) * W, (len + splits - 1) / splits);
   const int used = int((len + chunk - 1) / chunk);
   if (c >= used) return;
   const int64_t begin = lo + c * chunk, end = min(pos + 1, begin + chunk);
@@ -369,7 +390,8 @@ __global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t
       bad |= off < 0;
     }
     __syncthreads();
-    for (int j0 = 0; j0 < n; j0 += KPW * kDecodeUnroll) {  // uniform over the warp (shuffles)
+    // The head's W warps take turns of KPW * kDecodeUnroll keys.
+    for (int j0 = part * KPW * kDecodeUnroll; j0 < n; j0 += KPW * kDecodeUnroll * W) {  // uniform over the warp
       T kv_k[kDecodeUnroll][VEC], kv_v[kDecodeUnroll][VEC];
       bool live[kDecodeUnroll];
 #pragma unroll
@@ -420,18 +442,38 @@ __global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t
     const float m2 = __shfl_xor_sync(0xffffffffu, st.m, off), l2 = __shfl_xor_sync(0xffffffffu, st.l, off);
     st.merge(m2, l2, acc2);
   }
+  // The head's W warps -> one state in part 0's lanes 0 .. LPK - 1, merged in part order through shared memory.
+  extern __shared__ float parts_s[];  // [part 1 .. W - 1][group][HD + 2] (dynamic: W > 1 only)
+  if (W > 1) {
+    float* mine = parts_s + (int64_t(part - 1) * group + warp) * (HD + 2);
+    if (part > 0 && kg == 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) mine[2 + sub * VEC + e] = st.acc[e];
+      if (lane == 0) mine[0] = st.m, mine[1] = st.l;
+    }
+    __syncthreads();
+    if (part == 0 && kg == 0)
+      for (int p = 1; p < W; ++p) {
+        const float* other = parts_s + (int64_t(p - 1) * group + warp) * (HD + 2);
+        float acc2[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc2[e] = other[2 + sub * VEC + e];
+        st.merge(other[0], other[1], acc2);
+      }
+  }
   if (__syncthreads_or(bad)) st.l = __int_as_float(0x7fc00000);  // a page id outside the pool: the row comes out NaN
+  const bool lead = part == 0;  // from here on one warp per head (the others meet the block's barriers only)
   if (used == 1) {
-    if (kg == 0)
+    if (lead && kg == 0)
 #pragma unroll
       for (int e = 0; e < VEC; ++e) o[sub * VEC + e] = from_f32<T>(st.acc[e] / st.l);
     return;
   }
   float* mine = partial + ((t * n_heads + h) * splits + c) * kStateFloats;
-  if (kg == 0)
+  if (lead && kg == 0)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) mine[2 + sub * VEC + e] = st.acc[e];
-  if (lane == 0) mine[0] = st.m, mine[1] = st.l;
+  if (lead && lane == 0) mine[0] = st.m, mine[1] = st.l;
   __threadfence();  // the state is visible device-wide before the counter says so
   __syncthreads();
   __shared__ bool last;
@@ -441,7 +483,7 @@ __global__ void attention_decode_kernel(const T* __restrict__ qkv, const int32_t
     if (last) *counter = 0;  // ready for the next launch (stream order)
   }
   __syncthreads();
-  if (!last) return;
+  if (!last || !lead) return;
   __threadfence();
   // Merge the used splits' states for this warp's head, in split order: lane i holds the max and weight of splits
   // i, i + 32, ... (used <= kDecodeMaxSplits); each lane then sums HD / 32 output elements over the splits.
@@ -638,9 +680,10 @@ bool attention_decode_supports(const AttentionShape& shape, DType dtype, std::st
     return no("dtype " + std::string(dtype_name(dtype)) + " (instantiated: f32, f16, bf16)");
   if (shape.head_dim != 64 && shape.head_dim != 128)
     return no("head_dim " + std::to_string(shape.head_dim) + " (instantiated: 64, 128)");
-  if (shape.n_kv_heads <= 0 || shape.n_heads % shape.n_kv_heads != 0 || shape.n_heads / shape.n_kv_heads > 32)
+  if (shape.n_kv_heads <= 0 || shape.n_heads % shape.n_kv_heads != 0 ||
+      shape.n_heads / shape.n_kv_heads > kDecodeMaxThreads / 32)
     return no(std::to_string(shape.n_heads) + " q heads over " + std::to_string(shape.n_kv_heads) +
-              " kv heads (group size 1..32)");
+              " kv heads (group size 1.." + std::to_string(kDecodeMaxThreads / 32) + ")");
   return true;
 }
 
@@ -683,12 +726,14 @@ void attention_decode(const Tensor& qkv, const Tensor& positions, const PagedKv&
     partial = workspace.ptr<float>() + T * shape.n_kv_heads;
   }
   const dim3 grid(unsigned(splits), unsigned(shape.n_kv_heads), unsigned(T));
-  const unsigned threads = unsigned(32 * (shape.n_heads / shape.n_kv_heads));
+  const int group = shape.n_heads / shape.n_kv_heads, W = decode_warps_per_head(shape);
+  const unsigned threads = unsigned(32 * group * W);
+  const size_t smem = size_t(W - 1) * group * (shape.head_dim + 2) * sizeof(float);
   const float scale = 1.0f / std::sqrt(float(shape.head_dim));
   dispatch_float(qkv.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
     auto launch = [&](auto kernel) {
-      launch_pdl(kernel, grid, threads, 0, stream, qkv.ptr<const D>(), positions.ptr<const int32_t>(), pg,
+      launch_pdl(kernel, grid, threads, smem, stream, qkv.ptr<const D>(), positions.ptr<const int32_t>(), pg,
                  kv.k.ptr<const D>(), kv.v.ptr<const D>(), out.ptr<D>(), partial, counters, shape.n_heads,
                  shape.n_kv_heads, shape.sliding_window, scale, decode_min_chunk());
     };

@@ -39,12 +39,12 @@ void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, co
                const Tensor& out, cudaStream_t stream);
 
 // The fused path's attention for decode steps: attention()'s contract (any step; bad rows NaN alike), split-KV so
-// that a step of few tokens still spreads over the GPU. Grid (splits, n_kv_heads, T), one warp per q head of a
-// group, 16-byte loads of k and v per lane; splits = a function of T and the shape only (fixed launch shape for
+// that a step of few tokens still spreads over the GPU. Grid (splits, n_kv_heads, T), W warps per q head of a
+// group (their states merged in shared memory; W * group <= 16), 16-byte loads of k and v per lane; splits = a function of T and the shape only (fixed launch shape for
 // CUDA graphs). With more than one split the states meet in `workspace` and the last split of each (token, kv
 // head) merges them in split order (deterministic). workspace: f32 [>= attention_decode_workspace(T, shape)]
 // (none needed when that is 0); its first T * n_kv_heads elements are counters that must be zero before the first
-// call and are left zero by every call. head_dim 64 or 128, group size <= 32, f32/f16/bf16, qkv and pools 16-byte
+// call and are left zero by every call. head_dim 64 or 128, group size <= 16, f32/f16/bf16, qkv and pools 16-byte
 // aligned (attention_decode_supports says why not). Fp32 softmax and sums; the summation order differs from
 // attention() (split, key groups), so the two agree within rounding, not bit for bit.
 bool attention_decode_supports(const AttentionShape& shape, DType dtype, std::string* why = nullptr);

@@ -97,6 +97,13 @@ __global__ void rmsnorm_regs_kernel(T* x, const T* delta, const T* __restrict__ 
   __shared__ float red[32];
   const int64_t n_chunks = H / VEC;
   pdl_launch_dependents();
+  // The weight (no kernel writes it) is in registers before the wait: one memory latency less after it.
+  T wv[kNormChunks][VEC];
+#pragma unroll
+  for (int j = 0; j < kNormChunks; ++j) {
+    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+    if (c < n_chunks) *reinterpret_cast<uint4*>(wv[j]) = __ldg(reinterpret_cast<const uint4*>(w + c * VEC));
+  }
   pdl_wait();  // x and delta come from the kernels before (launch_pdl, cuda/launch.h)
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* xr = x + r * H;
@@ -134,12 +141,11 @@ __global__ void rmsnorm_regs_kernel(T* x, const T* delta, const T* __restrict__ 
     for (int j = 0; j < kNormChunks; ++j) {
       const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
       if (c < n_chunks) {
-        T wv[VEC], ov[VEC];
-        *reinterpret_cast<uint4*>(wv) = __ldg(reinterpret_cast<const uint4*>(w + c * VEC));
+        T ov[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const float normed = to_f32(from_f32<T>(to_f32(v[j][e]) * inv));
-          ov[e] = from_f32<T>(to_f32(wv[e]) * normed);
+          ov[e] = from_f32<T>(to_f32(wv[j][e]) * normed);
         }
         *reinterpret_cast<uint4*>(o + c * VEC) = *reinterpret_cast<const uint4*>(ov);
       }
