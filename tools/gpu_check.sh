@@ -24,7 +24,8 @@ fi
 if [ ! -f .deps/flashinfer/.stamp ] && [ -f .deps/flashinfer.tar.gz ]; then tar xzf .deps/flashinfer.tar.gz -C .deps; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 if has build; then
-  cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+  commit=(); [ -f .deps/commit.txt ] && commit=(-DTANDEM_COMMIT="$(cat .deps/commit.txt)")
+  cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release "${commit[@]}" >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
   ninja -C $BUILD >"$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
   echo "build ok"
 fi
