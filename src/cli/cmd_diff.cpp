@@ -22,6 +22,7 @@ namespace {
 struct DiffArgs {
   std::string model, prompt, prompt_ids, a = "auto", b = "reference", dtype = "bf16", kv_layout = "nhd";
   std::vector<std::string> variant_a, variant_b;
+  std::vector<std::string> perturb;  // applied to both plans alike
   int64_t page_size = 16;
   int steps = 4;
   double tol = 0;
@@ -219,7 +220,11 @@ int run(const DiffArgs& a) {
       sides[i].label = i == 0 ? "a" : "b";
       sides[i].runner = make_runner(bundle, o);
       for (const std::string& n : sides[i].runner->plan().notices) std::fprintf(stderr, "note (%s): %s\n", i ? "b" : "a", n.c_str());
+      std::vector<Perturbation> ps;
+      for (const std::string& spec : a.perturb) ps.push_back(parse_perturbation(spec, bundle.config()));
+      sides[i].runner->set_perturbations(ps);
     }
+    TD_CHECK(a.perturb.empty() || !a.matrix, "diff: --perturb is not taken with --matrix");
     if (!a.prompt.empty()) {
       TD_CHECK(bundle.tokenizer.has_value(), "-p TEXT needs a tokenizer; pass --prompt-ids");
       ids = bundle.tokenizer->encode(a.prompt, !a.no_bos, true);
@@ -326,6 +331,7 @@ int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<i
 struct BisectArgs {
   std::string model, prompt, prompt_ids, good = "standard", bad = "fused", dtype = "bf16", kv_layout = "nhd";
   std::vector<std::string> variant_good, variant_bad;
+  std::vector<std::string> perturb;  // applied to every run alike
   int64_t page_size = 16;
   int steps = 2, batch = 1;
   double tol = 0;
@@ -435,10 +441,18 @@ int run_bisect(const BisectArgs& a) {
     std::printf("the plans are the same variant for variant: nothing to bisect\n");
     return 0;
   }
+  std::vector<Perturbation> perturbations;
+  try {
+    for (const std::string& spec : a.perturb) perturbations.push_back(parse_perturbation(spec, bundle.config()));
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
   Side sides[2];
   sides[1].label = "good";
   good_o.path = good.path;
   sides[1].runner = make_runner(bundle, good_o);
+  sides[1].runner->set_perturbations(perturbations);
   const DType dt = sides[1].runner->host().dtype();
   const double tol = a.tol > 0 ? a.tol : rel_tolerance(dt);
   int trials = 0;
@@ -448,6 +462,7 @@ int run_bisect(const BisectArgs& a) {
     o.variants = overrides_for(good, bad, units, chosen);
     sides[0].label = "candidate";
     sides[0].runner = make_runner(bundle, o);
+    sides[0].runner->set_perturbations(perturbations);
     const Outcome out = compare_runs(sides, bundle.config(), ids, a.steps, tol, false, a.batch);
     std::printf("  trial %d: good + {%s}: %s\n", ++trials, unit_names(bad, units, chosen).c_str(),
                 out.diverged ? "diverges" : "equal");
@@ -496,6 +511,9 @@ void register_diff(CLI::App& app) {
   cmd->add_option("--kv-layout", a->kv_layout, "nhd | hnd")->check(CLI::IsMember({"nhd", "hnd"}));
   cmd->add_option("-n,--steps", a->steps, "decode steps after the prefill")->capture_default_str();
   cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: that of the less precise dtype)");
+  cmd->add_option("--perturb", a->perturb,
+                  "TAP:PART:scale=F on both plans alike (as trace --perturb; e.g. L1.qkv:k:scale=1000 to give a "
+                  "small model Qwen2-sized keys)");
   cmd->add_flag("--no-bos", a->no_bos, "do not add the tokenizer's BOS token");
   cmd->add_option("--html", a->html, "also write a self-contained HTML report (absmax per layer, layer x stage "
                   "heat map, the report, the taps)");
@@ -533,6 +551,7 @@ void register_bisect(CLI::App& app) {
   cmd->add_option("-n,--steps", a->steps, "decode steps per trial")->capture_default_str();
   cmd->add_option("--batch", a->batch, "sequences per step, as in diff --batch")->capture_default_str()->check(CLI::Range(1, 64));
   cmd->add_option("--tol", a->tol, "relative L2 tolerance (default: the dtype's)");
+  cmd->add_option("--perturb", a->perturb, "TAP:PART:scale=F on every run alike, as diff --perturb");
   cmd->callback([a] {
     const int rc = run_bisect(*a);
     std::fflush(stdout);

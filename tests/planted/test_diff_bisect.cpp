@@ -81,6 +81,8 @@ const Planted kPlanted[] = {
     {"kv_write=test_skip_layer1", "step 0 (prefill), tap L1.kv_write", "L1.rope"},
     {"rope=test_decode_offset", "step 1 (decode), tap L0.rope", "L0.qkv"},
     {"attention=test_read_nhd_as_hnd", "step 0 (prefill), tap L0.attention", "L0.kv_write"},
+    {"attention=test_last_page_short", "step 0 (prefill), tap L0.attention", "L0.kv_write"},
+    {"attention=test_zero_scale", "step 0 (prefill), tap L0.attention", "L0.kv_write"},
 };
 
 TEST(Planted, DiffAndBisectLocalizeEachBug) {
@@ -111,6 +113,46 @@ TEST(Planted, AnotherSequencesPagesShowOnlyInABatch) {
                  "--variant-bad " + v + " --variant-bad rope=test_decode_offset");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, ::testing::ContainsRegex("CULPRIT: (attention.test_other_seq_pages|rope.test_decode_offset) "));
+}
+
+// A batch-index mix-up on the batch-of-one path: diverges at batch 1 (prefill, L0.attention), equal with three
+// sequences in the step; bisect at batch 1 names it.
+TEST(Planted, BatchOfOneIndexMixUpShowsOnlyAtBatchOne) {
+  const std::string v = "attention=test_batch1_index";
+  RunResult r = run_tandem(kRun + "--batch 3 --variant-a " + v);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = run_tandem(kRun + "--variant-a " + v);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("FIRST DIVERGENCE: step 0 (prefill), tap L0.attention\n"));
+  EXPECT_THAT(r.output, HasSubstr("last tap that agreed: L0.kv_write "));
+  r = run_tandem("bisect -m " + kModel + " --prompt-ids 1,5,9,20,33 -n 1 --good reference --bad reference "
+                 "--variant-bad " + v);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("CULPRIT: attention.test_batch1_index "));
+}
+
+// Scores that overflow as f16 would, on the Qwen2 fixture (|K| ~ 200, largest scaled q.k ~ 217): invisible as it
+// is; with layer 1's keys scaled by 500 (diff/bisect/trace --perturb, both plans alike) the largest logit passes
+// 65504 at layer 1, and diff, bisect and trace all point there.
+TEST(Planted, F16ScoreOverflowShowsWhereTheLogitPasses65504) {
+  const std::string qwen = std::string(TANDEM_FIXTURES) + "/qwen2";
+  const std::string base = " -m " + qwen + " --prompt-ids 1,5,9,20,33 -n 1 ";
+  const std::string perturb = "--perturb L1.qkv:k:scale=500 ";
+  const std::string v = "attention=test_f16_scores";
+  RunResult r = run_tandem("diff" + base + "--a reference --b reference --variant-a " + v);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = run_tandem("diff" + base + "--a reference --b reference " + perturb + "--variant-a " + v);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("FIRST DIVERGENCE: step 0 (prefill), tap L1.attention\n"));
+  EXPECT_THAT(r.output, HasSubstr("last tap that agreed: L1.kv_write "));
+  r = run_tandem("bisect" + base + "--good reference --bad reference " + perturb + "--variant-bad " + v);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("CULPRIT: attention.test_f16_scores "));
+  r = run_tandem("trace" + base + perturb + "--variant " + v);
+  // Layer 1 of step 0: the largest scaled logit (column "max q.k/sqrt") past 65504, the first non-finite tap.
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("\n   0     1 [^\n]* 1\\.[0-9]+e\\+05 +[0-9]+ [^\n]*<-- L1.attention "
+                                                 "\\(first NaN/Inf\\)"));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("\n   0     0 [^\n]* [0-9.]+e\\+02 +[0-9]+ +[0-9.e+-]+ *\n"));  // layer 0: no overflow, finite
 }
 
 // diff --matrix: the same planted bug fails exactly the batch-3 cells of the grid, at L0.attention, in every page
