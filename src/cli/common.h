@@ -53,5 +53,6 @@ void register_bench(CLI::App& app);
 void register_trace(CLI::App& app);
 void register_diff(CLI::App& app);
 void register_bisect(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace tandem::cli

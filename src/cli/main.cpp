@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   tandem::cli::register_trace(app);
   tandem::cli::register_diff(app);
   tandem::cli::register_bisect(app);
+  tandem::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -97,10 +97,11 @@ std::vector<int32_t> Executor::reserve_pages(const std::map<int32_t, int64_t>& l
     int32_t worst = length_after.begin()->first;
     for (const auto& [seq, len] : length_after)
       if (pages_.pages_needed(seq, len) > pages_.pages_needed(worst, length_after.at(worst))) worst = seq;
-    fail("KV cache out of pages: this step needs {} more pages of {} tokens, {} of {} are free; sequence {} alone "
-         "needs {} for {} tokens (raise --kv-tokens or run fewer sequences at once)",
-         need, pages_.page_size(), pages_.free_pages(), pages_.num_pages(), worst,
-         pages_.pages_needed(worst, length_after.at(worst)), length_after.at(worst));
+    throw KvOutOfPages(fmt::format(
+        "KV cache out of pages: this step needs {} more pages of {} tokens, {} of {} are free; sequence {} alone "
+        "needs {} for {} tokens (raise --kv-tokens or run fewer sequences at once)",
+        need, pages_.page_size(), pages_.free_pages(), pages_.num_pages(), worst,
+        pages_.pages_needed(worst, length_after.at(worst)), length_after.at(worst)));
   }
   std::vector<int32_t> fresh;
   for (const auto& [seq, len] : length_after) {

@@ -28,6 +28,12 @@ struct ExecutorOptions {
 };
 constexpr int64_t kMaxGraphTokens = 512;
 
+// forward() found too few free KV pages for the step; nothing was run or reserved (the engine preempts on it).
+class KvOutOfPages : public Error {
+ public:
+  using Error::Error;
+};
+
 // A perturbation experiment: after stage `stage` of layer `layer` (-1: every layer; model-level stages: -1),
 // columns [col_begin, col_end) of that stage's output slot are multiplied by `factor`.
 struct Perturbation {
