@@ -34,6 +34,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
                 "debug: fill fresh KV pages with NaN and stop at the first attention that reads one");
   cmd->add_flag("--nan-check", o.runner.nan_check,
                 "debug: scan every variant's output and stop at the first NaN/Inf, naming it and its input's stats");
+  cmd->add_flag("--kv-fixed", o.runner.kv_fixed,
+                "CPU: keep the KV pool at --kv-tokens instead of growing it (the server preempts when it is full)");
   cmd->add_flag("!--no-pdl", o.runner.pdl,
                 "GPU: launch every kernel plainly (no programmatic dependent launch; for comparisons)");
   cmd->add_flag("!--no-cuda-graphs", o.runner.cuda_graphs,

@@ -28,7 +28,9 @@ class CpuHost final : public DeviceHost {
     std::memcpy(inv_freq_.f32(), inv.data(), inv.size() * sizeof(float));
     ctx_.rope_inv_freq = inv_freq_.view();
     for (const HostTensor& t : model_->storage) weight_bytes_ += t.view().nbytes();
-    // Host memory is cheap to grow: start with room for --kv-tokens (or 1024 tokens) and double on demand.
+    // Host memory is cheap to grow: start with room for --kv-tokens (or 1024 tokens) and double on demand, unless
+    // the pool is fixed (HostOptions::kv_fixed: as on the GPU; the server then preempts when it is full).
+    fixed_pool_ = o.kv_fixed;
     const int64_t tokens = o.kv_tokens > 0 ? o.kv_tokens : 1024;
     resize_pool((tokens + o.page_size - 1) / o.page_size);
   }
@@ -43,6 +45,7 @@ class CpuHost final : public DeviceHost {
 
   bool grow_kv(int64_t pages) override {
     if (pages <= pages_) return true;
+    if (fixed_pool_) return false;
     resize_pool(std::max(pages, 2 * pages_));
     return true;
   }
@@ -181,6 +184,7 @@ class CpuHost final : public DeviceHost {
   CpuContext ctx_;
   std::vector<float> kv_;
   int64_t pages_ = 0;
+  bool fixed_pool_ = false;  // HostOptions::kv_fixed: never grows
   int64_t rows_ = 0;
   HostTensor x_, h_, qkv_, attn_, gate_up_, act_, final_rows_, logits_;
   ActivationSlots slots_;

@@ -29,6 +29,8 @@ struct HostOptions {
   double gpu_memory_utilization = 0;
   // GPU: programmatic dependent launch for the kernels that support it (cuda/launch.h; process-wide).
   bool programmatic_launch = true;
+  // CPU: the KV pool stays at kv_tokens instead of growing on demand (the GPU pool is always fixed).
+  bool kv_fixed = false;
 };
 
 class DeviceHost {

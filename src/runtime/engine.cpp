@@ -283,8 +283,13 @@ bool Engine::step_once() {
       const bool eos = s.req.stop_at_eos &&
                        (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end() ||
                         std::find(stops.begin(), stops.end(), tok) != stops.end());
+      bool aborted = false;
+      if (!keep_going) {  // a callback that ends the request: a stop string, or a client gone (aborted already)
+        std::lock_guard<std::mutex> lock(mu_);
+        aborted = std::find(aborts_.begin(), aborts_.end(), s.id) != aborts_.end();
+      }
       if (!keep_going || eos) {
-        finish(s, "stop");
+        finish(s, aborted ? "abort" : "stop");
         done.push_back(&s);
       } else if (s.generated() >= s.req.max_new_tokens) {
         finish(s, "length");

@@ -141,7 +141,7 @@ Resolved resolve(const RunnerOptions& o) {
 }
 
 HostOptions host_options(const RunnerOptions& o, const Resolved& r) {
-  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout, o.gpu_memory_utilization, o.pdl};
+  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout, o.gpu_memory_utilization, o.pdl, o.kv_fixed};
 }
 }  // namespace
 

@@ -38,6 +38,7 @@ struct RunnerOptions {
   bool nan_check = false;              // stop at the first variant output holding NaN/Inf
   bool cuda_graphs = true;             // decode steps from CUDA graphs (ExecutorOptions::cuda_graphs)
   bool pdl = true;                     // programmatic dependent launch (HostOptions::programmatic_launch)
+  bool kv_fixed = false;               // CPU: a KV pool of kv_tokens that does not grow (HostOptions::kv_fixed)
 };
 // The preset `auto` resolves to: the fused path on a GPU when one is present (or --device cuda), else the
 // reference path on the CPU.

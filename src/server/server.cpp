@@ -227,12 +227,17 @@ struct Server::Impl {
         e.stop_ids = stop_ids;
         e.top_logprobs = r.logprobs;
         e.logit_bias = r.logit_bias;
-        Choice* c = job->choices[size_t(i)].get();
+        // The callbacks hold the job weakly: a handler that is gone (client disconnected) has aborted its
+        // requests already, and the engine ends them as aborted.
         std::weak_ptr<Job> weak = job;
-        e.on_token = [this, weak, c, i](const TokenEvent& ev) { return on_token(weak, *c, size_t(i), ev); };
-        e.on_done = [this, weak, c, i](const EngineResult& res) { on_done(weak, *c, size_t(i), res); };
-        c->engine_id = engine->submit(std::move(e));
-        submitted.push_back(c->engine_id);
+        e.on_token = [this, weak, i](const TokenEvent& ev) { return on_token(weak, size_t(i), ev); };
+        e.on_done = [this, weak, i](const EngineResult& res) { on_done(weak, size_t(i), res); };
+        const uint64_t id = engine->submit(std::move(e));
+        {
+          std::lock_guard<std::mutex> lock(job->mu);
+          job->choices[size_t(i)]->engine_id = id;
+        }
+        submitted.push_back(id);
       }
     } catch (const Engine::QueueFull& e) {
       for (uint64_t id : submitted) engine->abort(id);
@@ -244,10 +249,11 @@ struct Server::Impl {
     return job;
   }
 
-  bool on_token(const std::weak_ptr<Job>& weak, Choice& c, size_t index, const TokenEvent& ev) {
+  bool on_token(const std::weak_ptr<Job>& weak, size_t index, const TokenEvent& ev) {
     auto job = weak.lock();
     if (!job) return false;
     std::lock_guard<std::mutex> lock(job->mu);
+    Choice& c = *job->choices[index];
     const Clock::time_point now = Clock::now();
     if (!job->first_token_seen) {
       job->first_token_seen = true;
@@ -264,10 +270,11 @@ struct Server::Impl {
     return !c.stop.stopped();
   }
 
-  void on_done(const std::weak_ptr<Job>& weak, Choice& c, size_t index, const EngineResult& res) {
+  void on_done(const std::weak_ptr<Job>& weak, size_t index, const EngineResult& res) {
     auto job = weak.lock();
     if (!job) return;
     std::lock_guard<std::mutex> lock(job->mu);
+    Choice& c = *job->choices[index];
     c.result = res;
     std::string tail;
     if (!c.stop.stopped() && c.decoder) tail = c.stop.push(c.decoder->flush()) + c.stop.flush();
@@ -287,6 +294,7 @@ struct Server::Impl {
   }
 
   void abort_all(Job& job) {
+    std::lock_guard<std::mutex> lock(job.mu);
     for (const auto& c : job.choices)
       if (!c->done) engine->abort(c->engine_id);
   }

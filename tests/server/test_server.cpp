@@ -1,0 +1,438 @@
+// tandem serve on the default model (CPU reference path), in process, on a loopback port: the OpenAI schema,
+// streaming, stop strings, seeds, logprobs, the validation matrix, API keys, metrics, concurrency (every greedy
+// output equal to the request alone), client disconnects, preemption on a tiny KV pool, graceful shutdown.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include "runtime/model_bundle.h"
+#include "server/openai.h"
+#include "server/server.h"
+
+namespace tandem::server {
+namespace {
+using nlohmann::json;
+
+std::optional<std::filesystem::path> default_model() {
+  try {
+    return default_model_path();
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
+// A server on its own port over its own runner; stopped (drained) by the destructor.
+struct TestServer {
+  ModelBundle bundle;
+  std::unique_ptr<Executor> runner;
+  std::unique_ptr<Server> srv;
+  std::thread th;
+  explicit TestServer(ServerOptions o = {}, RunnerOptions r = {}) {
+    bundle = open_model_bundle(*default_model());
+    r.device = "cpu";
+    r.path = "reference";
+    runner = make_runner(bundle, r);
+    o.port = 0;
+    if (o.served_model_name.empty()) o.served_model_name = "smollm2";
+    srv = std::make_unique<Server>(bundle, *runner, o);
+    srv->bind();
+    th = std::thread([this] { srv->serve(); });
+  }
+  ~TestServer() {
+    srv->shutdown(10);
+    th.join();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", srv->port());
+    c.set_read_timeout(120, 0);
+    return c;
+  }
+  httplib::Result post(const std::string& path, const json& body, const httplib::Headers& h = {}) const {
+    return client().Post(path.c_str(), h, body.dump(), "application/json");
+  }
+};
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (default_model()) server_ = new TestServer();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    if (!server_) GTEST_SKIP() << "the default model is missing (make setup fetches it)";
+  }
+  static TestServer* server_;
+};
+TestServer* ServerTest::server_ = nullptr;
+
+json chat(const std::string& question, int max_tokens = 12) {
+  return {{"messages", {{{"role", "user"}, {"content", question}}}}, {"max_tokens", max_tokens}, {"temperature", 0}};
+}
+
+// The SSE records' JSON payloads up to "data: [DONE]" (which must end the stream).
+std::vector<json> sse_events(const std::string& body, bool* done) {
+  std::vector<json> out;
+  *done = false;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    const std::string payload = body.substr(at + 6, end - at - 6);
+    at = end;
+    if (payload == "[DONE]") {
+      *done = body.find("data: ", at) == std::string::npos;
+      break;
+    }
+    out.push_back(json::parse(payload));
+  }
+  return out;
+}
+
+TEST_F(ServerTest, ChatCompletionAnswersLikeTandemRun) {
+  auto r = server_->post("/v1/chat/completions", chat("What is the capital of France?", 20));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json j = json::parse(r->body);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["model"], "smollm2");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "The capital of France is Paris.");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["usage"]["completion_tokens"].get<int>() + j["usage"]["prompt_tokens"].get<int>(),
+            j["usage"]["total_tokens"].get<int>());
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 10);
+}
+
+TEST_F(ServerTest, StreamedChatEqualsThePlainAnswerAndEndsWithDone) {
+  json body = chat("What is the capital of France?", 20);
+  const std::string plain =
+      json::parse(server_->post("/v1/chat/completions", body)->body)["choices"][0]["message"]["content"];
+  body["stream"] = true;
+  body["stream_options"] = {{"include_usage", true}};
+  auto r = server_->post("/v1/chat/completions", body);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+  bool done = false;
+  const std::vector<json> ev = sse_events(r->body, &done);
+  EXPECT_TRUE(done) << "no final data: [DONE]";
+  ASSERT_GE(ev.size(), 3u);
+  EXPECT_EQ(ev.front()["choices"][0]["delta"]["role"], "assistant");
+  std::string text;
+  std::string finish;
+  for (const json& e : ev) {
+    EXPECT_EQ(e["object"], "chat.completion.chunk");
+    if (e["choices"].empty()) continue;
+    const json& d = e["choices"][0]["delta"];
+    if (d.contains("content")) text += d["content"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, plain);
+  EXPECT_EQ(finish, "stop");
+  EXPECT_TRUE(ev.back()["choices"].empty());  // the usage chunk
+  EXPECT_GT(ev.back()["usage"]["completion_tokens"].get<int>(), 0);
+}
+
+// "The capital of France is Paris." is several tokens; the stop string "of Fr" spans two of them.
+TEST_F(ServerTest, StopStringsMatchAcrossTokens) {
+  json body = chat("What is the capital of France?", 20);
+  body["stop"] = {"of Fr", "zzz"};
+  auto r = server_->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "The capital ");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  body["stream"] = true;  // the same text streamed: nothing of the stop string leaks before the match
+  r = server_->post("/v1/chat/completions", body);
+  bool done = false;
+  std::string text;
+  for (const json& e : sse_events(r->body, &done))
+    if (!e["choices"].empty() && e["choices"][0]["delta"].contains("content"))
+      text += e["choices"][0]["delta"]["content"].get<std::string>();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(text, "The capital ");
+}
+
+TEST_F(ServerTest, SeededSamplingRepeatsAndNGivesSeveralChoices) {
+  const json body = {{"prompt", "Once upon a time"}, {"max_tokens", 10}, {"temperature", 1.0}, {"seed", 1234}, {"n", 3}};
+  const json a = json::parse(server_->post("/v1/completions", body)->body);
+  const json b = json::parse(server_->post("/v1/completions", body)->body);
+  ASSERT_EQ(a["choices"].size(), 3u) << a.dump();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(a["choices"][i]["index"], i);
+    EXPECT_EQ(a["choices"][i]["text"], b["choices"][i]["text"]) << "choice " << i;
+  }
+  EXPECT_EQ(a["object"], "text_completion");
+  EXPECT_EQ(a["usage"]["completion_tokens"], 30);
+}
+
+TEST_F(ServerTest, LogprobsAreNormalizedAndNameTheChosenToken) {
+  json body = chat("What is the capital of France?", 6);
+  body["logprobs"] = true;
+  body["top_logprobs"] = 3;
+  const json j = json::parse(server_->post("/v1/chat/completions", body)->body);
+  const json& content = j["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 6u) << j.dump();
+  std::string joined;
+  for (const json& t : content) {
+    EXPECT_LE(t["logprob"].get<double>(), 0.0);
+    ASSERT_EQ(t["top_logprobs"].size(), 3u);
+    // Greedy: the chosen token is the most likely one.
+    EXPECT_EQ(t["top_logprobs"][0]["token"], t["token"]);
+    EXPECT_NEAR(t["top_logprobs"][0]["logprob"].get<double>(), t["logprob"].get<double>(), 1e-6);
+    EXPECT_GE(t["top_logprobs"][0]["logprob"].get<double>(), t["top_logprobs"][1]["logprob"].get<double>());
+    joined += t["token"].get<std::string>();
+  }
+  EXPECT_EQ(joined, j["choices"][0]["message"]["content"].get<std::string>().substr(0, joined.size()));
+}
+
+TEST_F(ServerTest, ModelsHealthAndMetrics) {
+  auto c = server_->client();
+  auto m = c.Get("/v1/models");
+  ASSERT_EQ(m->status, 200);
+  const json j = json::parse(m->body);
+  EXPECT_EQ(j["object"], "list");
+  EXPECT_EQ(j["data"][0]["id"], "smollm2");
+  EXPECT_EQ(c.Get("/health")->status, 200);
+  server_->post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 3}, {"temperature", 0}});
+  const std::string metrics = c.Get("/metrics")->body;
+  for (const char* series : {"tandem_requests_total{status=\"200\"}", "tandem_generation_tokens_total",
+                             "tandem_num_requests_running 0", "tandem_num_requests_waiting 0", "tandem_kv_pages_free",
+                             "tandem_time_to_first_token_seconds_bucket{le=\"+Inf\"}",
+                             "tandem_inter_token_latency_seconds_count"})
+    EXPECT_NE(metrics.find(series), std::string::npos) << series << " missing from\n" << metrics;
+  // Every page back once nothing runs.
+  const auto value = [&](const std::string& name) {
+    const size_t at = metrics.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::stoll(metrics.substr(at + name.size() + 2));
+  };
+  EXPECT_EQ(value("tandem_kv_pages_used"), 0);
+  EXPECT_GT(value("tandem_kv_pages_total"), 0);
+}
+
+struct BadCase {
+  const char* path;
+  std::string body;
+  int status;
+  const char* param;    // "" when none is named
+  const char* message;  // a fragment of error.message
+};
+
+TEST_F(ServerTest, BadRequestsGetOpenAIErrorsNamingTheField) {
+  const std::string msgs = R"("messages":[{"role":"user","content":"hi"}])";
+  const BadCase cases[] = {
+      {"/v1/chat/completions", "{not json", 400, "", "not valid JSON"},
+      {"/v1/chat/completions", "[1,2]", 400, "", "must be a JSON object"},
+      {"/v1/chat/completions", R"({"messages":[]})", 400, "messages", "at least one message"},
+      {"/v1/chat/completions", R"({"messages":"hi"})", 400, "messages", "must be an array"},
+      {"/v1/chat/completions", R"({"messages":[{"role":"wizard","content":"x"}]})", 400, "messages[0].role", "wizard"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"temperature":"hot"})", 400, "temperature", "must be a number"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"temperature":7})", 400, "temperature", "[0, 2]"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"top_p":0})", 400, "top_p", "(0, 1]"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"max_tokens":0})", 400, "max_tokens", "[1,"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"max_tokens":100000})", 400, "max_tokens", "exceeds this model's context"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"n":100})", 400, "n", "[1, 16]"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"model":"gpt-4"})", 400, "model", "does not exist"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"stop":[1]})", 400, "stop", "strings"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"logit_bias":{"999999":1}})", 400, "logit_bias", "token id"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"presence_penalty":1})", 400, "presence_penalty", "not supported"},
+      {"/v1/completions", R"({"prompt":[1,2,49152]})", 400, "prompt", "token id in [0, 49152)"},
+      {"/v1/completions", R"({"prompt":""})", 400, "prompt", "empty"},
+      {"/v1/completions", R"({"max_tokens":3})", 400, "prompt", "required"},
+      {"/v1/completions", R"({"prompt":"x","seed":"abc"})", 400, "seed", "integer"},
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(std::string(c.path) + " " + c.body);
+    auto r = server_->client().Post(c.path, c.body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, c.status) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+    EXPECT_EQ(j["error"]["code"], c.status);
+    if (*c.param) {
+      EXPECT_EQ(j["error"]["param"], c.param);
+    }
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(c.message), std::string::npos) << j.dump();
+  }
+  auto r = server_->client().Get("/v1/nothing");
+  EXPECT_EQ(r->status, 404);
+  EXPECT_NE(r->body.find("no such endpoint"), std::string::npos);
+  // The server is still serving.
+  EXPECT_EQ(server_->post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 2}})->status, 200);
+}
+
+// 16 streamed greedy requests of mixed lengths at once: none lost or mixed up; each equals the request alone.
+TEST_F(ServerTest, ConcurrentStreamsEqualTheRequestsAlone) {
+  const std::vector<std::string> prompts = {"The capital of France is", "1, 2, 3, 4,", "Water boils at",
+                                            "The largest planet is", "My favourite colour is", "Hello"};
+  std::vector<std::string> alone;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    alone.push_back(json::parse(server_->post("/v1/completions", {{"prompt", prompts[i]}, {"max_tokens", 4 + int(i)},
+                                                                  {"temperature", 0}})->body)["choices"][0]["text"]);
+  std::vector<std::future<std::string>> futures;
+  for (int k = 0; k < 16; ++k) {
+    const size_t i = size_t(k) % prompts.size();
+    futures.push_back(std::async(std::launch::async, [&, i] {
+      auto r = server_->post("/v1/completions", {{"prompt", prompts[i]}, {"max_tokens", 4 + int(i)},
+                                                 {"temperature", 0}, {"stream", true}});
+      if (!r || r->status != 200) return std::string("<failed>");
+      bool done = false;
+      std::string text;
+      for (const json& e : sse_events(r->body, &done)) text += e["choices"][0]["text"].get<std::string>();
+      return done ? text : std::string("<no [DONE]>");
+    }));
+  }
+  for (int k = 0; k < 16; ++k) EXPECT_EQ(futures[size_t(k)].get(), alone[size_t(k) % prompts.size()]) << "request " << k;
+  const EngineCounters c = server_->srv->engine().counters();
+  EXPECT_EQ(c.running, 0);
+  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+}
+
+// A client that goes away mid-stream: its sequence is aborted and its pages freed.
+TEST_F(ServerTest, ClientDisconnectAbortsTheSequence) {
+  const int64_t aborted_before = server_->srv->engine().counters().aborted;
+  {
+    httplib::Client c("127.0.0.1", server_->srv->port());
+    std::atomic<int> chunks{0};
+    // End-of-text ids banned (logit_bias): only the abort can end it before 2000 tokens.
+    json body = {{"prompt", "Tell me a long story."}, {"max_tokens", 2000}, {"stream", true},
+                 {"temperature", 0.8}, {"seed", 1}, {"logit_bias", json::object()}};
+    for (int32_t id : server_->bundle.tokenizer->eos_ids()) body["logit_bias"][std::to_string(id)] = -100;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 5; };  // then hang up
+    c.send(req);
+    EXPECT_GE(chunks.load(), 5);
+  }
+  for (int i = 0; i < 200 && server_->srv->engine().counters().running > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const EngineCounters c = server_->srv->engine().counters();
+  EXPECT_EQ(c.running, 0);
+  EXPECT_EQ(c.aborted, aborted_before + 1) << "finished " << c.finished << ", failed " << c.failed << ", waiting "
+                                           << c.waiting << ", generated " << c.generated_tokens;
+  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+}
+
+TEST(ServerOptionsTest, ApiKeyIsRequiredWhenSet) {
+  if (!default_model()) GTEST_SKIP() << "the default model is missing";
+  ServerOptions o;
+  o.api_key = "secret";
+  TestServer s(o);
+  const json body = {{"prompt", "Hi"}, {"max_tokens", 1}};
+  auto r = s.post("/v1/completions", body);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(json::parse(r->body)["error"]["type"], "authentication_error");
+  EXPECT_EQ(s.post("/v1/completions", body, {{"Authorization", "Bearer wrong"}})->status, 401);
+  EXPECT_EQ(s.post("/v1/completions", body, {{"Authorization", "Bearer secret"}})->status, 200);
+  EXPECT_EQ(s.client().Get("/health")->status, 200);  // outside /v1: no key needed
+}
+
+TEST(ServerOptionsTest, LimitsGive400And413And503) {
+  if (!default_model()) GTEST_SKIP() << "the default model is missing";
+  ServerOptions o;
+  o.engine.max_model_len = 64;
+  o.engine.max_num_seqs = 1;
+  o.engine.max_num_batched_tokens = 64;
+  o.engine.max_queue = 0;
+  o.max_body_bytes = 4096;
+  TestServer s(o);
+  // A prompt longer than the context: 400 naming the field and the limit.
+  std::string long_text;
+  for (int i = 0; i < 100; ++i) long_text += "word ";
+  auto r = s.post("/v1/completions", {{"prompt", long_text}});
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(json::parse(r->body)["error"]["param"], "prompt");
+  EXPECT_NE(r->body.find("context is 64 tokens"), std::string::npos) << r->body;
+  // A body over the limit: 413.
+  r = s.client().Post("/v1/completions", std::string(8192, ' '), "application/json");
+  EXPECT_EQ(r->status, 413);
+  // One running, none may wait: the second concurrent request gets 503 at once.
+  auto first = std::async(std::launch::async, [&] {
+    return s.post("/v1/completions", {{"prompt", "Count:"}, {"max_tokens", 40}, {"temperature", 0}})->status;
+  });
+  int busy = 0;
+  for (int i = 0; i < 100 && busy == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (s.srv->engine().counters().running == 1) {
+      r = s.post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 1}});
+      busy = r->status;
+    }
+  }
+  EXPECT_EQ(busy, 503);
+  EXPECT_EQ(first.get(), 200);
+}
+
+// A KV pool of 6 pages (96 tokens) for three requests that need ~3 pages each: the engine preempts and recomputes,
+// and every output equals the request alone.
+TEST(ServerOptionsTest, PreemptionOnATinyKvPoolKeepsOutputsExact) {
+  if (!default_model()) GTEST_SKIP() << "the default model is missing";
+  RunnerOptions r;
+  r.kv_tokens = 96;
+  r.kv_fixed = true;
+  ServerOptions o;
+  o.engine.max_model_len = 96;
+  TestServer s(o, r);
+  const std::vector<std::string> prompts = {"The capital of France is", "Water boils at", "The largest planet is"};
+  std::vector<std::string> alone;
+  for (const std::string& p : prompts)
+    alone.push_back(json::parse(s.post("/v1/completions", {{"prompt", p}, {"max_tokens", 30}, {"temperature", 0}})->body)
+                        ["choices"][0]["text"]);
+  std::vector<std::future<std::string>> futures;
+  for (const std::string& p : prompts)
+    futures.push_back(std::async(std::launch::async, [&, p] {
+      auto res = s.post("/v1/completions", {{"prompt", p}, {"max_tokens", 30}, {"temperature", 0}});
+      return res && res->status == 200 ? json::parse(res->body)["choices"][0]["text"].get<std::string>()
+                                       : "<" + (res ? res->body : std::string("no answer")) + ">";
+    }));
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(futures[i].get(), alone[i]) << prompts[i];
+  const EngineCounters c = s.srv->engine().counters();
+  EXPECT_GT(c.preemptions, 0) << "the pool was meant to run out";
+  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+}
+
+TEST(ServerOptionsTest, ShutdownFinishesRunningRequestsAndRefusesNewOnes) {
+  if (!default_model()) GTEST_SKIP() << "the default model is missing";
+  auto s = std::make_unique<TestServer>();
+  auto running = std::async(std::launch::async, [&] {
+    return s->post("/v1/completions", {{"prompt", "Count:"}, {"max_tokens", 30}, {"temperature", 0}});
+  });
+  for (int i = 0; i < 100 && s->srv->engine().counters().running == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::thread stopper([&] { s->srv->shutdown(30); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto refused = s->post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 1}});
+  if (refused) {
+    EXPECT_EQ(refused->status, 503);  // (or the listener already closed)
+  }
+  auto r = running.get();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 30);
+  stopper.join();
+}
+
+TEST(StopMatcherTest, HoldsBackOnlyWhatCouldStartAStopString) {
+  StopMatcher m({"END", "xyz"});
+  EXPECT_EQ(m.push("hello E"), "hello ");
+  EXPECT_EQ(m.push("N"), "");
+  EXPECT_EQ(m.push("d"), "EN" "d");  // "ENd" is no stop: released
+  EXPECT_EQ(m.push(" x"), " ");
+  EXPECT_EQ(m.push("yz and more"), "");
+  EXPECT_TRUE(m.stopped());
+  EXPECT_EQ(m.flush(), "");
+  StopMatcher n({"abc"});
+  EXPECT_EQ(n.push("ab"), "");
+  EXPECT_EQ(n.flush(), "ab");
+}
+
+}  // namespace
+}  // namespace tandem::server
