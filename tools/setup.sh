@@ -32,6 +32,14 @@ fi
 tools/fetch_default_model.sh
 tools/fetch_flashinfer.sh
 
+# The official openai client, pinned, for the server tests (tests/server/openai_client_test.py): in .deps/venv.
+OPENAI_VERSION=1.109.1
+if ! .deps/venv/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  echo "setup: openai==$OPENAI_VERSION into .deps/venv"
+  python3 -m venv .deps/venv
+  .deps/venv/bin/python -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+
 # Public-domain evaluation text for `tandem perplexity` tests: Genesis 1-3 (KJV) from Debian's bible-kjv.
 if [ ! -s .deps/kjv-genesis.txt ]; then
   if ! command -v bible >/dev/null 2>&1; then
