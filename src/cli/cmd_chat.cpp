@@ -97,6 +97,10 @@ void run_repl(ChatArgs& a) {
 
 void add_chat_options(CLI::App* cmd, ChatArgs& a) {
   add_model_options(cmd, a.model, false);
+  // Each turn re-reads the conversation: with prefix caching only the new part is computed.
+  a.model.runner.prefix_caching = true;
+  cmd->add_flag("!--no-prefix-caching", a.model.runner.prefix_caching,
+                "recompute the whole conversation every turn instead of reusing its cached K/V pages");
   cmd->add_option("--system", a.system, "system prompt");
   cmd->add_option("--chat-template", a.model.chat_template, "override the chat format: chatml | llama3 | mistral");
   add_sampling_options(cmd, a.req, a.seed, a.seed_opt);

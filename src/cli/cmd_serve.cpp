@@ -55,6 +55,9 @@ void register_serve(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, "
                                               "/v1/models, /health, /metrics)");
   add_model_options(cmd, a->model, false);
+  a->model.runner.prefix_caching = true;
+  cmd->add_flag("!--no-prefix-caching", a->model.runner.prefix_caching,
+                "no automatic prefix caching (full KV pages of common prompt prefixes are shared by default)");
   cmd->add_option("--host", a->server.host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", a->server.port, "port (0: any free one)")->capture_default_str()->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", a->server.api_key, "require 'Authorization: Bearer KEY' on /v1 requests");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "model/config.h"
 
 namespace tandem {
@@ -45,6 +46,58 @@ void PageTable::grow(int64_t new_total) {
   // Pushed high-to-low onto the stack, so the lowest new id is handed out next.
   for (int64_t p = new_total - 1; p >= num_pages_; --p) free_.push_back(int32_t(p));
   num_pages_ = new_total;
+  refs_.resize(size_t(new_total), 0);
+  hash_.resize(size_t(new_total), 0);
+  lru_at_.resize(size_t(new_total));
+  in_lru_.resize(size_t(new_total), 0);
+}
+
+uint64_t PageTable::page_hash(uint64_t parent, std::span<const int32_t> tokens) {
+  uint64_t h = fnv1a_mix(kFnvOffset, parent);
+  for (int32_t t : tokens) h = fnv1a_mix(h, uint64_t(uint32_t(t)));
+  h ^= h >> 29;  // (fnv's low bits mix poorly; the map hashes the whole word, but keep 0 unused either way)
+  return h ? h : 1;
+}
+
+int32_t PageTable::take_page() {
+  if (!free_.empty()) {
+    const int32_t p = free_.back();
+    free_.pop_back();
+    return p;
+  }
+  TD_CHECK(!lru_.empty(), "KV cache: no page left");
+  const int32_t p = lru_.front();  // evict: the least recently released cached page
+  lru_.pop_front();
+  in_lru_[size_t(p)] = 0;
+  by_hash_.erase(hash_[size_t(p)]);
+  hash_[size_t(p)] = 0;
+  return p;
+}
+
+int64_t PageTable::attach_cached(int32_t seq, std::span<const uint64_t> hashes) {
+  std::vector<int32_t>& own = seqs_.at(seq);
+  TD_CHECK(own.empty(), "sequence {} already holds pages; cached pages attach to a fresh sequence", seq);
+  int64_t n = 0;
+  for (uint64_t h : hashes) {
+    auto it = by_hash_.find(h);
+    if (it == by_hash_.end()) break;
+    const int32_t p = it->second;
+    if (in_lru_[size_t(p)]) {
+      lru_.erase(lru_at_[size_t(p)]);
+      in_lru_[size_t(p)] = 0;
+    }
+    refs_[size_t(p)]++;
+    own.push_back(p);
+    ++n;
+  }
+  return n;
+}
+
+void PageTable::publish(int32_t seq, int64_t index, uint64_t hash) {
+  const int32_t p = seqs_.at(seq).at(size_t(index));
+  if (hash_[size_t(p)] != 0 || by_hash_.count(hash)) return;
+  hash_[size_t(p)] = hash;
+  by_hash_[hash] = p;
 }
 
 void PageTable::add_sequence(int32_t seq) {
@@ -55,7 +108,16 @@ void PageTable::add_sequence(int32_t seq) {
 void PageTable::release(int32_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  for (auto p = it->second.rbegin(); p != it->second.rend(); ++p) free_.push_back(*p);
+  // Last page first: a cached prefix is evicted from its end, and an unpublished page is free at once.
+  for (auto p = it->second.rbegin(); p != it->second.rend(); ++p) {
+    if (--refs_[size_t(*p)] > 0) continue;
+    if (hash_[size_t(*p)] == 0) {
+      free_.push_back(*p);
+    } else {
+      lru_at_[size_t(*p)] = lru_.insert(lru_.end(), *p);
+      in_lru_[size_t(*p)] = 1;
+    }
+  }
   seqs_.erase(it);
 }
 
@@ -70,8 +132,8 @@ std::vector<int32_t> PageTable::reserve(int32_t seq, int64_t tokens) {
            "{} of {} pages are free", seq, need, tokens, page_size_, free_pages(), num_pages_);
   std::vector<int32_t> fresh;
   for (int64_t i = 0; i < need; ++i) {
-    fresh.push_back(free_.back());
-    free_.pop_back();
+    fresh.push_back(take_page());
+    refs_[size_t(fresh.back())] = 1;
   }
   own.insert(own.end(), fresh.begin(), fresh.end());
   return fresh;

@@ -16,10 +16,12 @@
 // step's tokens are grouped by sequence, qo_indptr [B+1] (cumulative token counts).
 #pragma once
 #include <cstdint>
+#include <list>
 #include <map>
 #include <optional>
 #include <span>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "core/tensor.h"
@@ -81,7 +83,11 @@ struct KvStepTables {
   std::vector<int32_t> qo_indptr;  // [B + 1] when every sequence's tokens are contiguous in the step, else empty
 };
 
-// Page ids and per-sequence page lists (nano-vllm's block manager, without prefix sharing yet).
+// Page ids and per-sequence page lists (nano-vllm's block manager), with prefix caching (vLLM's automatic prefix
+// caching): a full page may be published under a hash of every token up to its end (page_hash chains them); when
+// its last user releases it, a published page stays cached (evictable, the least recently released first) until
+// its slot is needed, and a later sequence whose tokens start the same way attaches it instead of recomputing.
+// Shared pages are full and never written again (a sequence attaches whole pages of its prefix only).
 class PageTable {
  public:
   PageTable() = default;
@@ -89,7 +95,17 @@ class PageTable {
 
   int64_t page_size() const { return page_size_; }
   int64_t num_pages() const { return num_pages_; }
-  int64_t free_pages() const { return int64_t(free_.size()); }
+  // Pages a reservation can take: free ones and cached ones nobody uses (evicted on demand).
+  int64_t free_pages() const { return int64_t(free_.size() + lru_.size()); }
+  int64_t cached_pages() const { return int64_t(lru_.size()); }  // published, unused, evictable
+
+  // The hash of a page holding `tokens` after a prefix whose last page hashed to `parent` (0: none); never 0.
+  static uint64_t page_hash(uint64_t parent, std::span<const int32_t> tokens);
+  // Appends to `seq` the cached pages published under hashes[0], hashes[1], ... up to the first one not cached;
+  // returns how many. (The sequence must hold no pages yet.)
+  int64_t attach_cached(int32_t seq, std::span<const uint64_t> hashes);
+  // Publishes page `index` of `seq` (full, its tokens final) under `hash`; nothing if either is published already.
+  void publish(int32_t seq, int64_t index, uint64_t hash);
   int64_t pages_for(int64_t tokens) const { return (tokens + page_size_ - 1) / page_size_; }
   // Adds pages [num_pages, new_total) to the free list (a host that grew its storage).
   void grow(int64_t new_total);
@@ -105,9 +121,17 @@ class PageTable {
   const std::vector<int32_t>& pages(int32_t seq) const;
 
  private:
+  int32_t take_page();  // a free page, else the least recently released cached one (unpublished first)
+
   int64_t page_size_ = 16, num_pages_ = 0;
   std::vector<int32_t> free_;  // a stack: the most recently freed page is reused first
   std::map<int32_t, std::vector<int32_t>> seqs_;
+  std::vector<int32_t> refs_;      // sequences holding each page
+  std::vector<uint64_t> hash_;     // each page's published hash (0: none)
+  std::unordered_map<uint64_t, int32_t> by_hash_;
+  std::list<int32_t> lru_;         // cached pages with no user, least recently released first
+  std::vector<std::list<int32_t>::iterator> lru_at_;
+  std::vector<uint8_t> in_lru_;
 };
 
 // Page tables of a step whose sequences hold `kv_len(seq)` tokens after it (pages already reserved).

@@ -124,8 +124,13 @@ void Engine::admit() {
       counters_.waiting = int64_t(waiting_.size());
     }
     s->seq = next_seq_++;
-    s->computed = 0;
     runner_.create_sequence(s->seq, s->result.prompt_tokens + s->req.max_new_tokens);
+    s->computed = runner_.attach_prefix(s->seq, s->tokens);  // 0 without prefix caching
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      counters_.prefix_hit_tokens += s->computed;
+      counters_.prefix_query_tokens += int64_t(s->tokens.size());
+    }
     running_.push_back(std::move(s));
   }
 }
@@ -252,7 +257,10 @@ bool Engine::step_once() {
       running_.clear();
       return true;
     }
-    for (auto& [s, n] : fed) s->computed += n;
+    for (auto& [s, n] : fed) {
+      s->computed += n;
+      runner_.publish_prefix(s->seq, std::span<const int32_t>(s->tokens.data(), size_t(s->computed)));
+    }
     const int64_t V = c.vocab_size;
     std::vector<Seq*> done;
     for (size_t i = 0; i < sampled.size(); ++i) {
@@ -325,6 +333,7 @@ void Engine::loop() {
     counters_.running = int64_t(running_.size());
     counters_.kv_pages_total = runner_.pages().num_pages();
     counters_.kv_pages_free = runner_.pages().free_pages();
+    counters_.kv_pages_cached = runner_.pages().cached_pages();
     if (counters_.running == 0 && counters_.waiting == 0) idle_cv_.notify_all();
     if (stop_) break;
     if (!worked) cv_.wait(lock, [this] { return stop_ || !waiting_.empty() || !aborts_.empty(); });

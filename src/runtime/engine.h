@@ -8,6 +8,8 @@
 // its pages are freed and it goes back to the front of the queue with its prompt plus the tokens generated so
 // far, recomputed when it is admitted again (vLLM's preemption by recompute; its sampler keeps its state, so a
 // preempted request ends with exactly the tokens it would have had alone when the path is batch-invariant).
+// With the runner's prefix caching on, an admitted sequence starts after the cached pages of its prefix, and
+// every full page it computes is published for later ones (a preempted sequence finds its own pages again).
 // Requests are independent: a request's callbacks run on the engine thread, in the order of its tokens.
 #pragma once
 #include <condition_variable>
@@ -66,7 +68,9 @@ struct EngineRequest {
 struct EngineCounters {
   int64_t running = 0, waiting = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0, preemptions = 0;
-  int64_t kv_pages_total = 0, kv_pages_free = 0;
+  int64_t kv_pages_total = 0, kv_pages_free = 0;  // free includes cached pages no sequence uses (evictable)
+  int64_t kv_pages_cached = 0;
+  int64_t prefix_hit_tokens = 0, prefix_query_tokens = 0;  // prompt tokens found cached / looked up
   int64_t finished = 0, aborted = 0, failed = 0;
 };
 

@@ -73,6 +73,36 @@ void Executor::release_sequence(int32_t seq) {
   seqs_.erase(seq);
 }
 
+int64_t Executor::attach_prefix(int32_t seq, std::span<const int32_t> tokens) {
+  auto it = seqs_.find(seq);
+  TD_CHECK(it != seqs_.end(), "unknown sequence {}", seq);
+  if (!options_.prefix_caching || tokens.size() < 2) return 0;
+  TD_CHECK(it->second.length == 0, "sequence {}: a cached prefix attaches to a fresh sequence only", seq);
+  const int64_t ps = pages_.page_size();
+  const int64_t usable = std::min<int64_t>(int64_t(tokens.size()) - 1, it->second.capacity) / ps;
+  std::vector<uint64_t> hashes;
+  uint64_t h = 0;
+  for (int64_t k = 0; k < usable; ++k) hashes.push_back(h = PageTable::page_hash(h, tokens.subspan(size_t(k * ps), size_t(ps))));
+  const int64_t n = pages_.attach_cached(seq, hashes);
+  Seq& s = it->second;
+  s.length = n * ps;
+  s.published = n;
+  s.last_hash = n > 0 ? hashes[size_t(n - 1)] : 0;
+  return s.length;
+}
+
+void Executor::publish_prefix(int32_t seq, std::span<const int32_t> tokens) {
+  auto it = seqs_.find(seq);
+  if (!options_.prefix_caching || it == seqs_.end()) return;
+  Seq& s = it->second;
+  const int64_t ps = pages_.page_size();
+  const int64_t full = std::min<int64_t>(int64_t(tokens.size()), s.length) / ps;
+  for (; s.published < full; ++s.published) {
+    s.last_hash = PageTable::page_hash(s.last_hash, tokens.subspan(size_t(s.published * ps), size_t(ps)));
+    pages_.publish(seq, s.published, s.last_hash);
+  }
+}
+
 int64_t Executor::sequence_length(int32_t seq) const {
   auto it = seqs_.find(seq);
   TD_CHECK(it != seqs_.end(), "unknown sequence {}", seq);

@@ -25,6 +25,10 @@ struct ExecutorOptions {
   // Off while taps, timing, --nan-check, --kv-poison or perturbations are active (they need the host between
   // variants). --no-cuda-graphs turns them off.
   bool cuda_graphs = true;
+  // Prefix caching (PageTable): attach_prefix / publish_prefix share whole pages of common prefixes between
+  // sequences. Off by default: a cached K/V computed in another batch may differ from a recomputed one in the
+  // last bits on the GPU paths (the server and chat turn it on).
+  bool prefix_caching = false;
 };
 constexpr int64_t kMaxGraphTokens = 512;
 
@@ -63,6 +67,9 @@ class Executor final : public ModelRunner {
   void release_sequence(int32_t seq) override;
   int64_t sequence_length(int32_t seq) const override;
   StepOutput forward(const Step& step, TapSink* taps) override;
+  int64_t attach_prefix(int32_t seq, std::span<const int32_t> tokens) override;
+  void publish_prefix(int32_t seq, std::span<const int32_t> tokens) override;
+  bool prefix_caching() const { return options_.prefix_caching; }
 
   const Plan& plan() const { return plan_; }
   DeviceHost& host() { return *host_; }
@@ -85,6 +92,8 @@ class Executor final : public ModelRunner {
   struct Seq {
     int64_t length = 0;
     int64_t capacity = 0;
+    int64_t published = 0;   // leading pages published (prefix caching)
+    uint64_t last_hash = 0;  // the hash of the last of them
   };
   // Pages for every sequence of the step, all or none; returns the fresh ones.
   std::vector<int32_t> reserve_pages(const std::map<int32_t, int64_t>& length_after);

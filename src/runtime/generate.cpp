@@ -54,14 +54,16 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     samplers.emplace_back(q.sampling);
     results[r].seed = samplers.back().seed();
     history.push_back(q.prompt);
-    for (size_t i = 0; i < q.prompt.size(); ++i)
+    // With prefix caching (tandem chat: the conversation so far) the prefill starts after the cached pages.
+    const size_t cached = size_t(runner.attach_prefix(seq, q.prompt));
+    for (size_t i = cached; i < q.prompt.size(); ++i)
       prefill.add(q.prompt[i], seq, int32_t(i), i + 1 == q.prompt.size());
   }
 
   GenerationStats local;
   GenerationStats& st = stats ? *stats : local;
   st = {};
-  st.prompt_tokens = prefill.size();
+  st.prompt_tokens = prefill.size();  // the tokens computed (a cached prefix not counted)
 
   std::vector<size_t> active(requests.size());
   for (size_t r = 0; r < requests.size(); ++r) active[r] = r;
@@ -102,7 +104,13 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     return q.sampling.greedy() && (q.sampling.repeat_penalty == 1.0f || q.sampling.repeat_last_n == 0);
   });
   prefill.greedy_only = greedy_only;
+  // Every token but each history's newest (just sampled) has its K/V cached after a step.
+  auto publish = [&] {
+    for (size_t r = 0; r < requests.size(); ++r)
+      runner.publish_prefix(int32_t(r), std::span<const int32_t>(history[r].data(), history[r].size() - 1));
+  };
   take(runner.forward(prefill, prefill_taps));
+  publish();
   st.prefill_seconds = seconds_since(t0);
 
   t0 = std::chrono::steady_clock::now();
@@ -111,6 +119,7 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     for (size_t r : active) step.add(history[r].back(), int32_t(r), int32_t(history[r].size() - 1), true);
     step.greedy_only = greedy_only;
     take(runner.forward(step, nullptr));
+    publish();
     st.generated_tokens += step.size();
   }
   st.decode_seconds = seconds_since(t0);

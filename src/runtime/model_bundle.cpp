@@ -163,7 +163,7 @@ std::unique_ptr<Executor> make_runner(const ModelBundle& b, const RunnerOptions&
   const DeviceFamily* family = find_device_family(r.preset->device);
   TD_CHECK(family, "no device family registered for {}", device_name(r.preset->device));
   auto host = family->open(*b.source, host_options(o, r), progress);
-  return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison, o.nan_check, o.cuda_graphs});
+  return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison, o.nan_check, o.cuda_graphs, o.prefix_caching});
 }
 
 std::unique_ptr<Executor> make_random_runner(const ModelConfig& config, const RunnerOptions& o, uint64_t seed) {
@@ -172,7 +172,7 @@ std::unique_ptr<Executor> make_random_runner(const ModelConfig& config, const Ru
   const DeviceFamily* family = find_device_family(r.preset->device);
   TD_CHECK(family && family->random, "--path {}: random-weight models are made on the GPU only", r.preset->name);
   auto host = family->random(config, host_options(o, r), seed);
-  return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison, o.nan_check, o.cuda_graphs});
+  return std::make_unique<Executor>(std::move(host), std::move(plan), ExecutorOptions{o.kv_poison, o.nan_check, o.cuda_graphs, o.prefix_caching});
 }
 
 ChatTemplate chat_template_for(const ModelBundle& b, std::string_view override_name) {

@@ -39,6 +39,7 @@ struct RunnerOptions {
   bool cuda_graphs = true;             // decode steps from CUDA graphs (ExecutorOptions::cuda_graphs)
   bool pdl = true;                     // programmatic dependent launch (HostOptions::programmatic_launch)
   bool kv_fixed = false;               // CPU: a KV pool of kv_tokens that does not grow (HostOptions::kv_fixed)
+  bool prefix_caching = false;         // share cached K/V pages of common prefixes (ExecutorOptions::prefix_caching)
 };
 // The preset `auto` resolves to: the fused path on a GPU when one is present (or --device cuda), else the
 // reference path on the CPU.

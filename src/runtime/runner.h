@@ -3,6 +3,7 @@
 // same StepOutput; only the KV layout behind it differs.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "diag/taps.h"
@@ -23,6 +24,15 @@ class ModelRunner {
   // Validates the step (known sequences, positions continuing the cache, token ids in range), runs it and
   // returns logits for the rows that asked. `taps` may be null.
   virtual StepOutput forward(const Step& step, TapSink* taps) = 0;
+  // Prefix caching (where the runner has it switched on; else these do nothing): attach_prefix gives the fresh
+  // sequence `seq` the cached K/V of the longest prefix of `tokens` held in whole published pages (at most
+  // tokens.size() - 1 tokens, so one is left to compute) and returns how many tokens are now cached; publish_prefix
+  // offers the full pages of `seq` holding tokens[0, tokens.size()) (their K/V computed) to later sequences.
+  virtual int64_t attach_prefix(int32_t seq, std::span<const int32_t> tokens) {
+    (void)seq, (void)tokens;
+    return 0;
+  }
+  virtual void publish_prefix(int32_t seq, std::span<const int32_t> tokens) { (void)seq, (void)tokens; }
 };
 
 }  // namespace tandem

@@ -43,6 +43,14 @@ std::string Metrics::render(const EngineCounters& c) const {
   one("kv_pages_total", "gauge", "KV cache pages.", c.kv_pages_total);
   one("kv_pages_free", "gauge", "KV cache pages free.", c.kv_pages_free);
   one("kv_pages_used", "gauge", "KV cache pages in use.", c.kv_pages_total - c.kv_pages_free);
+  one("kv_pages_cached", "gauge", "KV pages of released sequences kept for prefix caching (evictable).",
+      c.kv_pages_cached);
+  one("prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache.", c.prefix_hit_tokens);
+  one("prefix_cache_query_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
+      c.prefix_query_tokens);
+  s += fmt::format("# HELP tandem_prefix_cache_hit_rate Prompt tokens found cached over those looked up.\n"
+                   "# TYPE tandem_prefix_cache_hit_rate gauge\ntandem_prefix_cache_hit_rate {:.6f}\n",
+                   c.prefix_query_tokens ? double(c.prefix_hit_tokens) / double(c.prefix_query_tokens) : 0.0);
   one("preemptions_total", "counter", "Sequences preempted (recomputed later) for lack of KV pages.", c.preemptions);
   one("engine_steps_total", "counter", "Engine steps run.", c.steps);
   one("requests_finished_total", "counter", "Sequences that finished by stop or length.", c.finished);

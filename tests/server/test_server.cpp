@@ -25,13 +25,20 @@ std::optional<std::filesystem::path> default_model() {
   }
 }
 
+// The runner options of tandem serve: prefix caching on.
+RunnerOptions serve_runner() {
+  RunnerOptions r;
+  r.prefix_caching = true;
+  return r;
+}
+
 // A server on its own port over its own runner; stopped (drained) by the destructor.
 struct TestServer {
   ModelBundle bundle;
   std::unique_ptr<Executor> runner;
   std::unique_ptr<Server> srv;
   std::thread th;
-  explicit TestServer(ServerOptions o = {}, RunnerOptions r = {}) {
+  explicit TestServer(ServerOptions o = {}, RunnerOptions r = serve_runner()) {
     bundle = open_model_bundle(*default_model());
     r.device = "cpu";
     r.path = "reference";
@@ -322,6 +329,39 @@ TEST_F(ServerTest, ClientDisconnectAbortsTheSequence) {
   EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
 }
 
+// A second request sharing a long prefix with the first reuses its cached pages: the hit rate shows in /metrics,
+// the output is the same as without the cache (a server with prefix caching off), and fewer tokens are computed.
+TEST(ServerOptionsTest, PrefixCacheReusesALongSharedPrefix) {
+  if (!default_model()) GTEST_SKIP() << "the default model is missing";
+  std::string story = "Here is a list of facts about the solar system, one per line.\n";
+  for (int i = 0; i < 12; ++i) story += "Fact " + std::to_string(i) + ": the planets move around the sun.\n";
+  const json first = {{"prompt", story + "Question: which star is at the centre?"}, {"max_tokens", 12}, {"temperature", 0}};
+  const json second = {{"prompt", story + "Question: how many planets are there?"}, {"max_tokens", 12}, {"temperature", 0}};
+  RunnerOptions off;
+  off.prefix_caching = false;
+  std::string want;
+  {
+    TestServer plain({}, off);
+    want = json::parse(plain.post("/v1/completions", second)->body)["choices"][0]["text"];
+    EXPECT_EQ(plain.srv->engine().counters().prefix_hit_tokens, 0);
+  }
+  TestServer s;
+  ASSERT_EQ(s.post("/v1/completions", first)->status, 200);
+  const EngineCounters before = s.srv->engine().counters();
+  EXPECT_EQ(before.prefix_hit_tokens, 0);
+  EXPECT_GT(before.kv_pages_cached, 4);  // the first request's full pages stay cached after it ends
+  auto r = s.post("/v1/completions", second);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["text"], want);
+  const EngineCounters after = s.srv->engine().counters();
+  const int64_t prompt = json::parse(r->body)["usage"]["prompt_tokens"];
+  EXPECT_GE(after.prefix_hit_tokens, prompt / 2) << "of " << prompt;
+  EXPECT_EQ(after.prefix_hit_tokens % 16, 0);  // whole pages
+  const std::string metrics = s.client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("tandem_prefix_cache_hit_rate 0."), std::string::npos) << metrics;
+  EXPECT_EQ(metrics.find("tandem_prefix_cache_hit_rate 0.000000"), std::string::npos);
+}
+
 TEST(ServerOptionsTest, ApiKeyIsRequiredWhenSet) {
   if (!default_model()) GTEST_SKIP() << "the default model is missing";
   ServerOptions o;
@@ -375,7 +415,7 @@ TEST(ServerOptionsTest, LimitsGive400And413And503) {
 // and every output equals the request alone.
 TEST(ServerOptionsTest, PreemptionOnATinyKvPoolKeepsOutputsExact) {
   if (!default_model()) GTEST_SKIP() << "the default model is missing";
-  RunnerOptions r;
+  RunnerOptions r = serve_runner();
   r.kv_tokens = 96;
   r.kv_fixed = true;
   ServerOptions o;

@@ -111,5 +111,42 @@ TEST(KvCache, PoolViewStridesFollowTheLayout) {
   EXPECT_FALSE(kv_layout_from_name("nchw").has_value());
 }
 
+// Prefix caching: published pages outlive their sequence as cached (evictable) pages, attach by hash in order,
+// are shared with reference counts, and are evicted least recently released first when free pages run out.
+TEST(KvCache, PrefixCachePublishAttachShareAndEvict) {
+  PageTable t(4, 6);
+  const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  const uint64_t h0 = PageTable::page_hash(0, std::span(tokens).subspan(0, 4));
+  const uint64_t h1 = PageTable::page_hash(h0, std::span(tokens).subspan(4, 4));
+  EXPECT_NE(h1, PageTable::page_hash(0, std::span(tokens).subspan(4, 4)));  // chained: the prefix counts
+  t.add_sequence(0);
+  const std::vector<int32_t> own = t.reserve(0, 10);  // 3 pages
+  t.publish(0, 0, h0);
+  t.publish(0, 1, h1);
+  EXPECT_EQ(t.free_pages(), 3);
+  t.release(0);
+  EXPECT_EQ(t.free_pages(), 6);    // cached pages count as free (evictable)
+  EXPECT_EQ(t.cached_pages(), 2);  // the published two; the third went back to the free list
+  // Two sequences attach the same two pages; a miss stops the run.
+  t.add_sequence(1);
+  t.add_sequence(2);
+  EXPECT_EQ(t.attach_cached(1, std::vector<uint64_t>{h0, h1, 12345}), 2);
+  EXPECT_EQ(t.attach_cached(2, std::vector<uint64_t>{h0, 999}), 1);
+  EXPECT_EQ(t.pages(1), (std::vector<int32_t>{own[0], own[1]}));
+  EXPECT_EQ(t.cached_pages(), 0);
+  t.release(1);  // page own[0] still held by sequence 2; own[1] cached again
+  EXPECT_EQ(t.cached_pages(), 1);
+  t.release(2);
+  EXPECT_EQ(t.cached_pages(), 2);
+  // Filling the pool evicts the cached pages (the later prefix page first), and their hashes go with them.
+  t.add_sequence(3);
+  t.reserve(3, 4 * 5);  // 5 pages: 4 free + one evicted
+  EXPECT_EQ(t.cached_pages(), 1);
+  t.add_sequence(4);
+  EXPECT_EQ(t.attach_cached(4, std::vector<uint64_t>{h0, h1}), 1);  // h0 survived, h1 was evicted
+  EXPECT_EQ(t.pages(4), (std::vector<int32_t>{own[0]}));
+  EXPECT_EQ(t.free_pages(), 0);
+}
+
 }  // namespace
 }  // namespace tandem
