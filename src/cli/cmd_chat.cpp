@@ -89,8 +89,8 @@ void run_repl(ChatArgs& a) {
       std::fprintf(stderr, "error: %s\n", e.what());
       continue;
     }
-    std::fprintf(stderr, "[%lld prompt tokens, %.1f tok/s decode]\n", (long long)st.prompt_tokens,
-                 st.generated_tokens / std::max(st.decode_seconds, 1e-9));
+    std::fprintf(stderr, "[%lld prompt tokens, %lld of them cached, %.1f tok/s decode]\n", (long long)st.prompt_tokens,
+                 (long long)st.cached_prompt_tokens, st.generated_tokens / std::max(st.decode_seconds, 1e-9));
   }
   std::fputs("\n", stdout);
 }

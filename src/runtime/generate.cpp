@@ -46,6 +46,7 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
   std::vector<GenerationResult> results(requests.size());
   SequenceGuard guard{runner, {}};
   Step prefill;
+  int64_t cached_total = 0;
   for (size_t r = 0; r < requests.size(); ++r) {
     const GenerationRequest& q = requests[r];
     const int32_t seq = int32_t(r);
@@ -56,6 +57,7 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     history.push_back(q.prompt);
     // With prefix caching (tandem chat: the conversation so far) the prefill starts after the cached pages.
     const size_t cached = size_t(runner.attach_prefix(seq, q.prompt));
+    cached_total += int64_t(cached);
     for (size_t i = cached; i < q.prompt.size(); ++i)
       prefill.add(q.prompt[i], seq, int32_t(i), i + 1 == q.prompt.size());
   }
@@ -63,7 +65,8 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
   GenerationStats local;
   GenerationStats& st = stats ? *stats : local;
   st = {};
-  st.prompt_tokens = prefill.size();  // the tokens computed (a cached prefix not counted)
+  st.prompt_tokens = prefill.size() + cached_total;
+  st.cached_prompt_tokens = cached_total;
 
   std::vector<size_t> active(requests.size());
   for (size_t r = 0; r < requests.size(); ++r) active[r] = r;

@@ -28,6 +28,7 @@ struct GenerationResult {
 
 struct GenerationStats {
   int64_t prompt_tokens = 0;
+  int64_t cached_prompt_tokens = 0;  // of those, found in the prefix cache (not computed)
   int64_t generated_tokens = 0;  // tokens produced by decode steps (the first token comes from prefill)
   double prefill_seconds = 0;
   double decode_seconds = 0;

@@ -168,12 +168,19 @@ TEST_F(DefaultModel, ChatKeepsHistory) {
   const auto [status, out] = run_shell(cmd);
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("Paris"), std::string::npos) << out;
-  std::vector<long> prompt_tokens;
+  std::vector<long> prompt_tokens, cached;
   for (size_t at = out.find("[", 0); at != std::string::npos; at = out.find("[", at + 1))
-    if (at + 1 < out.size() && std::isdigit(static_cast<unsigned char>(out[at + 1])))
+    if (at + 1 < out.size() && std::isdigit(static_cast<unsigned char>(out[at + 1]))) {
       prompt_tokens.push_back(std::stol(out.substr(at + 1)));
+      const size_t comma = out.find(", ", at);
+      cached.push_back(std::stol(out.substr(comma + 2)));  // "[N prompt tokens, M of them cached, ..."
+    }
   ASSERT_EQ(prompt_tokens.size(), 2u) << out;
   EXPECT_GT(prompt_tokens[1], prompt_tokens[0] + 10) << out;
+  // Prefix caching: the second turn reuses the first turn's pages (whole pages of 16 tokens).
+  EXPECT_EQ(cached[0], 0) << out;
+  EXPECT_GE(cached[1], 16) << out;
+  EXPECT_EQ(cached[1] % 16, 0) << out;
 }
 
 }  // namespace

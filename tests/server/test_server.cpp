@@ -208,6 +208,7 @@ TEST_F(ServerTest, ModelsHealthAndMetrics) {
   EXPECT_EQ(j["data"][0]["id"], "smollm2");
   EXPECT_EQ(c.Get("/health")->status, 200);
   server_->post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 3}, {"temperature", 0}});
+  EXPECT_TRUE(server_->srv->engine().drain(10));
   const std::string metrics = c.Get("/metrics")->body;
   for (const char* series : {"tandem_requests_total{status=\"200\"}", "tandem_generation_tokens_total",
                              "tandem_num_requests_running 0", "tandem_num_requests_waiting 0", "tandem_kv_pages_free",
@@ -296,6 +297,8 @@ TEST_F(ServerTest, ConcurrentStreamsEqualTheRequestsAlone) {
     }));
   }
   for (int k = 0; k < 16; ++k) EXPECT_EQ(futures[size_t(k)].get(), alone[size_t(k) % prompts.size()]) << "request " << k;
+  // (the engine thread updates its gauges after the step whose callbacks answered the last request)
+  EXPECT_TRUE(server_->srv->engine().drain(10));
   const EngineCounters c = server_->srv->engine().counters();
   EXPECT_EQ(c.running, 0);
   EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
@@ -347,6 +350,7 @@ TEST(ServerOptionsTest, PrefixCacheReusesALongSharedPrefix) {
   }
   TestServer s;
   ASSERT_EQ(s.post("/v1/completions", first)->status, 200);
+  EXPECT_TRUE(s.srv->engine().drain(10));
   const EngineCounters before = s.srv->engine().counters();
   EXPECT_EQ(before.prefix_hit_tokens, 0);
   EXPECT_GT(before.kv_pages_cached, 4);  // the first request's full pages stay cached after it ends
@@ -434,6 +438,7 @@ TEST(ServerOptionsTest, PreemptionOnATinyKvPoolKeepsOutputsExact) {
                                        : "<" + (res ? res->body : std::string("no answer")) + ">";
     }));
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(futures[i].get(), alone[i]) << prompts[i];
+  EXPECT_TRUE(s.srv->engine().drain(10));
   const EngineCounters c = s.srv->engine().counters();
   EXPECT_GT(c.preemptions, 0) << "the pool was meant to run out";
   EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
