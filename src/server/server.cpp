@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -376,7 +377,17 @@ struct Server::Impl {
     return metrics.render(c);
   }
 
+  int listen_fd = -1;
+
   void routes() {
+    // cpp-httplib listens with a backlog of 5: a burst of clients overflows it and some see their connection
+    // reset. The socket is kept here and its backlog raised after bind (listen() again on Linux). SO_REUSEADDR
+    // (not httplib's SO_REUSEPORT, which would let a second server share the port silently).
+    http.set_socket_options([this](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+      listen_fd = int(sock);
+    });
     http.set_payload_max_length(opt.max_body_bytes);
     const int threads = opt.threads;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
@@ -451,6 +462,7 @@ void Server::bind() {
              "machine?)", m.opt.host, m.opt.port);
     port_ = m.opt.port;
   }
+  if (m.listen_fd >= 0) ::listen(m.listen_fd, SOMAXCONN);
 }
 
 void Server::serve() { impl_->http.listen_after_bind(); }

@@ -289,7 +289,8 @@ TEST_F(ServerTest, ConcurrentStreamsEqualTheRequestsAlone) {
     futures.push_back(std::async(std::launch::async, [&, i] {
       auto r = server_->post("/v1/completions", {{"prompt", prompts[i]}, {"max_tokens", 4 + int(i)},
                                                  {"temperature", 0}, {"stream", true}});
-      if (!r || r->status != 200) return std::string("<failed>");
+      if (!r) return "<no answer: " + httplib::to_string(r.error()) + ">";
+      if (r->status != 200) return "<status " + std::to_string(r->status) + ": " + r->body + ">";
       bool done = false;
       std::string text;
       for (const json& e : sse_events(r->body, &done)) text += e["choices"][0]["text"].get<std::string>();
