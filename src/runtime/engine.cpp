@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <span>
 
 #include "core/error.h"
@@ -237,6 +238,7 @@ bool Engine::step_once() {
         if (s.computed + n == int64_t(s.tokens.size())) {
           sampled.push_back(&s);
           greedy_only = greedy_only && s.req.sampling.greedy() && s.req.top_logprobs < 0 && s.req.logit_bias.empty() &&
+                        s.req.presence_penalty == 0.0f && s.req.frequency_penalty == 0.0f &&
                         (s.req.sampling.repeat_penalty == 1.0f || s.req.sampling.repeat_last_n == 0);
         }
       }
@@ -268,9 +270,16 @@ bool Engine::step_once() {
       std::span<const float> row;
       std::vector<float> biased;
       if (out.argmax.empty()) row = std::span<const float>(out.logits.f32() + int64_t(i) * V, size_t(V));
-      if (!row.empty() && !s.req.logit_bias.empty()) {
+      const bool penalties = s.req.presence_penalty != 0.0f || s.req.frequency_penalty != 0.0f;
+      if (!row.empty() && (!s.req.logit_bias.empty() || (penalties && !s.result.tokens.empty()))) {
         biased.assign(row.begin(), row.end());
         for (const auto& [id, b] : s.req.logit_bias) biased[size_t(id)] += b;
+        if (penalties) {
+          std::map<int32_t, int> counts;
+          for (int32_t t : s.result.tokens) counts[t]++;
+          for (const auto& [t, n] : counts)
+            biased[size_t(t)] -= s.req.presence_penalty + s.req.frequency_penalty * float(n);
+        }
         row = biased;
       }
       int32_t tok = out.argmax.empty() ? -1 : out.argmax[i];

@@ -59,6 +59,8 @@ struct EngineRequest {
   bool stop_at_eos = true;
   int top_logprobs = -1;          // -1: no logprobs; 0: the chosen token's; k: and the k most likely
   std::vector<std::pair<int32_t, float>> logit_bias;  // added to those logits before sampling
+  // OpenAI's penalties over the tokens generated so far: logit -= presence * (count > 0) + frequency * count.
+  float presence_penalty = 0.0f, frequency_penalty = 0.0f;
   // Engine thread, once per token; return false to finish the request now ("stop": a stop string was seen).
   std::function<bool(const TokenEvent&)> on_token;
   // Engine thread, exactly once, last.

@@ -162,9 +162,8 @@ CompletionRequest parse_request(const std::string& body, bool chat, int32_t voca
   s.min_p = float(number(j, "min_p", 0, 1, 0.0));
   s.repeat_penalty = float(number(j, "repetition_penalty", 1e-3, 100, 1.0));
   s.repeat_last_n = -1;  // the whole sequence, as vLLM's repetition_penalty
-  for (const char* p : {"presence_penalty", "frequency_penalty"})
-    if (number(j, p, -2, 2, 0.0) != 0.0)
-      bad(p, fmt::format("'{}' is not supported yet (0 only); 'repetition_penalty' is", p));
+  r.presence_penalty = float(number(j, "presence_penalty", -2, 2, 0.0));
+  r.frequency_penalty = float(number(j, "frequency_penalty", -2, 2, 0.0));
   if (const json* seed = field(j, "seed")) {
     if (!seed->is_number_integer()) bad("seed", "'seed' must be an integer");
     s.seed = uint64_t(seed->get<int64_t>());

@@ -37,6 +37,7 @@ struct CompletionRequest {
   SamplingParams sampling;            // OpenAI defaults: temperature 1, top_p 1, no top_k/min_p
   int logprobs = -1;                  // -1: none; else how many alternatives per token (0..20)
   std::vector<std::pair<int32_t, float>> logit_bias;
+  float presence_penalty = 0.0f, frequency_penalty = 0.0f;  // [-2, 2], over the generated tokens
   bool echo = false;                  // completions: not supported (error)
 };
 

@@ -228,6 +228,8 @@ struct Server::Impl {
         e.stop_ids = stop_ids;
         e.top_logprobs = r.logprobs;
         e.logit_bias = r.logit_bias;
+        e.presence_penalty = r.presence_penalty;
+        e.frequency_penalty = r.frequency_penalty;
         // The callbacks hold the job weakly: a handler that is gone (client disconnected) has aborted its
         // requests already, and the engine ends them as aborted.
         std::weak_ptr<Job> weak = job;

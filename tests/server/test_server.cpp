@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <future>
+#include <set>
 #include <thread>
 
 #include "runtime/model_bundle.h"
@@ -199,6 +200,27 @@ TEST_F(ServerTest, LogprobsAreNormalizedAndNameTheChosenToken) {
   EXPECT_EQ(joined, j["choices"][0]["message"]["content"].get<std::string>().substr(0, joined.size()));
 }
 
+// A frequency penalty stops greedy decoding from repeating itself: "1, 2, 3, ..." keeps its commas and spaces
+// without it; with a strong one the same tokens cannot come back (OpenAI's formula, over generated tokens).
+TEST_F(ServerTest, PresenceAndFrequencyPenaltiesChangeGreedyRepetition) {
+  const json base = {{"prompt", "1, 2, 3, 4,"}, {"max_tokens", 12}, {"temperature", 0}, {"logprobs", 0}};
+  const json plain = json::parse(server_->post("/v1/completions", base)->body);
+  json pen = base;
+  pen["frequency_penalty"] = 2.0;
+  pen["presence_penalty"] = 2.0;
+  const json penalized = json::parse(server_->post("/v1/completions", pen)->body);
+  const auto tokens = [](const json& j) { return j["choices"][0]["logprobs"]["tokens"].get<std::vector<std::string>>(); };
+  const std::vector<std::string> a = tokens(plain), b = tokens(penalized);
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  EXPECT_NE(a, b);
+  const auto repeats = [](const std::vector<std::string>& t) {
+    return t.size() - std::set<std::string>(t.begin(), t.end()).size();
+  };
+  EXPECT_GT(repeats(a), 3u) << plain.dump();  // counting repeats ", " tokens
+  EXPECT_LT(repeats(b), repeats(a)) << penalized.dump();
+}
+
 TEST_F(ServerTest, ModelsHealthAndMetrics) {
   auto c = server_->client();
   auto m = c.Get("/v1/models");
@@ -249,7 +271,8 @@ TEST_F(ServerTest, BadRequestsGetOpenAIErrorsNamingTheField) {
       {"/v1/chat/completions", "{" + msgs + R"(,"model":"gpt-4"})", 400, "model", "does not exist"},
       {"/v1/chat/completions", "{" + msgs + R"(,"stop":[1]})", 400, "stop", "strings"},
       {"/v1/chat/completions", "{" + msgs + R"(,"logit_bias":{"999999":1}})", 400, "logit_bias", "token id"},
-      {"/v1/chat/completions", "{" + msgs + R"(,"presence_penalty":1})", 400, "presence_penalty", "not supported"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"presence_penalty":3})", 400, "presence_penalty", "[-2, 2]"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"frequency_penalty":"x"})", 400, "frequency_penalty", "a number"},
       {"/v1/completions", R"({"prompt":[1,2,49152]})", 400, "prompt", "token id in [0, 49152)"},
       {"/v1/completions", R"({"prompt":""})", 400, "prompt", "empty"},
       {"/v1/completions", R"({"max_tokens":3})", 400, "prompt", "required"},
