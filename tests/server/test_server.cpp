@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <set>
 #include <thread>
@@ -326,6 +327,46 @@ TEST_F(ServerTest, ConcurrentStreamsEqualTheRequestsAlone) {
   const EngineCounters c = server_->srv->engine().counters();
   EXPECT_EQ(c.running, 0);
   EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+}
+
+int64_t rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  return -1;
+}
+
+// Three rounds of 64 concurrent streamed requests of mixed lengths: none lost, truncated or mixed up (each
+// equals its request alone), every KV page back after each round, and the process's RSS does not keep growing.
+TEST_F(ServerTest, LoadRoundsLoseNothingAndDoNotGrowMemory) {
+  std::vector<json> bodies;
+  std::vector<std::string> alone;
+  for (int i = 0; i < 8; ++i) {
+    json b = {{"prompt", "Item " + std::to_string(i) + " of the list:"}, {"max_tokens", 2 + i}, {"temperature", 0}};
+    alone.push_back(json::parse(server_->post("/v1/completions", b)->body)["choices"][0]["text"]);
+    b["stream"] = true;
+    bodies.push_back(b);
+  }
+  std::vector<int64_t> rss;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::future<std::string>> futures;
+    for (int k = 0; k < 64; ++k)
+      futures.push_back(std::async(std::launch::async, [&, k] {
+        auto r = server_->post("/v1/completions", bodies[size_t(k % 8)]);
+        if (!r) return "<no answer: " + httplib::to_string(r.error()) + ">";
+        bool done = false;
+        std::string text;
+        for (const json& e : sse_events(r->body, &done)) text += e["choices"][0]["text"].get<std::string>();
+        return done ? text : std::string("<no [DONE]>");
+      }));
+    for (int k = 0; k < 64; ++k) EXPECT_EQ(futures[size_t(k)].get(), alone[size_t(k % 8)]) << "round " << round << " request " << k;
+    ASSERT_TRUE(server_->srv->engine().drain(10));
+    const EngineCounters c = server_->srv->engine().counters();
+    EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+    rss.push_back(rss_kib());
+  }
+  EXPECT_LT(rss[2] - rss[0], 16 * 1024) << "RSS KiB by round: " << rss[0] << ", " << rss[1] << ", " << rss[2];
 }
 
 // A client that goes away mid-stream: its sequence is aborted and its pages freed.
