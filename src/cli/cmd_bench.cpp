@@ -14,6 +14,8 @@
 #include "cuda/check.h"
 #include "cuda/device_query.h"
 #include "runtime/bench_math.h"
+#include "runtime/engine.h"
+#include "runtime/serve_load.h"
 
 namespace tandem::cli {
 namespace {
@@ -29,6 +31,9 @@ struct BenchArgs {
   int reps = 5;
   std::string json;
   bool logits_to_host = false;
+  // --phase serve: a closed-loop load through the serving engine at each concurrency.
+  int64_t requests = 512, prompt_len = 128, output_len = 128;
+  std::string concurrency = "1,8,64";
 };
 
 std::vector<int64_t> parse_list(const std::string& s, const char* flag) {
@@ -100,8 +105,9 @@ void run(const BenchArgs& a) {
   if (ropt.path == "auto") ropt.path = "fused";
   const Plan probe = plan_for(ropt, nullptr);  // fails early on a bad --path / --variant
   TD_CHECK(probe.device == Device::CUDA, "--path {}: tandem bench measures a GPU path", ropt.path);
-  TD_CHECK(a.phase == "all" || a.phase == "decode" || a.phase == "prefill", "--phase {}: expected prefill, decode or all",
-           a.phase);
+  TD_CHECK(a.phase == "all" || a.phase == "decode" || a.phase == "prefill" || a.phase == "serve",
+           "--phase {}: expected prefill, decode, serve or all (all = prefill and decode)", a.phase);
+  const auto concurrency = parse_list(a.concurrency, "--concurrency");
   TD_CHECK(a.random_shape.empty() || a.model.model.empty(),
            "give either -m or --random-weights, not both");
   const auto batches = parse_list(a.batches, "--batch");
@@ -129,6 +135,8 @@ void run(const BenchArgs& a) {
   for (int64_t b : batches)
     for (int64_t c : contexts) pool = std::max(pool, b * paged_tokens(c + a.steps + 4));
   for (int64_t p : prefills) pool = std::max(pool, p);
+  if (a.phase == "serve")
+    for (int64_t c : concurrency) pool = std::max(pool, c * paged_tokens(a.prompt_len + a.output_len));
 
   std::unique_ptr<Executor> runner;
   std::string model_name;
@@ -172,7 +180,30 @@ void run(const BenchArgs& a) {
   int64_t peak_mem = cuda::device_memory_used();
   int32_t next_seq = 0;
 
-  if (a.phase != "decode") {
+  if (a.phase == "serve") {
+    std::printf("\nserve: %lld requests of %lld prompt / %lld output tokens a level (closed loop, greedy)\n"
+                "concurrency   out tok/s   req/s   TTFT p50/p99 ms    ITL p50/p99 ms\n",
+                (long long)a.requests, (long long)a.prompt_len, (long long)a.output_len);
+    for (int64_t c : concurrency) {
+      EngineOptions eo;
+      eo.max_num_seqs = int(c);
+      eo.max_queue = 0;
+      eo.max_num_batched_tokens = std::max<int64_t>(2048, c);
+      Engine engine(*runner, eo);
+      run_serve_load(engine, cfg.vocab_size, std::min<int64_t>(8, a.requests), a.prompt_len, a.output_len, int(c), 7);
+      const ServeLoadResult r = run_serve_load(engine, cfg.vocab_size, a.requests, a.prompt_len, a.output_len, int(c));
+      peak_mem = std::max(peak_mem, cuda::device_memory_used());
+      std::printf("%-11lld %11.0f %7.2f %8.1f / %-8.1f %7.2f / %-7.2f\n", (long long)c, r.output_tok_s, r.requests_s,
+                  r.ttft_p50 * 1e3, r.ttft_p99 * 1e3, r.itl_p50 * 1e3, r.itl_p99 * 1e3);
+      out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
+                             {"phase", "serve"}, {"batch", c}, {"context", a.prompt_len}, {"output_len", a.output_len},
+                             {"requests", a.requests}, {"tok_s", r.output_tok_s}, {"requests_s", r.requests_s},
+                             {"ttft_ms_p50", r.ttft_p50 * 1e3}, {"ttft_ms_p99", r.ttft_p99 * 1e3},
+                             {"itl_ms_p50", r.itl_p50 * 1e3}, {"itl_ms_p99", r.itl_p99 * 1e3},
+                             {"cuda_graphs", a.model.runner.cuda_graphs}});
+    }
+  }
+  if (a.phase != "decode" && a.phase != "serve") {
     std::printf("\n%-10s %10s %12s %10s %8s\n", "prefill", "tok/s", "median ms", "TFLOP/s", "% peak");
     for (int64_t p : prefills) {
       if (p > cfg.max_positions || p > kv_pool_tokens) {
@@ -204,7 +235,7 @@ void run(const BenchArgs& a) {
     }
   }
 
-  if (a.phase != "prefill") {
+  if (a.phase != "prefill" && a.phase != "serve") {
     std::printf("\n%-6s %-8s %10s %12s %14s %10s %8s\n", "batch", "context", "tok/s", "median ms", "bytes/step",
                 "GB/s", "% copy");
     bool broke_down = false;
@@ -304,7 +335,11 @@ void register_bench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench", "measure prefill and decode speed against this GPU's own limits");
   add_model_options(cmd, a->model, false);
   cmd->add_option("--random-weights", a->random_shape, "real-shape model with random weights: " + known_shapes());
-  cmd->add_option("--phase", a->phase, "prefill | decode | all")->capture_default_str();
+  cmd->add_option("--phase", a->phase, "prefill | decode | serve | all (prefill and decode)")->capture_default_str();
+  cmd->add_option("--requests", a->requests, "serve: requests per concurrency level")->capture_default_str();
+  cmd->add_option("--prompt-len", a->prompt_len, "serve: prompt tokens a request")->capture_default_str();
+  cmd->add_option("--output-len", a->output_len, "serve: tokens generated a request")->capture_default_str();
+  cmd->add_option("--concurrency", a->concurrency, "serve: requests in flight (levels)")->capture_default_str();
   cmd->add_option("--batch", a->batches, "decode batch sizes")->capture_default_str();
   cmd->add_option("--context", a->contexts, "decode context lengths (tokens cached per sequence)")
       ->capture_default_str();

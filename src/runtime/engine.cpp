@@ -99,12 +99,17 @@ EngineCounters Engine::counters() const {
 }
 
 void Engine::finish(Seq& s, std::string reason, std::string error) {
-  if (s.seq >= 0) runner_.release_sequence(s.seq);
+  const bool was_running = s.seq >= 0;
+  if (was_running) runner_.release_sequence(s.seq);
   s.seq = -1;
   s.result.finish_reason = std::move(reason);
   s.result.error = std::move(error);
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // (before on_done: a client that submits from it finds the slot free)
+    if (was_running) counters_.running--;
+    counters_.kv_pages_free = runner_.pages().free_pages();
+    counters_.kv_pages_cached = runner_.pages().cached_pages();
     counters_.finished += s.result.finish_reason == "stop" || s.result.finish_reason == "length";
     counters_.aborted += s.result.finish_reason == "abort";
     counters_.failed += s.result.finish_reason == "error";
@@ -127,12 +132,11 @@ void Engine::admit() {
     s->seq = next_seq_++;
     runner_.create_sequence(s->seq, s->result.prompt_tokens + s->req.max_new_tokens);
     s->computed = runner_.attach_prefix(s->seq, s->tokens);  // 0 without prefix caching
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      counters_.prefix_hit_tokens += s->computed;
-      counters_.prefix_query_tokens += int64_t(s->tokens.size());
-    }
     running_.push_back(std::move(s));
+    std::lock_guard<std::mutex> lock(mu_);
+    counters_.prefix_hit_tokens += running_.back()->computed;
+    counters_.prefix_query_tokens += int64_t(running_.back()->tokens.size());
+    counters_.running = int64_t(running_.size());
   }
 }
 
@@ -146,6 +150,7 @@ void Engine::preempt_newest() {
   std::lock_guard<std::mutex> lock(mu_);
   waiting_.push_front(std::move(s));
   counters_.waiting = int64_t(waiting_.size());
+  counters_.running = int64_t(running_.size());
 }
 
 namespace {

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "runtime/model_bundle.h"
+#include "runtime/serve_load.h"
 #include "server/openai.h"
 #include "server/server.h"
 
@@ -528,6 +529,35 @@ TEST(ServerOptionsTest, ShutdownFinishesRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 30);
   stopper.join();
+}
+
+// The load behind `tandem bench --phase serve`, on the CPU: every request yields exactly output_len tokens, the
+// latencies are positive and ordered, and more concurrency (batching) does not lower throughput much.
+TEST(ServeLoadTest, CountsEveryTokenAndMeasuresLatency) {
+  if (!default_model()) GTEST_SKIP() << "the default model is missing";
+  const ModelBundle bundle = open_model_bundle(*default_model());
+  RunnerOptions r;
+  r.device = "cpu";
+  r.path = "reference";
+  auto runner = make_runner(bundle, r);
+  EngineOptions o;
+  o.max_num_seqs = 4;
+  o.max_queue = 0;
+  Engine engine(*runner, o);
+  const ServeLoadResult one = run_serve_load(engine, runner->config().vocab_size, 4, 8, 6, 1);
+  const ServeLoadResult four = run_serve_load(engine, runner->config().vocab_size, 12, 8, 6, 4);
+  EXPECT_EQ(one.output_tokens, 4 * 6);
+  EXPECT_EQ(four.output_tokens, 12 * 6);
+  for (const ServeLoadResult& x : {one, four}) {
+    EXPECT_GT(x.ttft_p50, 0);
+    EXPECT_GE(x.ttft_p99, x.ttft_p50);
+    EXPECT_GT(x.itl_p50, 0);
+    EXPECT_GE(x.itl_p99, x.itl_p50);
+    EXPECT_GT(x.output_tok_s, 0);
+  }
+  EXPECT_GT(four.output_tok_s, 0.7 * one.output_tok_s);
+  EXPECT_TRUE(engine.drain(5));
+  EXPECT_EQ(engine.counters().kv_pages_free, engine.counters().kv_pages_total);
 }
 
 TEST(StopMatcherTest, HoldsBackOnlyWhatCouldStartAStopString) {
