@@ -132,6 +132,7 @@ void Engine::admit() {
     s->seq = next_seq_++;
     runner_.create_sequence(s->seq, s->result.prompt_tokens + s->req.max_new_tokens);
     s->computed = runner_.attach_prefix(s->seq, s->tokens);  // 0 without prefix caching
+    if (s->result.preemptions == 0) s->result.cached_tokens = s->computed;
     running_.push_back(std::move(s));
     std::lock_guard<std::mutex> lock(mu_);
     counters_.prefix_hit_tokens += running_.back()->computed;

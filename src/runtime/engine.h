@@ -48,6 +48,7 @@ struct EngineResult {
   std::string error;            // finish_reason "error": what went wrong
   int64_t prompt_tokens = 0;
   int preemptions = 0;
+  int64_t cached_tokens = 0;    // prompt tokens found in the prefix cache when first admitted
   uint64_t seed = 0;
 };
 

@@ -112,12 +112,17 @@ struct Server::Impl {
   json usage(const Job& job) {
     int64_t completion = 0;
     for (const auto& c : job.choices) completion += int64_t(c->result.tokens.size());
+    const int64_t cached = job.choices.empty() ? 0 : job.choices.front()->result.cached_tokens;
     return {{"prompt_tokens", job.prompt_tokens},
             {"completion_tokens", completion},
-            {"total_tokens", job.prompt_tokens + completion}};
+            {"total_tokens", job.prompt_tokens + completion},
+            {"prompt_tokens_details", {{"cached_tokens", cached}}}};
   }
 
-  json logprobs_of(const Job& job, const Choice& c) {
+  json logprobs_of(const Job& job, const Choice& c) { return logprobs_of(job, c.events, 0); }
+  // The OpenAI logprobs object of `events` (chat: content entries; completions: parallel arrays, text offsets
+  // from `offset`).
+  json logprobs_of(const Job& job, const std::vector<TokenEvent>& events, int64_t offset) {
     const Tokenizer& tok = *bundle.tokenizer;
     auto piece = [&](int32_t id) { return tok.decode(std::span<const int32_t>(&id, 1), false); };
     auto bytes = [](const std::string& s) {
@@ -127,7 +132,7 @@ struct Server::Impl {
     };
     if (job.req.chat) {
       json content = json::array();
-      for (const TokenEvent& e : c.events) {
+      for (const TokenEvent& e : events) {
         json top = json::array();
         for (const auto& [id, lp] : e.top) top.push_back({{"token", piece(id)}, {"logprob", lp}, {"bytes", bytes(piece(id))}});
         const std::string p = piece(e.token);
@@ -136,8 +141,7 @@ struct Server::Impl {
       return {{"content", content}};
     }
     json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
-    int64_t offset = 0;
-    for (const TokenEvent& e : c.events) {
+    for (const TokenEvent& e : events) {
       const std::string p = piece(e.token);
       tokens.push_back(p);
       lps.push_back(e.logprob);
@@ -266,9 +270,16 @@ struct Server::Impl {
     }
     job->last_token = now;
     if (job->req.logprobs >= 0) c.events.push_back(ev);
+    const int64_t offset = int64_t(c.text.size());
     const std::string text = c.decoder ? c.stop.push(c.decoder->push(ev.token)) : std::string();
     c.text += text;
-    if (job->req.stream && !text.empty()) job->events.push_back(sse(chunk(*job, index, text, nullptr)));
+    if (job->req.stream && (!text.empty() || job->req.logprobs >= 0) && !c.stop.stopped()) {
+      json ch = chunk(*job, index, text, nullptr);
+      if (job->req.logprobs >= 0) ch["choices"][0]["logprobs"] = logprobs_of(*job, {ev}, offset);
+      job->events.push_back(sse(ch));
+    } else if (job->req.stream && !text.empty()) {
+      job->events.push_back(sse(chunk(*job, index, text, nullptr)));
+    }
     job->cv.notify_all();
     return !c.stop.stopped();
   }

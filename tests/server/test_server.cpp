@@ -200,6 +200,16 @@ TEST_F(ServerTest, LogprobsAreNormalizedAndNameTheChosenToken) {
     joined += t["token"].get<std::string>();
   }
   EXPECT_EQ(joined, j["choices"][0]["message"]["content"].get<std::string>().substr(0, joined.size()));
+  // Streamed: each token's logprobs ride on its chunk, the same values as in the plain response.
+  body["stream"] = true;
+  bool done = false;
+  std::vector<double> streamed;
+  for (const json& e : sse_events(server_->post("/v1/chat/completions", body)->body, &done))
+    if (!e["choices"].empty() && e["choices"][0]["logprobs"].is_object())
+      for (const json& t : e["choices"][0]["logprobs"]["content"]) streamed.push_back(t["logprob"].get<double>());
+  EXPECT_TRUE(done);
+  ASSERT_EQ(streamed.size(), content.size());
+  for (size_t i = 0; i < streamed.size(); ++i) EXPECT_NEAR(streamed[i], content[i]["logprob"].get<double>(), 1e-6);
 }
 
 // A frequency penalty stops greedy decoding from repeating itself: "1, 2, 3, ..." keeps its commas and spaces
@@ -427,6 +437,7 @@ TEST(ServerOptionsTest, PrefixCacheReusesALongSharedPrefix) {
   const int64_t prompt = json::parse(r->body)["usage"]["prompt_tokens"];
   EXPECT_GE(after.prefix_hit_tokens, prompt / 2) << "of " << prompt;
   EXPECT_EQ(after.prefix_hit_tokens % 16, 0);  // whole pages
+  EXPECT_EQ(json::parse(r->body)["usage"]["prompt_tokens_details"]["cached_tokens"], after.prefix_hit_tokens);
   const std::string metrics = s.client().Get("/metrics")->body;
   EXPECT_NE(metrics.find("tandem_prefix_cache_hit_rate 0."), std::string::npos) << metrics;
   EXPECT_EQ(metrics.find("tandem_prefix_cache_hit_rate 0.000000"), std::string::npos);
