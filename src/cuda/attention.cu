@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "core/checks.h"
 #include "cuda/check.h"
@@ -594,6 +595,22 @@ bool overlaps(const Tensor& a, const Tensor& b) {
   return a.numel() > 0 && b.numel() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
 }
 
+// attention() and attention_decode(): the shape, qkv, positions and paged-cache checks, then out [T, q_dim] in
+// qkv's dtype, not aliasing qkv. Returns the token count and the page tables.
+std::pair<int64_t, Pages> check_attention_args(const char* op, const Tensor& qkv, const Tensor& positions,
+                                               const PagedKv& kv, const AttentionShape& shape, const Tensor& out) {
+  check_shape_args(op, shape);
+  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
+  const Pages pg = check_paged(op, kv, shape, T);
+  const int64_t q_dim = int64_t(shape.n_heads) * shape.head_dim;
+  check_float_tensor(op, "out", out, Device::CUDA, 2);
+  check_shape(op, "out", out, {T, q_dim});
+  check_dtype(op, "out", out, qkv.dtype);
+  check_data(op, {&out});
+  TD_CHECK(!overlaps(out, qkv), "{}: out {} must not alias qkv {}", op, out.describe(), qkv.describe());
+  return {T, pg};
+}
+
 }  // namespace
 
 void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
@@ -646,15 +663,7 @@ void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& posi
 void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
                const Tensor& out, cudaStream_t stream) {
   const char* op = "attention";
-  check_shape_args(op, shape);
-  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
-  const Pages pg = check_paged(op, kv, shape, T);
-  const int64_t q_dim = int64_t(shape.n_heads) * shape.head_dim;
-  check_float_tensor(op, "out", out, Device::CUDA, 2);
-  check_shape(op, "out", out, {T, q_dim});
-  check_dtype(op, "out", out, qkv.dtype);
-  check_data(op, {&out});
-  TD_CHECK(!overlaps(out, qkv), "{}: out {} must not alias qkv {}", op, out.describe(), qkv.describe());
+  const auto [T, pg] = check_attention_args(op, qkv, positions, kv, shape, out);
   if (T == 0) return;
   // One thread per output dimension, at least two warps (and at least kChunk threads, so that a chunk's slot
   // offsets are looked up in one pass) so that scoring a chunk is spread over warps.
@@ -696,17 +705,9 @@ int64_t attention_decode_workspace(int64_t T, const AttentionShape& shape) {
 void attention_decode(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
                       const Tensor& out, const Tensor& workspace, cudaStream_t stream) {
   const char* op = "attention_decode";
-  check_shape_args(op, shape);
   std::string why;
   TD_CHECK(attention_decode_supports(shape, qkv.dtype, &why), "{}", why);
-  const int64_t T = check_qkv(op, qkv, positions, kv, shape);
-  const Pages pg = check_paged(op, kv, shape, T);
-  const int64_t q_dim = int64_t(shape.n_heads) * shape.head_dim;
-  check_float_tensor(op, "out", out, Device::CUDA, 2);
-  check_shape(op, "out", out, {T, q_dim});
-  check_dtype(op, "out", out, qkv.dtype);
-  check_data(op, {&out});
-  TD_CHECK(!overlaps(out, qkv), "{}: out {} must not alias qkv {}", op, out.describe(), qkv.describe());
+  const auto [T, pg] = check_attention_args(op, qkv, positions, kv, shape, out);
   TD_CHECK(T <= 65535, "{}: {} tokens (at most 65535 a launch)", op, T);
   if (T == 0) return;
   const auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data) % 16 == 0; };
