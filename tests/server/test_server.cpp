@@ -310,6 +310,44 @@ TEST_F(ServerTest, BadRequestsGetOpenAIErrorsNamingTheField) {
   EXPECT_EQ(server_->post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 2}})->status, 200);
 }
 
+// Hostile bodies: every prefix of a valid request, random bytes, nesting 100000 deep, wrong types at every field;
+// each gets a 400 with a JSON error body, and the server keeps serving.
+TEST_F(ServerTest, HostileBodiesNeverCrashOrHang) {
+  const std::string valid = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"temperature":0})";
+  std::vector<std::string> bodies;
+  for (size_t n = 0; n < valid.size(); n += 3) bodies.push_back(valid.substr(0, n));
+  uint64_t x = 42;
+  for (int i = 0; i < 40; ++i) {
+    std::string b;
+    for (int k = 0; k < 1 + i * 7; ++k) b += char((x = x * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+    bodies.push_back(b);
+  }
+  bodies.push_back(std::string(100000, '[') + std::string(100000, ']'));
+  std::string nested = "1";
+  for (int i = 0; i < 20000; ++i) nested = "{\"a\":" + nested + "}";
+  bodies.push_back(nested);
+  for (const char* f : {"messages", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
+                        "logprobs", "top_logprobs", "logit_bias", "stream_options", "min_p"})
+    for (const char* v : {"null", "\"x\"", "-1", "1e308", "[]", "{}", "true"}) {
+      json j = json::parse(valid);
+      j[f] = json::parse(v);
+      bodies.push_back(j.dump());
+    }
+  int ok = 0;
+  for (const std::string& b : bodies) {
+    auto r = server_->client().Post("/v1/chat/completions", b, "application/json");
+    ASSERT_TRUE(r) << "no answer to: " << b.substr(0, 80);
+    if (r->status == 200) {
+      ++ok;  // (null, or a value that happens to be valid for that field)
+      continue;
+    }
+    EXPECT_EQ(r->status, 400) << b.substr(0, 80) << " -> " << r->body;
+    EXPECT_TRUE(json::parse(r->body, nullptr, false).contains("error")) << r->body;
+  }
+  EXPECT_LT(ok, 40);
+  EXPECT_EQ(server_->client().Get("/health")->status, 200);
+}
+
 // 16 streamed greedy requests of mixed lengths at once: none lost or mixed up; each equals the request alone.
 TEST_F(ServerTest, ConcurrentStreamsEqualTheRequestsAlone) {
   const std::vector<std::string> prompts = {"The capital of France is", "1, 2, 3, 4,", "Water boils at",
