@@ -69,15 +69,34 @@ void run_repl(ChatArgs& a) {
   Loaded l = load_chat_model(a, chat);
   std::vector<ChatMessage> history;
   if (!a.system.empty()) history.push_back({"system", a.system});
-  std::fprintf(stderr, "type a message; /reset clears the conversation, /exit or Ctrl-D quits\n");
+  static const char kHelp[] =
+      "commands: /help this list; /reset clear the conversation (the system prompt stays); /system TEXT set the "
+      "system prompt and clear the conversation; /exit or Ctrl-D quit\n";
+  std::fprintf(stderr, "type a message; /help lists the commands\n");
   std::string line;
   for (;;) {
     std::fputs("> ", stdout);
     std::fflush(stdout);
     if (!std::getline(std::cin, line) || line == "/exit" || line == "/quit") break;
     if (line.empty()) continue;
+    if (line == "/help") {
+      std::fputs(kHelp, stderr);
+      continue;
+    }
     if (line == "/reset") {
       history.resize(a.system.empty() ? 0 : 1);
+      std::fprintf(stderr, "conversation cleared\n");
+      continue;
+    }
+    if (line.rfind("/system", 0) == 0 && (line.size() == 7 || line[7] == ' ')) {
+      a.system = line.size() > 8 ? line.substr(8) : std::string();
+      history.clear();
+      if (!a.system.empty()) history.push_back({"system", a.system});
+      std::fprintf(stderr, "system prompt %s; conversation cleared\n", a.system.empty() ? "removed" : "set");
+      continue;
+    }
+    if (line[0] == '/' && line.find(' ') == std::string::npos) {  // not a message: an unknown command
+      std::fprintf(stderr, "unknown command %s\n%s", line.c_str(), kHelp);
       continue;
     }
     history.push_back({"user", line});

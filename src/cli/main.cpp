@@ -6,6 +6,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"tandem: an LLM inference engine with a reference path to check every fast path against"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("tandem ") + TANDEM_GIT_COMMIT);
   tandem::cli::register_generate(app);
   tandem::cli::register_chat(app);
   tandem::cli::register_info(app);

@@ -183,5 +183,25 @@ TEST_F(DefaultModel, ChatKeepsHistory) {
   EXPECT_EQ(cached[1] % 16, 0) << out;
 }
 
+// Chat commands answer without reaching the model; an unknown one lists the commands.
+TEST_F(DefaultModel, ChatCommandsAreNotSentToTheModel) {
+  const std::string cmd = "printf '/help\\n/reset\\n/system Be brief.\\n/foo\\n/exit\\n' | " + std::string(TANDEM_BINARY) +
+                          " chat -m " + kModel.string() + " 2>&1";
+  const auto [status, out] = run_shell(cmd);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("commands: /help"), std::string::npos) << out;
+  EXPECT_NE(out.find("conversation cleared"), std::string::npos) << out;
+  EXPECT_NE(out.find("system prompt set; conversation cleared"), std::string::npos) << out;
+  EXPECT_NE(out.find("unknown command /foo"), std::string::npos) << out;
+  EXPECT_EQ(out.find("prompt tokens"), std::string::npos) << "a command reached the model:\n" << out;
+}
+
+TEST(Cli, VersionPrintsTheCommit) {
+  const auto [status, out] = run_shell(std::string(TANDEM_BINARY) + " --version 2>&1");
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(out.rfind("tandem ", 0), 0u) << out;
+  EXPECT_GT(out.size(), 8u) << out;
+}
+
 }  // namespace
 }  // namespace tandem
