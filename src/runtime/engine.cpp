@@ -288,9 +288,10 @@ bool Engine::step_once() {
         }
         row = biased;
       }
-      int32_t tok = out.argmax.empty() ? -1 : out.argmax[i];
+      int32_t tok = -1;
       try {
-        if (tok < 0 && out.argmax.empty()) tok = s.sampler.sample(row, s.tokens);
+        // greedy_only steps chose on the device (the sampler's greedy rule); otherwise the sampler draws.
+        tok = out.argmax.empty() ? s.sampler.sample(row, s.tokens) : out.argmax[i];
         TD_CHECK(tok >= 0, "every logit of the row is NaN or -inf");
       } catch (const Error& e) {
         finish(s, "error", e.what());

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace tandem {
 namespace {
@@ -32,13 +33,8 @@ ServeLoadResult run_serve_load(Engine& engine, int64_t vocab_size, int64_t reque
   std::string error;
   std::vector<double> ttft, itl;
   Clock::time_point last_token = Clock::now();
-  uint64_t x = seed;
-  auto next_id = [&] {  // splitmix64: the same prompts for the same seed
-    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return int32_t((z ^ (z >> 31)) % uint64_t(vocab_size));
-  };
+  uint64_t x = seed;  // the same prompts for the same seed
+  auto next_id = [&] { return int32_t(splitmix64(x) % uint64_t(vocab_size)); };
   const Clock::time_point t0 = Clock::now();
   int64_t submitted = 0;
   for (int64_t r = 0; r < requests; ++r) {

@@ -273,12 +273,12 @@ struct Server::Impl {
     const int64_t offset = int64_t(c.text.size());
     const std::string text = c.decoder ? c.stop.push(c.decoder->push(ev.token)) : std::string();
     c.text += text;
-    if (job->req.stream && (!text.empty() || job->req.logprobs >= 0) && !c.stop.stopped()) {
+    // A chunk per token when logprobs ride on it (not for the token that completed a stop string), else per text.
+    const bool with_lp = job->req.logprobs >= 0 && !c.stop.stopped();
+    if (job->req.stream && (with_lp || !text.empty())) {
       json ch = chunk(*job, index, text, nullptr);
-      if (job->req.logprobs >= 0) ch["choices"][0]["logprobs"] = logprobs_of(*job, {ev}, offset);
+      if (with_lp) ch["choices"][0]["logprobs"] = logprobs_of(*job, {ev}, offset);
       job->events.push_back(sse(ch));
-    } else if (job->req.stream && !text.empty()) {
-      job->events.push_back(sse(chunk(*job, index, text, nullptr)));
     }
     job->cv.notify_all();
     return !c.stop.stopped();

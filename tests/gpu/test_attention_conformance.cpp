@@ -6,10 +6,11 @@
 namespace tandem {
 namespace {
 
+struct Heads {  // one attention geometry of a conformance case
+  int n_heads, n_kv_heads, head_dim, window;
+};
+
 TEST_F(OpConformance, attention) {
-  struct Heads {
-    int n_heads, n_kv_heads, head_dim, window;
-  };
   const Heads heads[] = {
       {2, 2, 64, 0},     // group 1
       {4, 2, 128, 0},    // group 2
@@ -184,9 +185,6 @@ TEST_F(OpConformance, attention_InvalidRows) { check_invalid_rows(stream_, AttnK
 // pages and windows.
 
 TEST_F(OpConformance, attention_decode) {
-  struct Heads {
-    int n_heads, n_kv_heads, head_dim, window;
-  };
   const Heads heads[] = {
       {2, 2, 64, 0},     // group 1
       {4, 2, 128, 0},    // group 2
