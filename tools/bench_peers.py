@@ -35,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -261,6 +262,50 @@ def bench_prefill(model, f, tokens, warmup, reps):
     return ms
 
 
+def bench_serve(model, f, requests, prompt_len, output_len, concurrency):
+    """HF's batched generate as a serving peer: static batches of `concurrency` requests (random prompts, greedy,
+    exactly output_len new tokens). Returns (total seconds, first-token seconds of one batch, decode step seconds).
+    TTFT here is one batch's prefill + first token (a request never waits behind a running batch in this
+    measurement, which favours HF); ITL is the mean per-token time of a batch after its first token."""
+    gen = torch.Generator(device="cuda").manual_seed(99)
+    n_batches = max(1, requests // concurrency)
+    kw = dict(do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+
+    def batch_ids():
+        return torch.randint(1, f["vocab"], (concurrency, prompt_len), device="cuda", generator=gen)
+
+    ids = batch_ids()
+    model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **kw)
+    torch.cuda.synchronize()
+    ttft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    produced = 0
+    for _ in range(n_batches):
+        out = model.generate(input_ids=batch_ids(), max_new_tokens=output_len, min_new_tokens=output_len, **kw)
+        produced += (out.shape[1] - prompt_len) * concurrency
+    torch.cuda.synchronize()
+    total = time.perf_counter() - t0
+    if produced != n_batches * concurrency * output_len:
+        raise RuntimeError(f"generate produced {produced} tokens, expected {n_batches * concurrency * output_len}")
+    per_batch = total / n_batches
+    return total, n_batches * concurrency, ttft, (per_batch - ttft) / max(1, output_len - 1)
+
+
+def serve_run(shape, path, f, concurrency, prompt_len, output_len, measured):
+    total, n_requests, ttft, itl = measured
+    return {
+        "model": shape, "dtype": DTYPE_NAME, "path": path, "phase": "serve", "batch": concurrency,
+        "context": prompt_len, "output_len": output_len, "requests": n_requests,
+        "tok_s": n_requests * output_len / total, "requests_s": n_requests / total,
+        "ttft_ms_p50": ttft * 1e3, "ttft_ms_p99": None, "itl_ms_p50": itl * 1e3, "itl_ms_p99": None,
+        "step_ms_median": itl * 1e3,
+        "note": "static batches of `batch` requests through model.generate; TTFT = one batch's prefill + 1 token",
+    }
+
+
 def decode_run(shape, path, f, batch, context, ms, copy_bw):
     step_s = statistics.median(ms) * 1e-3
     kv = batch * context * f["layers"] * 2 * f["kv_heads"] * f["head_dim"] * f["elt"]
@@ -321,6 +366,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed prefill forwards per configuration")
     ap.add_argument("--decode-steps", type=int, default=10, help="timed decode steps per configuration")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    ap.add_argument("--serve-concurrency", default="", help="serve phase: batch sizes ('' for none)")
+    ap.add_argument("--serve-requests", default="", help="serve phase: requests per level, one per concurrency")
+    ap.add_argument("--serve-len", default="128,128", help="serve phase: prompt,output tokens a request")
     ap.add_argument("--json", required=True, help="output JSON file")
     ap.add_argument("--merge", action="store_true", help="add to FILE if it exists, keeping its machine fields")
     args = ap.parse_args()
@@ -402,6 +450,15 @@ def main():
                             lambda b=b, ctx=ctx: decode_run(
                                 shape, path, f, b, ctx,
                                 bench_decode(model, f, b, ctx, args.warmup, args.decode_steps), copy_bw))
+            serve_levels = csv_ints(args.serve_concurrency)
+            serve_requests = csv_ints(args.serve_requests) or [512] * len(serve_levels)
+            plen, olen = csv_ints(args.serve_len)
+            for c, n in zip(serve_levels, serve_requests):
+                key = {"model": shape, "dtype": DTYPE_NAME, "path": path, "phase": "serve", "batch": c,
+                       "context": plen}
+                attempt(f"{path} serve concurrency {c} ({n} requests)", key,
+                        lambda c=c, n=n: serve_run(shape, path, f, c, plen, olen,
+                                                   bench_serve(model, f, n, plen, olen, c)))
             for p in prefills:
                 key = {"model": shape, "dtype": DTYPE_NAME, "path": path, "phase": "prefill", "batch": 1,
                        "context": p}

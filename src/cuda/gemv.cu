@@ -263,6 +263,7 @@ std::optional<GemvTuning> forced_tuning() {
 GemvTuning gemv_tuning(int64_t rows, int64_t N, int64_t K) {
   if (rows > kGemvMaxRows) return GemvTuning::cublas;
   if (auto f = forced_tuning()) return *f;
+  if (rows > kGemvFasterRows) return GemvTuning::cublas;
   // H200, bf16, batch 1 (GPU time per projection over the layers, one call): deep wins where the output is at
   // least as wide as the input (8B gate_up 1.87 ms vs 2.58 occupancy vs 2.09 cuBLASLt; qkv 0.84 vs 0.88 vs 0.86;
   // 1B gate_up 0.37 vs 0.48), occupancy where the input is wider (8B down 1.16 ms vs 1.28 deep: one wave of

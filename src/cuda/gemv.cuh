@@ -26,10 +26,14 @@
 namespace tandem::cuda {
 
 inline constexpr int64_t kGemvMaxRows = 8;
+// The kernel takes up to kGemvMaxRows rows, but past this many cuBLASLt is faster: each weight row is read once
+// either way and the GEMV's per-row registers cost it occupancy. H200, decode ctx 128, step ms GEMV vs cuBLASLt:
+// 8B b2 5.06 vs 5.11, b3 5.52 vs 5.13, b8 9.00 vs 5.32; 1B b2 1.16 vs 1.31, b3 1.29 vs 1.32, b8 1.97 vs 1.38.
+inline constexpr int64_t kGemvFasterRows = 2;
 
 // How a projection of `rows` rows and an [N, K] weight runs (gate_up: N = 2I): the GEMV with many resident warps
 // and two loads each in flight (occupancy), with four loads per weight row in flight (deep), or cuBLASLt (more
-// than kGemvMaxRows rows, or where it was measured faster). TANDEM_GEMV_TUNING=occupancy|deep|cublas forces one
+// than kGemvFasterRows rows, where it was measured faster). TANDEM_GEMV_TUNING=occupancy|deep|cublas forces one
 // for every shape (benchmarking). The fused variants ask before choosing the kernel; the launchers ask too, for
 // the GEMV's own tuning (cublas there means occupancy). Both tunings compute the same sums in the same order.
 enum class GemvTuning { occupancy, deep, cublas };
