@@ -1,6 +1,7 @@
 #include "tokenizer/chat_template.h"
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace tandem {
 namespace {
@@ -39,7 +40,7 @@ ChatTemplate ChatTemplate::from_name(std::string_view name) {
   if (name == "chatml") t.format_ = ChatFormat::ChatML;
   else if (name == "llama3") t.format_ = ChatFormat::Llama3;
   else if (name == "mistral") t.format_ = ChatFormat::Mistral;
-  else fail("unknown chat template '{}' (known: {})", name, names());
+  else fail("unknown chat template '{}' (known: {})", excerpt(name), names());
   return t;
 }
 
@@ -57,7 +58,7 @@ ChatTemplate ChatTemplate::detect(std::string_view tpl, std::string_view arch,
     } else {
       fail("the model's chat template is not one tandem recognizes (it starts with \"{}\"); pass --chat-template "
            "with one of: {}",
-           tpl.substr(0, 60), names());
+           excerpt(tpl, 60), names());
     }
     return t;
   }
@@ -66,7 +67,7 @@ ChatTemplate ChatTemplate::detect(std::string_view tpl, std::string_view arch,
   else if (has("<|start_header_id|>")) t.format_ = ChatFormat::Llama3;
   else if (arch == "mistral" || has("[INST]")) t.format_ = ChatFormat::Mistral;
   else fail("the model has no chat template and none can be inferred for architecture '{}'; pass --chat-template "
-            "with one of: {}", arch, names());
+            "with one of: {}", excerpt(arch), names());
   return t;
 }
 
@@ -82,7 +83,7 @@ std::string_view ChatTemplate::name() const {
 std::string ChatTemplate::render(std::span<const ChatMessage> messages, bool add_generation_prompt) const {
   for (const ChatMessage& m : messages)
     TD_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant",
-             "chat message role '{}' is not one of system, user, assistant", m.role);
+             "chat message role '{}' is not one of system, user, assistant", excerpt(m.role));
   std::string out;
   switch (format_) {
     case ChatFormat::ChatML:

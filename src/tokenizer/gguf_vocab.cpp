@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "io/gguf.h"
 
 namespace tandem {
@@ -23,7 +24,7 @@ TokenizerSpec tokenizer_spec_from_gguf(const GgufFile& f) {
     spec.byte_fallback = true;
     spec.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
   } else {
-    fail("{}: tokenizer.ggml.model '{}' is not supported (supported: gpt2, llama)", src, model);
+    fail("{}: tokenizer.ggml.model '{}' is not supported (supported: gpt2, llama)", src, excerpt(model));
   }
   auto tokens = f.get_string_array("tokenizer.ggml.tokens");
   TD_CHECK(tokens.has_value() && !tokens->empty(), "{}: tokenizer.ggml.tokens is missing or empty", src);
@@ -44,7 +45,7 @@ TokenizerSpec tokenizer_spec_from_gguf(const GgufFile& f) {
       const std::string& m = (*merges)[i];
       const size_t sp = m.find(' ', 1);
       TD_CHECK(sp != std::string::npos && sp + 1 < m.size(), "{}: tokenizer.ggml.merges[{}] = '{}' is not 'a b'", src,
-               i, m);
+               i, excerpt(m));
       spec.merges.emplace_back(m.substr(0, sp), m.substr(sp + 1));
     }
   }

@@ -3,11 +3,17 @@
 // pre_tokenizer {ByteLevel, Split, Digits, Metaspace, Sequence}, post_processor {ByteLevel, TemplateProcessing
 // (single: at most one special token before and after $A), Sequence}, decoder {ByteLevel, Replace(String),
 // ByteFallback, Fuse, Strip, Metaspace, Sequence}. Anything else is rejected naming the field.
+//
+// The file is untrusted: JSON depth is checked before parsing, Sequence nesting is bounded, every id is checked
+// against int32 and against the number of entries before anything is sized by it, and file strings reach error
+// messages only through excerpt().
 #include <algorithm>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/file.h"
+#include "core/json_limits.h"
 #include "tokenizer/internal.h"
 #include "tokenizer/tokenizer.h"
 
@@ -15,6 +21,12 @@ namespace tandem {
 namespace {
 
 using nlohmann::json;
+
+// Real files nest a Sequence in a Sequence at most once or twice. The bound keeps the recursion and the field
+// paths it formats ("normalizer.normalizers[0].normalizers[0]...", quadratic in the depth) small.
+constexpr int kMaxSequenceDepth = 16;
+// Largest vocabulary accepted (real ones are below 2^18); ids index tables, so they are checked before use.
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
 
 struct Ctx {
   std::string src;
@@ -37,6 +49,22 @@ bool bool_field(const Ctx& c, const json& j, const char* key, bool def, const st
   if (!v) return def;
   TD_CHECK(v->is_boolean(), "{}: {}.{} must be a boolean", c.src, where, key);
   return v->get<bool>();
+}
+
+// A JSON integer as a non-negative int32 (nlohmann's get<int32_t> would truncate 2^32 + 2 to 2 silently).
+int32_t int32_of(const Ctx& c, const json& v, const std::string& where) {
+  TD_CHECK(v.is_number_integer(), "{}: {} must be an integer, not {}", c.src, where, excerpt(v.dump(), 40));
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const bool ok = v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t(kMax)
+                                         : v.get<int64_t>() >= 0 && v.get<int64_t>() <= kMax;
+  TD_CHECK(ok, "{}: {} = {} is outside [0, 2^31) (token ids and counts are non-negative int32)", c.src, where,
+           v.dump());
+  return static_cast<int32_t>(v.get<int64_t>());
+}
+
+void check_nesting(const Ctx& c, int depth, const std::string& where) {
+  TD_CHECK(depth <= kMaxSequenceDepth, "{}: {}: Sequence nested deeper than {} levels", c.src, excerpt(where, 120),
+           kMaxSequenceDepth);
 }
 
 std::string type_of(const Ctx& c, const json& j, const std::string& where) {
@@ -69,7 +97,7 @@ PrependScheme scheme_of(const Ctx& c, const json& j, const std::string& where) {
     if (v == "always") return PrependScheme::Always;
     if (v == "first") return PrependScheme::First;
     if (v == "never") return PrependScheme::Never;
-    fail("{}: {}.prepend_scheme '{}' is not one of always/first/never", c.src, where, v);
+    fail("{}: {}.prepend_scheme '{}' is not one of always/first/never", c.src, where, excerpt(v));
   }
   return bool_field(c, j, "add_prefix_space", true, where) ? PrependScheme::Always : PrependScheme::Never;
 }
@@ -81,13 +109,15 @@ std::string replacement_of(const Ctx& c, const json& j, const std::string& where
   return r->get<std::string>();
 }
 
-void parse_normalizer(const Ctx& c, const json& j, const std::string& where) {
+void parse_normalizer(const Ctx& c, const json& j, const std::string& where, int depth = 0) {
   std::string t = type_of(c, j, where);
   auto& out = c.spec.normalizers;
   if (t == "Sequence") {
+    check_nesting(c, depth, where);
     const json* list = get(j, "normalizers");
     TD_CHECK(list && list->is_array(), "{}: {}.normalizers must be an array", c.src, where);
-    for (size_t i = 0; i < list->size(); ++i) parse_normalizer(c, (*list)[i], fmt::format("{}.normalizers[{}]", where, i));
+    for (size_t i = 0; i < list->size(); ++i)
+      parse_normalizer(c, (*list)[i], fmt::format("{}.normalizers[{}]", where, i), depth + 1);
   } else if (t == "NFC") {
     out.push_back({NormalizerStep::Kind::NFC, {}, {}});
   } else if (t == "Prepend") {
@@ -96,7 +126,7 @@ void parse_normalizer(const Ctx& c, const json& j, const std::string& where) {
     std::string from = pattern_of(c, j, where, false, nullptr);
     out.push_back({NormalizerStep::Kind::Replace, from, str_field(c, j, "content", where)});
   } else {
-    fail("{}: {}.type '{}' is not supported (supported: NFC, Prepend, Replace, Sequence)", c.src, where, t);
+    fail("{}: {}.type '{}' is not supported (supported: NFC, Prepend, Replace, Sequence)", c.src, where, excerpt(t));
   }
 }
 
@@ -107,17 +137,18 @@ SplitBehavior behavior_of(const Ctx& c, const json& j, const std::string& where)
   if (b == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
   if (b == "MergedWithNext") return SplitBehavior::MergedWithNext;
   if (b == "Contiguous") return SplitBehavior::Contiguous;
-  fail("{}: {}.behavior '{}' is not a known split behavior", c.src, where, b);
+  fail("{}: {}.behavior '{}' is not a known split behavior", c.src, where, excerpt(b));
 }
 
-void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where) {
+void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, int depth = 0) {
   std::string t = type_of(c, j, where);
   PreTokenizerStep st;
   if (t == "Sequence") {
+    check_nesting(c, depth, where);
     const json* list = get(j, "pretokenizers");
     TD_CHECK(list && list->is_array(), "{}: {}.pretokenizers must be an array", c.src, where);
     for (size_t i = 0; i < list->size(); ++i)
-      parse_pre_tokenizer(c, (*list)[i], fmt::format("{}.pretokenizers[{}]", where, i));
+      parse_pre_tokenizer(c, (*list)[i], fmt::format("{}.pretokenizers[{}]", where, i), depth + 1);
     return;
   } else if (t == "ByteLevel") {
     st.kind = PreTokenizerStep::Kind::ByteLevel;
@@ -139,18 +170,21 @@ void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where) 
     st.prepend_scheme = scheme_of(c, j, where);
     st.split = bool_field(c, j, "split", true, where);
   } else {
-    fail("{}: {}.type '{}' is not supported (supported: ByteLevel, Split, Digits, Metaspace, Sequence)", c.src, where, t);
+    fail("{}: {}.type '{}' is not supported (supported: ByteLevel, Split, Digits, Metaspace, Sequence)", c.src, where,
+         excerpt(t));
   }
   c.spec.pre_tokenizers.push_back(st);
 }
 
-void parse_decoder(const Ctx& c, const json& j, const std::string& where) {
+void parse_decoder(const Ctx& c, const json& j, const std::string& where, int depth = 0) {
   std::string t = type_of(c, j, where);
   DecoderStep st;
   if (t == "Sequence") {
+    check_nesting(c, depth, where);
     const json* list = get(j, "decoders");
     TD_CHECK(list && list->is_array(), "{}: {}.decoders must be an array", c.src, where);
-    for (size_t i = 0; i < list->size(); ++i) parse_decoder(c, (*list)[i], fmt::format("{}.decoders[{}]", where, i));
+    for (size_t i = 0; i < list->size(); ++i)
+      parse_decoder(c, (*list)[i], fmt::format("{}.decoders[{}]", where, i), depth + 1);
     return;
   } else if (t == "ByteLevel") {
     st.kind = DecoderStep::Kind::ByteLevel;
@@ -167,9 +201,8 @@ void parse_decoder(const Ctx& c, const json& j, const std::string& where) {
     st.a = str_field(c, j, "content", where);
     const json* s = get(j, "start");
     const json* e = get(j, "stop");
-    TD_CHECK(s && s->is_number_integer() && e && e->is_number_integer(), "{}: {}.start/stop must be integers", c.src,
-             where);
-    st.start = s->get<int>(), st.stop = e->get<int>();
+    TD_CHECK(s && e, "{}: {}.start/stop must be integers", c.src, where);
+    st.start = int32_of(c, *s, where + ".start"), st.stop = int32_of(c, *e, where + ".stop");
   } else if (t == "Metaspace") {
     st.kind = DecoderStep::Kind::Metaspace;
     st.a = replacement_of(c, j, where);
@@ -177,7 +210,7 @@ void parse_decoder(const Ctx& c, const json& j, const std::string& where) {
   } else {
     fail("{}: {}.type '{}' is not supported (supported: ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, "
          "Sequence)",
-         c.src, where, t);
+         c.src, where, excerpt(t));
   }
   c.spec.decoders.push_back(st);
 }
@@ -185,24 +218,29 @@ void parse_decoder(const Ctx& c, const json& j, const std::string& where) {
 // Returns the ids a TemplateProcessing special token stands for.
 std::vector<int32_t> template_ids(const Ctx& c, const json& tp, const std::string& name, const std::string& where) {
   const json* sp = get(tp, "special_tokens");
-  TD_CHECK(sp && sp->is_object() && sp->contains(name), "{}: {}.special_tokens has no entry '{}'", c.src, where, name);
+  TD_CHECK(sp && sp->is_object() && sp->contains(name), "{}: {}.special_tokens has no entry '{}'", c.src, where,
+           excerpt(name));
+  const std::string field = fmt::format("{}.special_tokens['{}'].ids", where, excerpt(name));
   const json* ids = get((*sp)[name], "ids");
-  TD_CHECK(ids && ids->is_array(), "{}: {}.special_tokens['{}'].ids must be an array", c.src, where, name);
-  return ids->get<std::vector<int32_t>>();
+  TD_CHECK(ids && ids->is_array(), "{}: {} must be an array", c.src, field);
+  std::vector<int32_t> out;
+  for (size_t i = 0; i < ids->size(); ++i) out.push_back(int32_of(c, (*ids)[i], fmt::format("{}[{}]", field, i)));
+  return out;
 }
 
-void parse_post_processor(const Ctx& c, const json& j, const std::string& where) {
+void parse_post_processor(const Ctx& c, const json& j, const std::string& where, int depth = 0) {
   std::string t = type_of(c, j, where);
   if (t == "ByteLevel") return;  // offsets only
   if (t == "Sequence") {
+    check_nesting(c, depth, where);
     const json* list = get(j, "processors");
     TD_CHECK(list && list->is_array(), "{}: {}.processors must be an array", c.src, where);
     for (size_t i = 0; i < list->size(); ++i)
-      parse_post_processor(c, (*list)[i], fmt::format("{}.processors[{}]", where, i));
+      parse_post_processor(c, (*list)[i], fmt::format("{}.processors[{}]", where, i), depth + 1);
     return;
   }
   TD_CHECK(t == "TemplateProcessing", "{}: {}.type '{}' is not supported (supported: ByteLevel, TemplateProcessing, "
-           "Sequence)", c.src, where, t);
+           "Sequence)", c.src, where, excerpt(t));
   const json* single = get(j, "single");
   TD_CHECK(single && single->is_array(), "{}: {}.single must be an array", c.src, where);
   std::vector<int32_t> before, after;
@@ -225,11 +263,12 @@ void parse_post_processor(const Ctx& c, const json& j, const std::string& where)
   if (!after.empty()) c.spec.eos_ids.insert(c.spec.eos_ids.begin(), after[0]), c.spec.add_eos = true;
 }
 
-void parse_model(const Ctx& c, const json& m) {
+// n_added: the length of the added_tokens list, which may fill holes in the model's ids.
+void parse_model(const Ctx& c, const json& m, size_t n_added) {
   TD_CHECK(m.is_object(), "{}: model must be an object", c.src);
   if (const json* t = get(m, "type")) {
     TD_CHECK(t->is_string(), "{}: model.type must be a string", c.src);
-    TD_CHECK(*t == "BPE", "{}: model.type '{}' is not supported (only BPE)", c.src, t->get<std::string>());
+    TD_CHECK(*t == "BPE", "{}: model.type '{}' is not supported (only BPE)", c.src, excerpt(t->get<std::string>()));
   } else {
     TD_CHECK(m.contains("merges"), "{}: model.type is missing and the model has no merges (only BPE is supported)",
              c.src);
@@ -240,18 +279,23 @@ void parse_model(const Ctx& c, const json& m) {
   const json* vocab = get(m, "vocab");
   TD_CHECK(vocab && vocab->is_object(), "{}: model.vocab must be an object of token -> id", c.src);
   auto& v = c.spec.vocab;
+  // The vocabulary is a table indexed by id: bound every id by the entries there are before sizing it by one,
+  // so that a 1 KB file cannot ask for gigabytes.
+  const int64_t bound = std::min<int64_t>(int64_t(vocab->size() + n_added), kMaxVocab);
   int64_t max_id = -1;
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    TD_CHECK(it.value().is_number_integer(), "{}: model.vocab['{}'] must be an integer id", c.src, it.key());
-    int64_t id = it.value().get<int64_t>();
-    TD_CHECK(id >= 0 && id < (int64_t{1} << 30), "{}: model.vocab['{}'] has id {} out of range", c.src, it.key(), id);
+    const std::string where = fmt::format("model.vocab['{}']", excerpt(it.key()));
+    const int64_t id = int32_of(c, it.value(), where);
+    TD_CHECK(id < bound, "{}: {} = {} is outside [0, {}) (the {} entries of model.vocab plus {} added_tokens, at most "
+             "{})", c.src, where, id, bound, vocab->size(), n_added, kMaxVocab);
     max_id = std::max(max_id, id);
   }
   v.assign(static_cast<size_t>(max_id + 1), std::string());
   std::vector<uint8_t> seen(v.size(), 0);
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
     auto id = it.value().get<size_t>();
-    TD_CHECK(!seen[id], "{}: model.vocab: id {} is used by '{}' and '{}'", c.src, id, v[id], it.key());
+    TD_CHECK(!seen[id], "{}: model.vocab: id {} is used by '{}' and '{}'", c.src, id, excerpt(v[id]),
+             excerpt(it.key()));
     seen[id] = 1;
     v[id] = it.key();
   }
@@ -264,7 +308,7 @@ void parse_model(const Ctx& c, const json& m) {
       const std::string& s = e.get_ref<const std::string&>();
       size_t sp = s.find(' ');
       TD_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
-               "{}: model.merges[{}] '{}' is not two tokens separated by one space", c.src, i, s);
+               "{}: model.merges[{}] '{}' is not two tokens separated by one space", c.src, i, excerpt(s));
       c.spec.merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
     } else {
       TD_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(),
@@ -279,7 +323,8 @@ void parse_model(const Ctx& c, const json& m) {
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (const json* p = get(m, k)) {
       TD_CHECK(p->is_string(), "{}: model.{} must be a string", c.src, k);
-      TD_CHECK(p->get<std::string>().empty(), "{}: model.{} '{}' is not supported", c.src, k, p->get<std::string>());
+      TD_CHECK(p->get<std::string>().empty(), "{}: model.{} '{}' is not supported", c.src, k,
+               excerpt(p->get<std::string>()));
     }
   }
   c.spec.fuse_unk = bool_field(c, m, "fuse_unk", false, "model");
@@ -292,7 +337,8 @@ void parse_model(const Ctx& c, const json& m) {
 void parse_added(const Ctx& c, const json& list) {
   TD_CHECK(list.is_array(), "{}: added_tokens must be an array", c.src);
   auto& v = c.spec.vocab;
-  tok::TokenMap model_ids, added_ids;
+  tok::TokenMap model_ids;
+  tok::TokenMap added_at;  // content -> index in spec.added_tokens (duplicates replace in O(1), not by a scan)
   int32_t model_size = 0;
   for (size_t i = 0; i < v.size(); ++i) {
     if (v[i].empty()) continue;
@@ -306,8 +352,8 @@ void parse_added(const Ctx& c, const json& list) {
     TD_CHECK(a.is_object(), "{}: {} must be an object", c.src, where);
     AddedToken t;
     const json* id = get(a, "id");
-    TD_CHECK(id && id->is_number_integer() && id->get<int64_t>() >= 0 && id->get<int64_t>() < (int64_t{1} << 30),
-             "{}: {}.id must be a non-negative integer", c.src, where);
+    TD_CHECK(id, "{}: {}.id is missing", c.src, where);
+    int32_of(c, *id, where + ".id");  // checked only: ids are assigned as HF does (see above)
     t.content = str_field(c, a, "content", where);
     t.special = bool_field(c, a, "special", false, where);
     t.normalized = bool_field(c, a, "normalized", !t.special, where);
@@ -315,10 +361,10 @@ void parse_added(const Ctx& c, const json& list) {
     t.rstrip = bool_field(c, a, "rstrip", false, where);
     t.single_word = bool_field(c, a, "single_word", false, where);
     if (t.content.empty()) continue;
-    if (auto it = added_ids.find(t.content); it != added_ids.end()) {
-      t.id = it->second;  // a later entry with the same content replaces the earlier one
-      for (auto& prev : c.spec.added_tokens)
-        if (prev.content == t.content) prev = t;
+    if (auto it = added_at.find(t.content); it != added_at.end()) {
+      AddedToken& prev = c.spec.added_tokens[it->second];
+      t.id = prev.id;  // a later entry with the same content replaces the earlier one
+      prev = std::move(t);
       continue;
     }
     if (auto it = model_ids.find(t.content); it != model_ids.end()) {
@@ -327,7 +373,7 @@ void parse_added(const Ctx& c, const json& list) {
       t.id = max_added < 0 ? model_size : (max_added >= model_size ? max_added + 1 : model_size);
     }
     max_added = std::max(max_added, t.id);
-    added_ids.emplace(t.content, t.id);
+    added_at.emplace(t.content, static_cast<int32_t>(c.spec.added_tokens.size()));
     if (static_cast<size_t>(t.id) >= v.size()) v.resize(t.id + 1);
     v[t.id] = t.content;
     c.spec.added_tokens.push_back(std::move(t));
@@ -337,11 +383,12 @@ void parse_added(const Ctx& c, const json& list) {
 }  // namespace
 
 Tokenizer Tokenizer::from_hf_json_string(std::string_view text, std::string source) {
+  check_json_depth(text, source);
   json j;
   try {
     j = json::parse(text);
   } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", source, e.what());
+    fail("{}: not valid JSON: {}", source, excerpt(e.what(), 200));  // nlohmann quotes the whole bad token
   }
   TokenizerSpec spec;
   spec.source = source;
@@ -351,14 +398,15 @@ Tokenizer Tokenizer::from_hf_json_string(std::string_view text, std::string sour
     TD_CHECK(j.is_object(), "{}: the top level must be a JSON object", source);
     const json* model = get(j, "model");
     TD_CHECK(model, "{}: missing field 'model'", source);
-    parse_model(c, *model);
-    if (const json* a = get(j, "added_tokens")) parse_added(c, *a);
+    const json* added = get(j, "added_tokens");
+    parse_model(c, *model, added && added->is_array() ? added->size() : 0);
+    if (added) parse_added(c, *added);
     if (const json* n = get(j, "normalizer")) parse_normalizer(c, *n, "normalizer");
     if (const json* p = get(j, "pre_tokenizer")) parse_pre_tokenizer(c, *p, "pre_tokenizer");
     if (const json* p = get(j, "post_processor")) parse_post_processor(c, *p, "post_processor");
     if (const json* d = get(j, "decoder")) parse_decoder(c, *d, "decoder");
   } catch (const json::exception& e) {
-    fail("{}: unexpected JSON structure: {}", source, e.what());
+    fail("{}: unexpected JSON structure: {}", source, excerpt(e.what(), 200));
   }
   bool byte_level = false;
   for (const auto& st : spec.pre_tokenizers) byte_level |= st.kind == PreTokenizerStep::Kind::ByteLevel;

@@ -41,22 +41,33 @@ std::string regex_escape(std::string_view literal);
 const char* gpt2_regex();  // HF ByteLevel's split regex
 bool is_alnum_cp(uint32_t cp);  // Unicode letter or number (for single_word)
 
-// Leftmost-longest matcher over added-token contents.
+// Leftmost-longest matcher over added-token contents (HF matches them with aho-corasick, LeftmostLongest). An
+// Aho-Corasick automaton rather than a trie walk from every position: input that shares a long prefix with a
+// token (1 MB of 'a' against a token "aaa...ab") is then scanned once instead of once per position.
 class TokenTrie {
  public:
-  void add(const std::string& content, int32_t index);
+  void add(const std::string& content, int32_t index);  // the first index added for a content wins
+  void finish();  // builds the failure links; call after the last add()
   bool empty() const { return nodes_.size() <= 1; }
-  // Longest match starting at s[pos]: returns (length, index) or (0, -1).
-  std::pair<size_t, int32_t> match_at(std::string_view s, size_t pos) const;
-  bool may_start(unsigned char c) const { return first_[c]; }
+  struct Match {
+    size_t start = 0, len = 0;  // len 0: no match
+    int32_t index = -1;
+  };
+  // The leftmost match that starts at or after s[pos], the longest one starting there.
+  Match find(std::string_view s, size_t pos) const;
 
  private:
   struct Node {
     std::vector<std::pair<unsigned char, int32_t>> next;  // sorted by byte
-    int32_t index = -1;
+    int32_t index = -1;                                   // the token that ends here
+    int32_t fail = 0;                                     // node of the longest proper suffix
+    int32_t depth = 0;
+    int32_t out_len = 0, out_index = -1;  // the longest token that is a suffix of this node's string
   };
+  int32_t child(int32_t node, unsigned char c) const;
   std::vector<Node> nodes_ = std::vector<Node>(1);
-  std::array<bool, 256> first_{};
+  std::array<int32_t, 256> root_next_{};  // the root's children by byte (-1: none), filled by finish()
+  bool finished_ = false;
 };
 
 struct PreStep {

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "tokenizer/internal.h"
 #include "tokenizer/unicode.h"
 
@@ -73,7 +74,7 @@ Regex::Regex(const std::string& pattern, const std::string& where) : where_(wher
   if (!code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
-    fail("{}: cannot compile regex '{}' at offset {}: {}", where, pattern, off, reinterpret_cast<char*>(msg));
+    fail("{}: cannot compile regex '{}' at offset {}: {}", where, excerpt(pattern), off, reinterpret_cast<char*>(msg));
   }
   code_ = code;
   jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
@@ -155,6 +156,7 @@ bool is_alnum_cp(uint32_t cp) {
 
 void TokenTrie::add(const std::string& content, int32_t index) {
   if (content.empty()) return;
+  finished_ = false;
   int32_t node = 0;
   for (unsigned char c : content) {
     auto& next = nodes_[node].next;
@@ -165,23 +167,64 @@ void TokenTrie::add(const std::string& content, int32_t index) {
       int32_t child = static_cast<int32_t>(nodes_.size());
       next.insert(it, {c, child});
       nodes_.emplace_back();
+      nodes_.back().depth = nodes_[node].depth + 1;
       node = child;
     }
   }
-  if (nodes_[node].index < 0) nodes_[node].index = index;  // first added wins on duplicate contents
-  first_[static_cast<unsigned char>(content[0])] = true;
+  if (nodes_[node].index < 0) nodes_[node].index = index;
 }
 
-std::pair<size_t, int32_t> TokenTrie::match_at(std::string_view s, size_t pos) const {
-  std::pair<size_t, int32_t> best{0, -1};
-  int32_t node = 0;
+int32_t TokenTrie::child(int32_t node, unsigned char c) const {
+  if (node == 0) return root_next_[c];
+  const auto& next = nodes_[node].next;
+  auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(c, int32_t{-1}));
+  return it != next.end() && it->first == c ? it->second : -1;
+}
+
+void TokenTrie::finish() {
+  root_next_.fill(-1);
+  for (auto [c, n] : nodes_[0].next) root_next_[c] = n;
+  // Breadth first, so that a node's failure target (shallower) is complete before the node.
+  std::vector<int32_t> queue;
+  queue.reserve(nodes_.size());
+  queue.push_back(0);
+  for (size_t q = 0; q < queue.size(); ++q) {
+    const int32_t u = queue[q];
+    for (auto [c, v] : nodes_[u].next) {
+      int32_t f = u == 0 ? -1 : nodes_[u].fail;
+      while (f > 0 && child(f, c) < 0) f = nodes_[f].fail;
+      const int32_t w = f < 0 ? -1 : child(f, c);
+      Node& n = nodes_[v];
+      n.fail = w < 0 ? 0 : w;
+      if (n.index >= 0) n.out_len = n.depth, n.out_index = n.index;
+      else n.out_len = nodes_[n.fail].out_len, n.out_index = nodes_[n.fail].out_index;
+      queue.push_back(v);
+    }
+  }
+  finished_ = true;
+}
+
+TokenTrie::Match TokenTrie::find(std::string_view s, size_t pos) const {
+  TD_CHECK(finished_, "internal error: TokenTrie::find before finish()");
+  Match best;
+  int32_t state = 0;
   for (size_t i = pos; i < s.size(); ++i) {
-    const auto& next = nodes_[node].next;
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(c, int32_t{-1}));
-    if (it == next.end() || it->first != c) break;
-    node = it->second;
-    if (nodes_[node].index >= 0) best = {i + 1 - pos, nodes_[node].index};
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    int32_t nx = child(state, c);
+    while (nx < 0 && state != 0) {
+      state = nodes_[state].fail;
+      nx = child(state, c);
+    }
+    state = nx < 0 ? 0 : nx;
+    const Node& n = nodes_[state];
+    // Every prefix still alive starts at or after i + 1 - depth; once that is past the best match's start, no
+    // later match can start earlier or be longer at the same start.
+    if (best.len && best.start + n.depth < i + 1) return best;
+    if (n.out_len > 0) {
+      const size_t start = i + 1 - static_cast<size_t>(n.out_len);
+      // Ending later, a match with the same start is longer.
+      if (!best.len || start <= best.start) best = {start, static_cast<size_t>(n.out_len), n.out_index};
+    }
   }
   return best;
 }
@@ -315,7 +358,7 @@ PreTokenizerKind pre_kind_from_gguf(std::string_view pre) {
     if (pre == n) return PreTokenizerKind::SmolLM;
   fail("tokenizer.ggml.pre: unsupported pre-tokenizer '{}' (supported: gpt2, default, llama-bpe, llama3, smaug-bpe, "
        "dbrx, qwen2, deepseek-r1-qwen, stablelm2, smollm, starcoder, refact, codeshell, command-r)",
-       pre);
+       excerpt(pre));
 }
 
 std::vector<std::string> pre_tokenizer_regexes(PreTokenizerKind kind) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "tokenizer/internal.h"
 #include "tokenizer/unicode.h"
 
@@ -89,7 +90,7 @@ void Tokenizer::Impl::build() {
   }
   if (spec.unk_token) {
     auto it = token_to_id.find(*spec.unk_token);
-    TD_CHECK(it != token_to_id.end(), "{}: model.unk_token '{}' is not in the vocab", src, *spec.unk_token);
+    TD_CHECK(it != token_to_id.end(), "{}: model.unk_token '{}' is not in the vocab", src, excerpt(*spec.unk_token));
     unk_id = it->second;
   } else if (!spec.token_types.empty()) {
     for (int32_t i = 0; i < n && unk_id < 0; ++i)
@@ -100,10 +101,10 @@ void Tokenizer::Impl::build() {
     const auto& [a, b] = spec.merges[r];
     auto ia = token_to_id.find(a), ib = token_to_id.find(b), ic = token_to_id.find(a + b);
     for (auto [it, what] : {std::pair{ia, &a}, std::pair{ib, &b}})
-      TD_CHECK(it != token_to_id.end(), "{}: model.merges[{}] ('{} {}'): token '{}' is not in the vocab", src, r, a, b,
-               *what);
-    TD_CHECK(ic != token_to_id.end(), "{}: model.merges[{}] ('{} {}'): merged token '{}' is not in the vocab", src, r, a,
-             b, a + b);
+      TD_CHECK(it != token_to_id.end(), "{}: model.merges[{}] ('{} {}'): token '{}' is not in the vocab", src, r,
+               excerpt(a), excerpt(b), excerpt(*what));
+    TD_CHECK(ic != token_to_id.end(), "{}: model.merges[{}] ('{} {}'): merged token '{}' is not in the vocab", src, r,
+             excerpt(a), excerpt(b), excerpt(a + b));
     uint64_t key = (static_cast<uint64_t>(ia->second) << 32) | static_cast<uint32_t>(ib->second);
     merges[key] = {static_cast<int32_t>(r), ic->second};  // later duplicates win, as in HF
   }
@@ -171,7 +172,8 @@ void Tokenizer::Impl::build() {
   if (!spec.token_types.empty())
     for (int32_t i = 0; i < n; ++i) special_flag[i] = spec.token_types[i] == TokenType::Control;
   for (const auto& a : spec.added_tokens) {
-    TD_CHECK(a.id >= 0 && a.id < n, "{}: added token '{}' has id {} outside the vocab [0, {})", src, a.content, a.id, n);
+    TD_CHECK(a.id >= 0 && a.id < n, "{}: added token '{}' has id {} outside the vocab [0, {})", src, excerpt(a.content),
+             a.id, n);
     TD_CHECK(!a.content.empty(), "{}: added token {} has empty content", src, a.id);
     auto idx = static_cast<int32_t>(added.size());
     added.push_back(a);
@@ -188,6 +190,8 @@ void Tokenizer::Impl::build() {
       spec.vocab[a.id] = a.content;
     }
   }
+  raw_trie.finish();
+  norm_trie.finish();
   for (int32_t id : spec.eos_ids) check_id(id, "eos id");
   if (spec.bos_id >= 0) check_id(spec.bos_id, "bos id");
 }
@@ -223,18 +227,11 @@ void split_added(const Tokenizer::Impl& im, const tok::TokenTrie& trie, std::str
   }
   size_t start_offset = 0;
   for (size_t pos = 0; pos < s.size();) {
-    if (!trie.may_start(static_cast<unsigned char>(s[pos]))) {
-      ++pos;
-      continue;
-    }
-    auto [len, idx] = trie.match_at(s, pos);
-    if (len == 0) {
-      ++pos;
-      continue;
-    }
-    size_t start = pos, stop = pos + len;
+    const tok::TokenTrie::Match m = trie.find(s, pos);
+    if (m.len == 0) break;
+    size_t start = m.start, stop = m.start + m.len;
     pos = stop;
-    const AddedToken& t = im.added[idx];
+    const AddedToken& t = im.added[m.index];
     if (t.special && !parse_special) continue;
     if (t.single_word) {
       bool start_ok = start == 0 || !is_word_char(last_cp(s.substr(0, start)));
