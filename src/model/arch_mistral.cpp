@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "model/arch.h"
+#include "model/hf_config.h"
 
 namespace tandem {
 namespace {
@@ -16,8 +17,9 @@ void read_quirks(const nlohmann::json& j, ModelConfig& cfg, const std::string& s
   cfg.o_bias = false;
   cfg.sliding_window = 0;
   if (auto it = j.find("sliding_window"); it != j.end() && !it->is_null()) {
+    // A JSON integer above INT64_MAX reads back negative here and is rejected; validate() bounds the rest.
     TD_CHECK(it->is_number_integer() && it->get<int64_t>() > 0,
-             "{}: sliding_window must be null or a positive integer, got {}", source, it->dump());
+             "{}: sliding_window must be null or a positive integer, got {}", source, json_excerpt(*it));
     cfg.sliding_window = it->get<int64_t>();
   }
 }

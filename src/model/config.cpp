@@ -6,40 +6,79 @@
 #include "core/error.h"
 
 namespace tandem {
+using namespace config_limits;
 
-void ModelConfig::validate(const std::string& source) const {
-  auto positive = [&](int64_t v, const char* field) {
+int64_t checked_mul(int64_t a, int64_t b, const std::string& source, const std::string& what) {
+  int64_t r = 0;
+  TD_CHECK(!__builtin_mul_overflow(a, b, &r), "{}: {} = {} x {} overflows int64", source, what, a, b);
+  return r;
+}
+
+int32_t checked_token_id(int64_t id, const std::string& source, const std::string& field) {
+  TD_CHECK(id >= 0 && id <= kMaxTokenId, "{}: {} = {} is not a valid token id (must be 0..{})", source, field, id,
+           kMaxTokenId);
+  return int32_t(id);
+}
+
+void ModelConfig::validate(const std::string& source, const ConfigKeys& k) const {
+  // Each size: positive and under its named limit, before any of them is multiplied or divided.
+  auto size = [&](int64_t v, const std::string& field, int64_t limit) {
     TD_CHECK(v > 0, "{}: {} must be positive, got {}", source, field, v);
+    TD_CHECK(v <= limit, "{}: {} = {} is over the limit of {}", source, field, v, limit);
   };
-  positive(vocab_size, "vocab_size");
-  positive(hidden_size, "hidden_size");
-  positive(intermediate_size, "intermediate_size");
-  positive(n_layers, "num_hidden_layers");
-  positive(n_heads, "num_attention_heads");
-  positive(n_kv_heads, "num_key_value_heads");
-  positive(head_dim, "head_dim");
-  TD_CHECK(n_layers <= 1024, "{}: num_hidden_layers = {} is beyond any real model (limit 1024)", source, n_layers);
-  TD_CHECK(n_heads % n_kv_heads == 0, "{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
-           source, n_heads, n_kv_heads);
-  TD_CHECK(head_dim % 2 == 0, "{}: head_dim ({}) must be even for rotary embeddings", source, head_dim);
-  TD_CHECK(std::isfinite(rms_eps) && rms_eps > 0, "{}: rms_norm_eps must be positive, got {}", source, rms_eps);
-  TD_CHECK(std::isfinite(rope.theta) && rope.theta > 0, "{}: rope_theta must be positive, got {}", source,
-           rope.theta);
-  TD_CHECK(rope.scaling == RopeScaling::None || (std::isfinite(rope.factor) && rope.factor > 0),
-           "{}: rope_scaling.factor must be positive, got {}", source, rope.factor);
+  size(vocab_size, k.vocab_size, kMaxVocab);
+  size(hidden_size, k.hidden_size, kMaxHidden);
+  size(intermediate_size, k.intermediate_size, kMaxIntermediate);
+  size(n_layers, k.n_layers, kMaxLayers);
+  size(n_heads, k.n_heads, kMaxHeads);
+  size(n_kv_heads, k.n_kv_heads, kMaxHeads);
+  size(head_dim, k.head_dim, kMaxHeadDim);
+  size(max_positions, k.max_positions, kMaxContext);
+  TD_CHECK(n_heads % n_kv_heads == 0, "{}: {} ({}) is not a multiple of {} ({})", source, k.n_heads, n_heads,
+           k.n_kv_heads, n_kv_heads);
+  TD_CHECK(head_dim % 2 == 0, "{}: {} ({}) must be even for rotary embeddings", source, k.head_dim, head_dim);
+  TD_CHECK(sliding_window >= 0 && sliding_window <= kMaxContext, "{}: {} = {} is outside 0..{}", source,
+           k.sliding_window, sliding_window, kMaxContext);
+
+  // The products the loader and the runtime form; the bounds above keep them far from overflow, and these
+  // checks keep it so if a limit is ever raised.
+  const int64_t q = checked_mul(n_heads, head_dim, source, k.n_heads + " x " + k.head_dim);
+  const int64_t kv = checked_mul(n_kv_heads, head_dim, source, k.n_kv_heads + " x " + k.head_dim);
+  int64_t layer =
+      checked_mul(checked_mul(2, kv, source, "2 x kv_dim") + 2 * q, hidden_size, source, "attention weights per layer");
+  layer += checked_mul(3 * intermediate_size, hidden_size, source, "MLP weights per layer");
+  checked_mul(layer, n_layers, source, "weights in all layers");
+  checked_mul(vocab_size, hidden_size, source, k.vocab_size + " x " + k.hidden_size);
+  checked_mul(checked_mul(n_layers, max_positions, source, k.n_layers + " x " + k.max_positions), 2 * kv, source,
+              "KV cache elements");
+
+  // Floats: finite, positive and normal (a subnormal double becomes 0 as a float), under their limits.
+  auto real = [&](double v, const std::string& field, double lo, double hi) {
+    TD_CHECK(std::isfinite(v) && std::isnormal(float(v)) && v >= lo && v <= hi,
+             "{}: {} = {} is outside the supported range [{}, {}]", source, field, v, lo, hi);
+  };
+  real(rms_eps, k.rms_eps, 1e-30, 1.0);
+  real(rope.theta, k.rope_theta, 1.0, kMaxRopeTheta);
+  if (rope.scaling != RopeScaling::None) real(rope.factor, k.rope_factor, 1e-6, kMaxRopeFactor);
   if (rope.scaling == RopeScaling::Llama3) {
-    TD_CHECK(rope.high_freq_factor > rope.low_freq_factor,
-             "{}: rope_scaling.high_freq_factor ({}) must exceed low_freq_factor ({})", source,
-             rope.high_freq_factor, rope.low_freq_factor);
-    TD_CHECK(rope.original_max_positions > 0, "{}: rope_scaling.original_max_position_embeddings must be positive",
-             source);
+    real(rope.low_freq_factor, k.rope_low_freq, 1e-6, kMaxRopeFactor);
+    real(rope.high_freq_factor, k.rope_high_freq, 1e-6, kMaxRopeFactor);
+    TD_CHECK(rope.high_freq_factor > rope.low_freq_factor, "{}: {} ({}) must exceed {} ({})", source, k.rope_high_freq,
+             rope.high_freq_factor, k.rope_low_freq, rope.low_freq_factor);
+    size(rope.original_max_positions, k.rope_original_max, kMaxContext);
   }
   TD_CHECK(rope.freq_factors.empty() || int64_t(rope.freq_factors.size()) * 2 == head_dim,
-           "{}: {} rope frequency factors for head_dim {} (need head_dim / 2)", source, rope.freq_factors.size(),
-           head_dim);
-  TD_CHECK(sliding_window >= 0, "{}: sliding_window must be >= 0, got {}", source, sliding_window);
+           "{}: {} has {} values for {} {} (need head_dim / 2)", source, k.rope_freqs, rope.freq_factors.size(),
+           k.head_dim, head_dim);
+  for (size_t i = 0; i < rope.freq_factors.size(); ++i)
+    TD_CHECK(std::isnormal(rope.freq_factors[i]) && rope.freq_factors[i] > 0,
+             "{}: {}[{}] = {} must be a positive, finite divisor", source, k.rope_freqs, i, rope.freq_factors[i]);
+
+  // Ids were range-checked as int32 when read; here they must name a token.
+  TD_CHECK(bos_token_id >= -1 && bos_token_id < vocab_size, "{}: {} {} is outside the vocabulary (size {})", source,
+           k.bos, bos_token_id, vocab_size);
   for (int32_t eos : eos_token_ids)
-    TD_CHECK(eos >= 0 && eos < vocab_size, "{}: eos_token_id {} is outside the vocabulary (size {})", source, eos,
+    TD_CHECK(eos >= 0 && eos < vocab_size, "{}: {} {} is outside the vocabulary (size {})", source, k.eos, eos,
              vocab_size);
 }
 

@@ -1,8 +1,11 @@
 // GGUF model files (llama.cpp's format): hyper-parameters from `{arch}.*` metadata, tensors by llama.cpp's
 // names (blk.N.attn_q.weight, ...). Quantized tensors are dequantized by the loader.
+#include <fmt/ranges.h>
+
 #include <map>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "io/dequant.h"
 #include "io/gguf.h"
 #include "model/arch.h"
@@ -17,8 +20,8 @@ class GgufModelSource final : public ModelSource {
     source_ = path.string();
     const std::string arch_name = file_->require_string("general.architecture");
     arch_ = find_arch_by_gguf_name(arch_name);
-    TD_CHECK(arch_ != nullptr, "{}: general.architecture '{}' is not supported (supported: {})", source_, arch_name,
-             supported_gguf_archs());
+    TD_CHECK(arch_ != nullptr, "{}: general.architecture '{}' is not supported (supported: {})", source_,
+             excerpt(arch_name), supported_gguf_archs());
     read_config(arch_name);
   }
 
@@ -47,36 +50,44 @@ class GgufModelSource final : public ModelSource {
     ModelConfig& c = config_;
     c.arch = std::string(arch_->name);
     auto key = [&](const char* k) { return a + "." + k; };
-    c.n_layers = file_->require_int(key("block_count"));
-    c.hidden_size = file_->require_int(key("embedding_length"));
-    c.intermediate_size = file_->require_int(key("feed_forward_length"));
-    c.n_heads = file_->require_int(key("attention.head_count"));
-    c.n_kv_heads = file_->get_int(key("attention.head_count_kv")).value_or(c.n_heads);
-    TD_CHECK(c.n_heads > 0, "{}: {} must be positive", source_, key("attention.head_count"));
+    ConfigKeys keys = gguf_keys(a);
+    c.n_layers = file_->require_int(keys.n_layers);
+    c.hidden_size = file_->require_int(keys.hidden_size);
+    c.intermediate_size = file_->require_int(keys.intermediate_size);
+    c.n_heads = file_->require_int(keys.n_heads);
+    c.n_kv_heads = file_->get_int(keys.n_kv_heads).value_or(c.n_heads);
+    TD_CHECK(c.n_heads > 0, "{}: {} must be positive, got {}", source_, keys.n_heads, c.n_heads);
     const auto key_len = file_->get_int(key("attention.key_length"));
     const auto rope_dims = file_->get_int(key("rope.dimension_count"));
     if (key_len) {
       c.head_dim = *key_len;
     } else if (rope_dims) {
       c.head_dim = *rope_dims;
+      keys.head_dim = key("rope.dimension_count");
     } else {
-      TD_CHECK(c.hidden_size % c.n_heads == 0,
-               "{}: {} ({}) is not divisible by {} ({}) and no key_length is given", source_,
-               key("embedding_length"), c.hidden_size, key("attention.head_count"), c.n_heads);
+      TD_CHECK(c.hidden_size % c.n_heads == 0, "{}: {} ({}) is not divisible by {} ({}) and no key_length is given",
+               source_, keys.hidden_size, c.hidden_size, keys.n_heads, c.n_heads);
       c.head_dim = c.hidden_size / c.n_heads;
+      keys.head_dim = keys.hidden_size + " / " + keys.n_heads;
     }
-    TD_CHECK(!rope_dims || *rope_dims == c.head_dim, "{}: partial rotary embeddings ({} = {} < head_dim {}) are not "
-             "supported", source_, key("rope.dimension_count"), *rope_dims, c.head_dim);
-    c.rms_eps = file_->get_float(key("attention.layer_norm_rms_epsilon")).value_or(1e-5);
-    c.rope.theta = file_->get_float(key("rope.freq_base")).value_or(10000.0);
-    c.max_positions = file_->get_int(key("context_length")).value_or(4096);
+    TD_CHECK(!rope_dims || *rope_dims == c.head_dim,
+             "{}: partial rotary embeddings ({} = {} < head_dim {}) are not "
+             "supported",
+             source_, key("rope.dimension_count"), *rope_dims, c.head_dim);
+    c.rms_eps = file_->get_float(keys.rms_eps).value_or(1e-5);
+    c.rope.theta = file_->get_float(keys.rope_theta).value_or(10000.0);
+    c.max_positions = file_->get_int(keys.max_positions).value_or(4096);
     if (auto type = file_->get_string(key("rope.scaling.type")); type && *type != "none") {
       TD_CHECK(*type == "linear", "{}: {} '{}' is not supported (supported: none, linear)", source_,
-               key("rope.scaling.type"), *type);
+               key("rope.scaling.type"), excerpt(*type));
       c.rope.scaling = RopeScaling::Linear;
-      c.rope.factor = file_->get_float(key("rope.scaling.factor")).value_or(1.0);
+      c.rope.factor = file_->get_float(keys.rope_factor).value_or(1.0);
     }
     if (const GgufTensorInfo* f = file_->find_tensor("rope_freqs.weight")) {
+      // Bounded before dequantizing: one divisor per rotary frequency pair.
+      TD_CHECK(f->shape.size() == 1 && f->shape[0] <= config_limits::kMaxHeadDim / 2,
+               "{}: rope_freqs.weight must be 1-D with at most {} values, got shape [{}]", source_,
+               config_limits::kMaxHeadDim / 2, fmt::join(f->shape, ", "));
       HostTensor factors = dequantize_to_f32(f->view());
       c.rope.freq_factors.assign(factors.f32(), factors.f32() + factors.numel());
     }
@@ -92,11 +103,35 @@ class GgufModelSource final : public ModelSource {
     c.tie_embeddings = file_->find_tensor("output.weight") == nullptr;
     c.qkv_bias = file_->find_tensor("blk.0.attn_q.bias") != nullptr;
     c.o_bias = file_->find_tensor("blk.0.attn_output.bias") != nullptr;
-    if (auto bos = file_->get_int("tokenizer.ggml.bos_token_id")) c.bos_token_id = int32_t(*bos);
-    if (auto eos = file_->get_int("tokenizer.ggml.eos_token_id")) c.eos_token_ids.push_back(int32_t(*eos));
-    if (auto eot = file_->get_int("tokenizer.ggml.eot_token_id"))
-      if (c.eos_token_ids.empty() || c.eos_token_ids[0] != *eot) c.eos_token_ids.push_back(int32_t(*eot));
-    c.validate(source_);
+    // Ids are range-checked as int64 before they are narrowed to int32.
+    auto id = [&](const char* k) -> std::optional<int32_t> {
+      if (auto v = file_->get_int(k)) return checked_token_id(*v, source_, k);
+      return std::nullopt;
+    };
+    if (auto bos = id("tokenizer.ggml.bos_token_id")) c.bos_token_id = *bos;
+    if (auto eos = id("tokenizer.ggml.eos_token_id")) c.eos_token_ids.push_back(*eos);
+    if (auto eot = id("tokenizer.ggml.eot_token_id"))
+      if (c.eos_token_ids.empty() || c.eos_token_ids[0] != *eot) c.eos_token_ids.push_back(*eot);
+    c.validate(source_, keys);
+  }
+
+  // The metadata keys each config field comes from, for messages.
+  static ConfigKeys gguf_keys(const std::string& a) {
+    ConfigKeys k;
+    k.vocab_size = "token_embd.weight rows";
+    k.hidden_size = a + ".embedding_length";
+    k.intermediate_size = a + ".feed_forward_length";
+    k.n_layers = a + ".block_count";
+    k.n_heads = a + ".attention.head_count";
+    k.n_kv_heads = a + ".attention.head_count_kv";
+    k.head_dim = a + ".attention.key_length";
+    k.rms_eps = a + ".attention.layer_norm_rms_epsilon";
+    k.rope_theta = a + ".rope.freq_base";
+    k.rope_factor = a + ".rope.scaling.factor";
+    k.max_positions = a + ".context_length";
+    k.bos = "tokenizer.ggml.bos_token_id";
+    k.eos = "tokenizer.ggml.eos_token_id / eot_token_id";
+    return k;
   }
 
   std::unique_ptr<GgufFile> file_;

@@ -73,8 +73,14 @@ class WeightLoader {
       const std::string_view role = layer ? layer->second : std::string_view();
       const ModelConfig& c = src_.config();
       const int64_t cols = v.ndim == 2 ? v.shape[1] : 1;
-      if (role == "wq" || role == "bq") unpermute_qk_rows(f.f32(), v.shape[0], cols, c.n_heads);
-      if (role == "wk" || role == "bk") unpermute_qk_rows(f.f32(), v.shape[0], cols, c.n_kv_heads);
+      // The shape check above makes rows a multiple of the head count; the file and tensor are still named
+      // should the un-permute refuse it.
+      try {
+        if (role == "wq" || role == "bq") unpermute_qk_rows(f.f32(), v.shape[0], cols, c.n_heads);
+        if (role == "wk" || role == "bk") unpermute_qk_rows(f.f32(), v.shape[0], cols, c.n_kv_heads);
+      } catch (const Error& e) {
+        fail("{}: tensor '{}': {}", t->file, t->file_name, e.what());
+      }
     }
     return f;
   }
