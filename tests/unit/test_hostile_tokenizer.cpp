@@ -173,7 +173,7 @@ TEST(HostileTokenizer, ManyAddedTokensWithDuplicatesLoadFast) {
   std::printf("[ hostile ] %d added tokens + %d duplicates: %.2f s, peak RSS +%.0f MB\n", kN, kN, o.seconds,
               o.rss_growth_mb);
   EXPECT_EQ(o.error, "");
-  EXPECT_LT(o.seconds, 2.0);
+  EXPECT_LT(o.seconds, 6.0);
   // A token whose content is in the model vocab keeps the model id; the next new one continues after the vocab.
   load(fmt::format(R"({{{},"added_tokens":[{{"id":0,"content":"ab"}},{{"id":9,"content":"<x>"}},)"
                    R"({{"id":9,"content":"ab","special":true}}]}})",
@@ -245,7 +245,7 @@ TEST(HostileTokenizer, LongAddedTokenPrefixDoesNotMakeEncodeQuadratic) {
                      std::vector<int32_t> ids = t.encode(text);
                      const double s = seconds_since(t0);
                      std::printf("[ hostile ] 1 MB of 'a' against a 4 KB added token: %.2f s\n", s);
-                     EXPECT_LT(s, 3.0);
+                     EXPECT_LT(s, 10.0);
                      ASSERT_FALSE(ids.empty());
                      EXPECT_EQ(ids.back(), 3);
                      EXPECT_EQ(ids.size(), (text.size() - token.size()) + 1);  // one 'a' per id, then the token
@@ -302,7 +302,7 @@ TEST(HostileTokenizer, BacktrackingSplitRegexFailsClearly) {
                                  std::string::npos)
                            << e.what();
                      }
-                     EXPECT_LT(seconds_since(t0), 2.0);
+                     EXPECT_LT(seconds_since(t0), 5.0);
                    });
   EXPECT_EQ(o.error, "");
 }
@@ -402,7 +402,7 @@ TEST(HostileTokenizer, ChatTemplateBoundsMessagesAndWork) {
     const std::string out = f.render(msgs);
     const double s = seconds_since(t0);
     std::printf("[ hostile ] %s: 100k messages + 8 MB: %zu bytes in %.2f s\n", name, out.size(), s);
-    EXPECT_LT(s, 2.0) << name;
+    EXPECT_LT(s, 5.0) << name;
     EXPECT_GT(out.size(), 100000u * 100 + (8u << 20)) << name;
     EXPECT_LT(out.size(), 100000u * 200 + (9u << 20)) << name;
   }
