@@ -3,13 +3,18 @@
 #include <cstdio>
 
 #include "cli/common.h"
+#include "core/parallel.h"
 #include "cuda/device_query.h"
 #include "io/gguf.h"
 
 namespace tandem::cli {
 namespace {
 struct InfoArgs {
-  ModelOptions model;
+  ModelOptions model = [] {
+    ModelOptions m;
+    m.runner.check_tensors = true;  // info is where a user asks "is this model sound?"; --no-check-tensors skips
+    return m;
+  }();
   bool verbose = false;
   bool variants = false;
 };
@@ -70,6 +75,14 @@ void run(const InfoArgs& a) {
   const int gpus = cuda::device_count();
   std::printf("gpus          %d%s\n", gpus, gpus ? (" (" + cuda::device_name(0) + ")").c_str() : "");
   if (a.verbose && src->gguf()) std::printf("\n%s", src->gguf()->describe(true).c_str());
+  if (!a.model.runner.check_tensors) return;
+  // What loading would reject (a missing or wrong-shaped weight, a dtype tandem cannot load, NaN/Inf) is an
+  // error here too: the summary above is printed first, then the error, and the exit status is non-zero.
+  if (a.model.threads > 0) set_num_threads(a.model.threads);
+  std::fflush(stdout);
+  validate_weights(*src);
+  check_weights_finite(*src);
+  std::printf("checked       every weight present, shaped as the config says, no NaN/Inf\n");
 }
 }  // namespace
 

@@ -40,6 +40,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
                 "GPU: launch every kernel plainly (no programmatic dependent launch; for comparisons)");
   cmd->add_flag("!--no-cuda-graphs", o.runner.cuda_graphs,
                 "GPU: launch every decode step's kernels one by one instead of replaying a captured CUDA graph");
+  cmd->add_flag("--check-tensors,!--no-check-tensors", o.runner.check_tensors,
+                "scan every weight for NaN/Inf (and quantized blocks' scales) before running; fail naming the "
+                "tensors (on by default in `tandem info`)");
   cmd->add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
 }
 

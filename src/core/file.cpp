@@ -21,7 +21,7 @@ const char* file_kind(mode_t mode) {
   if (S_ISCHR(mode)) return "a character device";
   if (S_ISBLK(mode)) return "a block device";
   if (S_ISSOCK(mode)) return "a socket";
-  return "not a regular file";
+  return "a special file";
 }
 
 struct Fd {
@@ -31,19 +31,32 @@ struct Fd {
 
 }  // namespace
 
+RegularFile open_regular_file(const std::filesystem::path& p) {
+  const std::string name = p.string();
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. It changes nothing for
+  // reads or mmap of a regular file.
+  const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) fail("{}: cannot open: {}", name, errno_text(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail("{}: cannot stat: {}", name, errno_text(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("{}: {} is not a regular file", name, file_kind(st.st_mode));
+  }
+  return {fd, uint64_t(st.st_size)};
+}
+
 std::string read_file(const std::filesystem::path& p, size_t max_bytes) {
   const std::string name = p.string();
-  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-  const int raw = ::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (raw < 0) fail("{}: cannot open: {}", name, errno_text(errno));
-  Fd fd{raw};
-  struct stat st {};
-  if (::fstat(fd.fd, &st) != 0) fail("{}: cannot stat: {}", name, errno_text(errno));
-  if (!S_ISREG(st.st_mode)) fail("{}: {} is not a regular file", name, file_kind(st.st_mode));
-  if (uint64_t(st.st_size) > max_bytes)
-    fail("{}: {} bytes is over the limit of {} bytes for this file", name, uint64_t(st.st_size), max_bytes);
+  const RegularFile f = open_regular_file(p);
+  Fd fd{f.fd};
+  if (f.size > max_bytes) fail("{}: {} bytes is over the limit of {} bytes for this file", name, f.size, max_bytes);
   std::string out;
-  out.reserve(size_t(st.st_size));
+  out.reserve(size_t(f.size));
   char buf[1 << 16];
   for (;;) {
     const ssize_t n = ::read(fd.fd, buf, sizeof buf);

@@ -197,6 +197,23 @@ bool dequant_supported(DType type) {
   }
 }
 
+std::span<const int> block_f16_scale_offsets(DType type) {
+  static constexpr int kD[] = {0};      // Q4_0, Q5_0, Q8_0: d first
+  static constexpr int kDM[] = {0, 2};  // Q4_1, Q5_1 (d, m); Q4_K, Q5_K (d, dmin)
+  static constexpr int kQ6K[] = {208};  // Q6_K: d last, after ql, qh and scales
+  switch (type) {
+    case DType::Q4_0:
+    case DType::Q5_0:
+    case DType::Q8_0: return kD;
+    case DType::Q4_1:
+    case DType::Q5_1:
+    case DType::Q4_K:
+    case DType::Q5_K: return kDM;
+    case DType::Q6_K: return kQ6K;
+    default: return {};
+  }
+}
+
 void dequantize_row(DType type, const void* src, float* dst, int64_t n) {
   TD_CHECK(dequant_supported(type), "dequantize: unsupported dtype {}", dtype_name(type));
   TD_CHECK(n >= 0, "dequantize: negative element count {}", n);

@@ -3,6 +3,7 @@
 // exact, so FMA contraction cannot change a bit), plus the inverse of llama.cpp's converter Q/K row permutation.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "core/tensor.h"
 
@@ -15,6 +16,11 @@ void dequantize_row(DType type, const void* src, float* dst, int64_t n);
 
 // Whether dequantize_row supports `type`.
 bool dequant_supported(DType type);
+
+// Byte offsets of the f16 scales (d, and dmin or m where the block has one) inside one block of a quantized
+// type, from the block layouts in dequant.cpp; empty for plain types. A non-finite scale makes the whole
+// block non-finite, so NaN/Inf checks of quantized weights read these (tensor_check).
+std::span<const int> block_f16_scale_offsets(DType type);
 
 // A contiguous CPU tensor of any supported type -> new contiguous f32 tensor of the same shape.
 HostTensor dequantize_to_f32(const Tensor& src);

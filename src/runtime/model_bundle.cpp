@@ -18,6 +18,17 @@ namespace {
 namespace fs = std::filesystem;
 constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
+// A side JSON file (tokenizer_config.json), read through read_file (regular files only, size cap) and
+// depth-checked before nlohmann's recursive parse sees it.
+nlohmann::json read_side_json(const fs::path& p) {
+  const std::string text = read_file(p);
+  check_json_depth(text, p.string());
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", p.string(), excerpt(e.what(), 300));
+  }
+}
 
 // HF keeps the template in tokenizer_config.json ("chat_template": string, or a list of {name, template})
 // or, in newer folders, in chat_template.jinja.
@@ -25,12 +36,7 @@ std::string hf_chat_template(const fs::path& dir) {
   if (fs::exists(dir / "chat_template.jinja")) return read_file(dir / "chat_template.jinja");
   const fs::path cfg = dir / "tokenizer_config.json";
   if (!fs::exists(cfg)) return {};
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(cfg));
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: not valid JSON: {}", cfg.string(), e.what());
-  }
+  const nlohmann::json j = read_side_json(cfg);
   auto it = j.find("chat_template");
   if (it == j.end() || it->is_null()) return {};
   if (it->is_string()) return it->get<std::string>();
@@ -63,20 +69,16 @@ void apply_hf_tokenizer_config(Tokenizer& tok, const fs::path& dir, const std::v
   std::vector<int32_t> eos;
   const fs::path cfg = dir / "tokenizer_config.json";
   if (fs::exists(cfg)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(cfg));
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: not valid JSON: {}", cfg.string(), e.what());
-    }
+    const nlohmann::json j = read_side_json(cfg);
     auto token_id = [&](const char* key) -> std::optional<int32_t> {
       auto it = j.find(key);
       if (it == j.end() || it->is_null()) return std::nullopt;
       const nlohmann::json& v = it->is_object() ? it->value("content", nlohmann::json()) : *it;
       TD_CHECK(v.is_string(), "{}: '{}' must be a token string or {{\"content\": ...}}, got {}", cfg.string(), key,
-               it->dump());
+               excerpt(it->dump()));
       const auto id = tok.piece_to_id(v.get<std::string>());
-      TD_CHECK(id.has_value(), "{}: {} '{}' is not in the vocabulary", cfg.string(), key, v.get<std::string>());
+      TD_CHECK(id.has_value(), "{}: {} '{}' is not in the vocabulary", cfg.string(), key,
+               excerpt(v.get_ref<const std::string&>()));
       return id;
     };
     const auto add_bos_it = j.find("add_bos_token");
@@ -100,6 +102,34 @@ ModelBundle open_model_bundle(const fs::path& path) {
              b.tokenizer->vocab_size(), b.config().vocab_size);
   }
   return b;
+}
+
+std::vector<CheckedTensor> model_weight_views(const ModelSource& src) {
+  std::vector<std::string> names = {"embed", "final_norm", "lm_head"};
+  static constexpr const char* kLayerRoles[] = {"attn_norm", "wq", "wk",       "wv",     "bq",   "bk",    "bv",
+                                                "wo",        "bo", "mlp_norm", "w_gate", "w_up", "w_down"};
+  for (int64_t i = 0; i < src.config().n_layers; ++i)
+    for (const char* role : kLayerRoles) names.push_back(fmt::format("L{}.{}", i, role));
+  std::vector<CheckedTensor> out;
+  std::vector<const void*> seen;  // a tied head is the embedding itself
+  for (const std::string& n : names) {
+    auto t = src.find(n);  // absent: an optional bias, or a tied head; loading reports truly missing ones
+    if (!t || std::find(seen.begin(), seen.end(), t->view.data) != seen.end()) continue;
+    seen.push_back(t->view.data);
+    out.push_back({t->file_name, t->file, t->view});
+  }
+  return out;
+}
+
+void check_weights_finite(const ModelSource& src) {
+  const std::vector<TensorFinding> bad = check_tensors(model_weight_views(src));
+  if (bad.empty()) return;
+  fail("{}: {} weight tensor{} hold{} NaN or Inf values (--check-tensors):{}", src.source(), bad.size(),
+       bad.size() == 1 ? "" : "s", bad.size() == 1 ? "s" : "", describe_findings(bad));
+}
+
+void validate_weights(const ModelSource& src) {
+  load_weights(src, [](HostTensor&&) { return Tensor(); });  // the fp32 copy is dropped at once
 }
 
 namespace {
@@ -160,6 +190,7 @@ Plan plan_for(const RunnerOptions& o, const ModelConfig* config) {
 std::unique_ptr<Executor> make_runner(const ModelBundle& b, const RunnerOptions& o, LoadProgress progress) {
   const Resolved r = resolve(o);
   Plan plan = build_plan(PlanRequest{r.preset->name, o.variants, r.layout, &b.config(), r.dtype});
+  if (o.check_tensors) check_weights_finite(*b.source);
   const DeviceFamily* family = find_device_family(r.preset->device);
   TD_CHECK(family, "no device family registered for {}", device_name(r.preset->device));
   auto host = family->open(*b.source, host_options(o, r), progress);

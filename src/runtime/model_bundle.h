@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "io/tensor_check.h"
 #include "model/model.h"
 #include "runtime/executor.h"
 #include "tokenizer/chat_template.h"
@@ -40,6 +41,7 @@ struct RunnerOptions {
   bool pdl = true;                     // programmatic dependent launch (HostOptions::programmatic_launch)
   bool kv_fixed = false;               // CPU: a KV pool of kv_tokens that does not grow (HostOptions::kv_fixed)
   bool prefix_caching = false;         // share cached K/V pages of common prefixes (ExecutorOptions::prefix_caching)
+  bool check_tensors = false;          // make_runner scans every weight for NaN/Inf first (check_weights_finite)
 };
 // The preset `auto` resolves to: the fused path on a GPU when one is present (or --device cuda), else the
 // reference path on the CPU.
@@ -56,6 +58,17 @@ std::unique_ptr<Executor> make_random_runner(const ModelConfig& config, const Ru
 // end-of-generation ids. Applies them to `tok`; a named token missing from the vocabulary is an error.
 void apply_hf_tokenizer_config(Tokenizer& tok, const std::filesystem::path& dir,
                                const std::vector<int32_t>& config_eos_ids = {});
+
+// Every weight the model uses (embedding, norms, head, each layer's matrices and biases) as stored, by its name
+// in the file. A tied lm_head is listed once.
+std::vector<CheckedTensor> model_weight_views(const ModelSource& source);
+// --check-tensors: throws "<source>: N weight tensor(s) hold NaN or Inf values (--check-tensors):" with one
+// line per tensor (name, dtype, file, NaN and Inf counts, first index) when any does.
+void check_weights_finite(const ModelSource& source);
+// What loading checks of every weight -- present, shape as the config implies, a dtype tandem can load --
+// without keeping any (each weight is converted to fp32 and dropped). `tandem info` runs it so that it rejects
+// what `generate` rejects.
+void validate_weights(const ModelSource& source);
 
 // The chat format: `override_name` if given, else detected from the model's template and vocabulary.
 ChatTemplate chat_template_for(const ModelBundle& bundle, std::string_view override_name = {});
