@@ -70,7 +70,10 @@ void register_serve(CLI::App& app) {
                   "tokens per engine step (prompt chunks + decodes)")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-model-len", a->server.engine.max_model_len, "context per sequence (default: the model's)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
-  cmd->add_option("--drain-timeout", a->drain_timeout, "seconds SIGTERM waits for running requests")->capture_default_str();
+  cmd->add_flag("--check-logits", a->server.engine.check_logits,
+                "bring every logits row to the host and fail a request whose row holds NaN/Inf, greedy ones too (CI, "
+                "debugging; without it greedy rows on the device fail only when all NaN)");
+  cmd->add_option("--drain-timeout", a->drain_timeout, "seconds SIGTERM waits for running requests (then they end with finish_reason abort)")->capture_default_str();
   cmd->callback([a] { run(*a); });
 }
 

@@ -7,6 +7,7 @@
 #include <span>
 
 #include "core/error.h"
+#include "runtime/generate.h"
 
 namespace tandem {
 
@@ -16,7 +17,8 @@ struct Engine::Seq {
   Sampler sampler;
   std::vector<int32_t> tokens;  // prompt + generated: what the cache must hold before the next sample
   int64_t computed = 0;         // tokens whose K/V are cached (0 again after a preemption)
-  int32_t seq = -1;             // the runner's sequence while running
+  int32_t seq = -1;             // the runner's sequence while it holds one
+  bool running = false;         // counted in counters_.running
   EngineResult result;
   Seq(uint64_t id_, EngineRequest r) : id(id_), req(std::move(r)), sampler(req.sampling), tokens(req.prompt) {
     result.prompt_tokens = int64_t(req.prompt.size());
@@ -47,7 +49,7 @@ Engine::~Engine() {
   thread_.join();
 }
 
-uint64_t Engine::submit(EngineRequest r) {
+void Engine::validate(const EngineRequest& r) const {
   const ModelConfig& c = runner_.config();
   TD_CHECK(!r.prompt.empty(), "the prompt is empty");
   for (size_t i = 0; i < r.prompt.size(); ++i)
@@ -62,22 +64,56 @@ uint64_t Engine::submit(EngineRequest r) {
            r.prompt.size(), r.max_new_tokens, int64_t(r.prompt.size()) + r.max_new_tokens, max_model_len_);
   r.sampling.validate();
   TD_CHECK(r.top_logprobs <= 20, "top_logprobs must be at most 20, got {}", r.top_logprobs);
+  for (const auto& [id, bias] : r.logit_bias)
+    TD_CHECK(id >= 0 && id < c.vocab_size && std::isfinite(bias), "logit_bias: token {} (bias {}) must be an id in "
+             "[0, {}) with a finite bias", id, bias, c.vocab_size);
+}
+
+uint64_t Engine::submit(EngineRequest r) {
+  std::vector<EngineRequest> one;
+  one.push_back(std::move(r));
+  return submit(std::move(one)).front();
+}
+
+std::vector<uint64_t> Engine::submit(std::vector<EngineRequest> rs) {
+  TD_CHECK(!rs.empty(), "no requests to submit");
+  for (const EngineRequest& r : rs) validate(r);
   std::unique_lock<std::mutex> lock(mu_);
+  if (!failure_.empty()) throw Failed("the engine stopped after a fault: " + failure_);
   if (closed_) throw QueueFull("the server is shutting down");
-  if (int64_t(waiting_.size()) >= options_.max_queue + std::max<int64_t>(0, options_.max_num_seqs - counters_.running))
-    throw QueueFull(fmt::format("{} requests are waiting (--max-queue {})", waiting_.size(), options_.max_queue));
-  const uint64_t id = next_id_++;
-  waiting_.push_back(std::make_unique<Seq>(id, std::move(r)));
+  // Free running slots count as room: a request admitted next step never waits.
+  const int64_t room = options_.max_queue + std::max<int64_t>(0, options_.max_num_seqs - counters_.running) -
+                       int64_t(waiting_.size());
+  if (int64_t(rs.size()) > room)
+    throw QueueFull(rs.size() == 1 ? fmt::format("{} requests are waiting (--max-queue {})", waiting_.size(),
+                                                 options_.max_queue)
+                                   : fmt::format("{} sequences (n) do not fit: {} requests are waiting (--max-queue "
+                                                 "{}), room for {} more", rs.size(), waiting_.size(),
+                                                 options_.max_queue, std::max<int64_t>(0, room)));
+  std::vector<uint64_t> ids;
+  for (EngineRequest& r : rs) {
+    ids.push_back(next_id_++);
+    waiting_.push_back(std::make_unique<Seq>(ids.back(), std::move(r)));
+  }
   counters_.waiting = int64_t(waiting_.size());
   lock.unlock();
   cv_.notify_all();
-  return id;
+  return ids;
 }
 
 void Engine::abort(uint64_t id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     aborts_.push_back(id);
+  }
+  cv_.notify_all();
+}
+
+void Engine::abort_all() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    abort_all_ = true;
+    for (const auto& sp : waiting_) aborts_.push_back(sp->id);
   }
   cv_.notify_all();
 }
@@ -98,10 +134,19 @@ EngineCounters Engine::counters() const {
   return counters_;
 }
 
+std::string Engine::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_;
+}
+
 void Engine::finish(Seq& s, std::string reason, std::string error) {
-  const bool was_running = s.seq >= 0;
-  if (was_running) runner_.release_sequence(s.seq);
+  const bool was_running = s.running;
+  try {
+    if (s.seq >= 0) runner_.release_sequence(s.seq);
+  } catch (const std::exception&) {  // (a runner after a fault): on_done must still run, or its client waits forever
+  }
   s.seq = -1;
+  s.running = false;
   s.result.finish_reason = std::move(reason);
   s.result.error = std::move(error);
   {
@@ -130,9 +175,15 @@ void Engine::admit() {
       counters_.waiting = int64_t(waiting_.size());
     }
     s->seq = next_seq_++;
-    runner_.create_sequence(s->seq, s->result.prompt_tokens + s->req.max_new_tokens);
-    s->computed = runner_.attach_prefix(s->seq, s->tokens);  // 0 without prefix caching
+    try {
+      runner_.create_sequence(s->seq, s->result.prompt_tokens + s->req.max_new_tokens);
+      s->computed = runner_.attach_prefix(s->seq, s->tokens);  // 0 without prefix caching
+    } catch (const Error& e) {  // (cannot happen for a validated request) fails this request, not another
+      finish(*s, "error", e.what());
+      continue;
+    }
     if (s->result.preemptions == 0) s->result.cached_tokens = s->computed;
+    s->running = true;
     running_.push_back(std::move(s));
     std::lock_guard<std::mutex> lock(mu_);
     counters_.prefix_hit_tokens += running_.back()->computed;
@@ -146,6 +197,7 @@ void Engine::preempt_newest() {
   running_.pop_back();
   runner_.release_sequence(s->seq);
   s->seq = -1;
+  s->running = false;
   s->computed = 0;
   s->result.preemptions++;
   std::lock_guard<std::mutex> lock(mu_);
@@ -183,12 +235,48 @@ TokenEvent with_logprobs(std::span<const float> row, int32_t token, int k) {
 }
 }  // namespace
 
+void Engine::fail_non_finite(Seq& s, int64_t step, const std::string& what) {
+  // Its pages go first: the rerun needs room for the same tokens.
+  try {
+    runner_.release_sequence(s.seq);
+  } catch (const std::exception&) {
+  }
+  s.seq = -1;
+  const std::string why = locate_non_finite(runner_, next_seq_++, s.tokens, options_.max_num_batched_tokens);
+  finish(s, "error",
+         fmt::format("the logits for output token {} (position {}, engine step {}) {}, so no token can be sampled; {}",
+                     s.generated() + 1, s.tokens.size() - 1, step, what, why));
+}
+
+void Engine::die(const std::string& what) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failure_ = what;
+    closed_ = true;
+  }
+  const std::string msg = "the engine stopped after a fault in a step: " + what;
+  for (auto& sp : running_) finish(*sp, "error", msg);
+  running_.clear();
+  std::deque<std::unique_ptr<Seq>> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    left.swap(waiting_);
+    counters_.waiting = 0;
+  }
+  for (auto& sp : left) finish(*sp, "error", msg);
+}
+
 bool Engine::step_once() {
   // Aborts first: a waiting request ends at once, a running one before the step.
   std::vector<uint64_t> aborts;
   {
     std::lock_guard<std::mutex> lock(mu_);
     aborts.swap(aborts_);
+    if (abort_all_) {
+      for (const auto& sp : running_) aborts.push_back(sp->id);
+      for (const auto& sp : waiting_) aborts.push_back(sp->id);
+      abort_all_ = false;
+    }
   }
   for (uint64_t id : aborts) {
     for (size_t i = 0; i < running_.size(); ++i)
@@ -210,13 +298,7 @@ bool Engine::step_once() {
     }
     if (waiting) finish(*waiting, "abort");
   }
-  try {
-    admit();
-  } catch (const Error& e) {  // create_sequence refused (cannot happen for a validated request): fail it
-    std::unique_ptr<Seq> s = std::move(running_.back());
-    running_.pop_back();
-    finish(*s, "error", e.what());
-  }
+  admit();
   if (running_.empty()) return false;
 
   const ModelConfig& c = runner_.config();
@@ -248,7 +330,7 @@ bool Engine::step_once() {
                         (s.req.sampling.repeat_penalty == 1.0f || s.req.sampling.repeat_last_n == 0);
         }
       }
-    step.greedy_only = greedy_only && !sampled.empty();
+    step.greedy_only = greedy_only && !sampled.empty() && !options_.check_logits;
     StepOutput out;
     try {
       out = runner_.forward(step, nullptr);
@@ -260,19 +342,39 @@ bool Engine::step_once() {
       }
       preempt_newest();
       continue;
-    } catch (const Error& e) {  // a step that cannot run fails its sequences, not the engine
-      for (auto& sp : running_) finish(*sp, "error", e.what());
-      running_.clear();
+    } catch (const std::exception& e) {  // the executor's state is no longer known: the engine stops (see engine.h)
+      die(e.what());
       return true;
+    }
+    const int64_t V = c.vocab_size;
+    const int64_t step_no = [&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return counters_.steps;
+    }();
+    // The NaN guard, before the step's pages are offered to the prefix cache: a poisoned sequence's are not.
+    std::vector<std::string> non_finite(sampled.size());
+    for (size_t i = 0; i < sampled.size(); ++i) {
+      if (!out.argmax.empty()) {
+        if (out.argmax[i] < 0) non_finite[i] = fmt::format("are all NaN or -inf ({} values)", V);
+      } else {
+        const NonFiniteRow nf = count_non_finite_row({out.logits.f32() + int64_t(i) * V, size_t(V)});
+        if (nf.any()) non_finite[i] = fmt::format("hold {} NaN and {} Inf of {} values", nf.nan, nf.inf, V);
+      }
     }
     for (auto& [s, n] : fed) {
       s->computed += n;
-      runner_.publish_prefix(s->seq, std::span<const int32_t>(s->tokens.data(), size_t(s->computed)));
+      const auto at = std::find(sampled.begin(), sampled.end(), s);
+      if (at == sampled.end() || non_finite[size_t(at - sampled.begin())].empty())
+        runner_.publish_prefix(s->seq, std::span<const int32_t>(s->tokens.data(), size_t(s->computed)));
     }
-    const int64_t V = c.vocab_size;
     std::vector<Seq*> done;
     for (size_t i = 0; i < sampled.size(); ++i) {
       Seq& s = *sampled[i];
+      if (!non_finite[i].empty()) {
+        fail_non_finite(s, step_no, non_finite[i]);
+        done.push_back(&s);
+        continue;
+      }
       std::span<const float> row;
       std::vector<float> biased;
       if (out.argmax.empty()) row = std::span<const float>(out.logits.f32() + int64_t(i) * V, size_t(V));
@@ -292,7 +394,6 @@ bool Engine::step_once() {
       try {
         // greedy_only steps chose on the device (the sampler's greedy rule); otherwise the sampler draws.
         tok = out.argmax.empty() ? s.sampler.sample(row, s.tokens) : out.argmax[i];
-        TD_CHECK(tok >= 0, "every logit of the row is NaN or -inf");
       } catch (const Error& e) {
         finish(s, "error", e.what());
         done.push_back(&s);

@@ -11,6 +11,13 @@
 // With the runner's prefix caching on, an admitted sequence starts after the cached pages of its prefix, and
 // every full page it computes is published for later ones (a preempted sequence finds its own pages again).
 // Requests are independent: a request's callbacks run on the engine thread, in the order of its tokens.
+//
+// Faults. A sampled row whose logits hold NaN or Inf (or, from a greedy-only step, are all NaN/-inf) fails that
+// request alone ("error", naming the step and the first non-finite tap found by rerunning the sequence alone
+// with taps on: generate.h locate_non_finite); the others go on. An exception from the executor's forward()
+// other than KvOutOfPages kills the engine: its state (and a CUDA context after a kernel fault) can no longer be
+// trusted, so every running and waiting request fails with the error, submit() throws Failed from then on, and
+// failure() says why (the server's /health turns 503).
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -33,6 +40,10 @@ struct EngineOptions {
   int max_queue = 256;                  // requests waiting beyond those (submit() refuses more)
   int64_t max_num_batched_tokens = 512; // tokens per step (prefill chunks + decodes)
   int64_t max_model_len = 0;            // prompt + new tokens per sequence (0: the model's context)
+  // Every sampled logits row comes back to the host and is checked for NaN/Inf, greedy ones too (steps are never
+  // greedy_only). Without it rows the sampler reads are checked, and a greedy-only step's rows only fail when
+  // every value is NaN/-inf (their logits stay on the device).
+  bool check_logits = false;
 };
 
 // One sampled token; logprob and top (most likely tokens with their logprobs) when the request asked for them.
@@ -91,13 +102,25 @@ class Engine {
    public:
     using Error::Error;
   };
+  // The engine stopped after a fault (failure() says which); nothing is admitted any more.
+  class Failed : public Error {
+   public:
+    using Error::Error;
+  };
   uint64_t submit(EngineRequest request);
+  // All or nothing (the n choices of one request): every request is validated and queued, or none is and this
+  // throws (QueueFull when they do not all fit). Returns their ids in order.
+  std::vector<uint64_t> submit(std::vector<EngineRequest> requests);
   // Finishes the request with "abort" within one step (a client that went away); unknown ids are ignored.
   void abort(uint64_t id);
   // Refuse new requests from now on (graceful shutdown); drain() waits until nothing runs or waits, or timeout.
   void close_admission();
   bool drain(double timeout_seconds);
+  // Finishes every running and waiting request with "abort" within one step (a drain that timed out).
+  void abort_all();
   EngineCounters counters() const;
+  // Empty while the engine works; else the fault that stopped it.
+  std::string failure() const;
   int64_t max_model_len() const { return max_model_len_; }
 
  private:
@@ -107,6 +130,9 @@ class Engine {
   void finish(Seq& s, std::string reason, std::string error = {});
   void admit();
   void preempt_newest();
+  void fail_non_finite(Seq& s, int64_t step, const std::string& what);
+  void die(const std::string& what);
+  void validate(const EngineRequest& r) const;
 
   Executor& runner_;
   EngineOptions options_;
@@ -116,6 +142,8 @@ class Engine {
   std::deque<std::unique_ptr<Seq>> waiting_;   // guarded by mu_
   std::vector<uint64_t> aborts_;               // guarded by mu_
   bool stop_ = false, closed_ = false;         // guarded by mu_
+  bool abort_all_ = false;                     // guarded by mu_
+  std::string failure_;                        // guarded by mu_
   std::vector<std::unique_ptr<Seq>> running_;  // engine thread only (sizes mirrored into counters_)
   EngineCounters counters_;                    // guarded by mu_
   uint64_t next_id_ = 1;                       // guarded by mu_

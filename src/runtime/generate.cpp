@@ -2,15 +2,53 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <optional>
 #include <span>
 
 #include "core/error.h"
+#include "diag/trace.h"
+#include "runtime/executor.h"
 
 namespace tandem {
 namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+// The first tap of a rerun that holds a NaN or Inf, and the finite one before it (its input, in execution order).
+class FirstNonFinite final : public TapSink {
+ public:
+  explicit FirstNonFinite(int64_t first_position) : first_position_(first_position) {}
+  bool wants(Stage, int) const override { return !found; }
+  void publish(Stage s, int layer, const Tensor& t) override {
+    if (found) return;
+    const HostTensor f = HostTensor::to_f32(t);
+    const TapStats st = tap_stats(tap_name(s, layer), 0, f.view(), DType::F32);
+    if (st.finite()) {
+      before = st;
+      return;
+    }
+    found = st;
+    stage = s;
+    const int64_t rows = std::max<int64_t>(1, f.view().shape[0]), cols = st.count / rows;
+    const float* p = f.f32();
+    for (int64_t i = 0; i < st.count; ++i)
+      if (!std::isfinite(p[i])) {
+        // Rows follow the step's tokens (logits: one row, the chunk's last token).
+        position = s == Stage::logits ? -1 : first_position_ + i / std::max<int64_t>(1, cols);
+        break;
+      }
+  }
+  void next_chunk(int64_t first_position) { first_position_ = first_position; }
+
+  std::optional<TapStats> found, before;
+  Stage stage = Stage::embed;
+  int64_t position = -1;
+
+ private:
+  int64_t first_position_ = 0;
+};
 
 // Releases the runner's sequences however generate() exits.
 struct SequenceGuard {
@@ -21,6 +59,56 @@ struct SequenceGuard {
   }
 };
 }  // namespace
+
+NonFiniteRow count_non_finite_row(std::span<const float> row) {
+  NonFiniteRow n;
+  for (float v : row) {
+    n.nan += std::isnan(v);
+    n.inf += std::isinf(v);
+  }
+  return n;
+}
+
+std::string locate_non_finite(ModelRunner& runner, int32_t seq, std::span<const int32_t> tokens, int64_t chunk) {
+  if (tokens.empty()) return "nothing to rerun";
+  chunk = std::max<int64_t>(1, chunk);
+  FirstNonFinite sink(0);
+  bool created = false;
+  try {
+    runner.create_sequence(seq, int64_t(tokens.size()));
+    created = true;
+    for (int64_t at = 0; at < int64_t(tokens.size()) && !sink.found; at += chunk) {
+      const int64_t end = std::min<int64_t>(int64_t(tokens.size()), at + chunk);
+      Step step;
+      for (int64_t i = at; i < end; ++i) step.add(tokens[size_t(i)], seq, int32_t(i), i + 1 == end);
+      sink.next_chunk(at);
+      runner.forward(step, &sink);  // the logits come back as the "logits" tap
+    }
+    runner.release_sequence(seq);
+    created = false;
+  } catch (const std::exception& e) {
+    if (created) {
+      try {
+        runner.release_sequence(seq);
+      } catch (...) {
+      }
+    }
+    return fmt::format("it could not be rerun alone to find the first non-finite tap: {}", e.what());
+  }
+  if (!sink.found)
+    return fmt::format("rerun alone ({} tokens) with every tap on, it stayed finite: the fault depends on the batch "
+                       "it ran in, or is not deterministic", tokens.size());
+  const TapStats& st = *sink.found;
+  std::string by;
+  if (auto* ex = dynamic_cast<Executor*>(&runner))
+    if (const Variant* v = ex->plan().by_stage[size_t(sink.stage)]) by = fmt::format(" (by {})", v->name);
+  std::string where = sink.position >= 0 ? fmt::format(", first at position {}", sink.position) : std::string();
+  std::string input = sink.before ? fmt::format("; its input {} was finite (absmax {:.3e}, rms {:.3e})",
+                                                sink.before->tap, sink.before->absmax, sink.before->rms)
+                                  : std::string("; its input was the tokens");
+  return fmt::format("rerun alone with every tap on, the first non-finite tap is {}{}: {} NaN and {} Inf of {} "
+                     "values{}{}", st.tap, by, st.nan, st.inf, st.count, where, input);
+}
 
 std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<GenerationRequest>& requests,
                                        const TokenCallback& on_token, GenerationStats* stats, TapSink* prefill_taps) {
@@ -70,6 +158,15 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
 
   std::vector<size_t> active(requests.size());
   for (size_t r = 0; r < requests.size(); ++r) active[r] = r;
+  int64_t step_no = 0;  // 0: the prefill
+  // The NaN guard: request r's logits went non-finite; its pages go first (the rerun needs room for them).
+  auto fail_non_finite = [&](size_t r, const std::string& what) {
+    runner.release_sequence(int32_t(r));
+    std::erase(guard.ids, int32_t(r));
+    const std::string why = locate_non_finite(runner, int32_t(requests.size()), history[r], int64_t(history[r].size()));
+    fail("request {}: the logits of step {} ({}, position {}) {}, so no token can be sampled; {}", r, step_no,
+         step_no == 0 ? "prefill" : "decode", history[r].size() - 1, what, why);
+  };
   // Sample row i of `out` for request active[i]; drop requests that finish.
   auto take = [&](const StepOutput& out) {
     const int64_t V = c.vocab_size;
@@ -79,9 +176,12 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
       int32_t tok;
       if (!out.argmax.empty()) {  // chosen on the device (greedy, no penalty: the sampler's rule)
         tok = out.argmax[i];
-        TD_CHECK(tok >= 0, "sampler: all {} logits are NaN/-inf", V);
+        if (tok < 0) fail_non_finite(r, fmt::format("are all NaN or -inf ({} values)", V));
       } else {
-        tok = samplers[r].sample(std::span<const float>(out.logits.f32() + int64_t(i) * V, size_t(V)), history[r]);
+        const std::span<const float> row(out.logits.f32() + int64_t(i) * V, size_t(V));
+        if (const NonFiniteRow nf = count_non_finite_row(row); nf.any())
+          fail_non_finite(r, fmt::format("hold {} NaN and {} Inf of {} values", nf.nan, nf.inf, V));
+        tok = samplers[r].sample(row, history[r]);
       }
       history[r].push_back(tok);
       results[r].tokens.push_back(tok);
@@ -121,6 +221,7 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     Step step;
     for (size_t r : active) step.add(history[r].back(), int32_t(r), int32_t(history[r].size() - 1), true);
     step.greedy_only = greedy_only;
+    ++step_no;
     take(runner.forward(step, nullptr));
     publish();
     st.generated_tokens += step.size();

@@ -3,6 +3,7 @@
 // same Step; this is its simplest client.)
 #pragma once
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,26 @@ using TokenCallback = std::function<void(size_t request, int32_t token)>;
 
 // Throws before running anything if a prompt is empty, has ids outside the vocabulary, or prompt +
 // max_new_tokens exceeds the model's context. prefill_taps (may be null) sees the prefill step.
+// A logits row that holds NaN or Inf (or, from a greedy-only step, whose values are all NaN/-inf) is never
+// sampled: generate() throws a tandem::Error naming the request, the step and the first non-finite tap
+// (locate_non_finite).
 std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<GenerationRequest>& requests,
                                        const TokenCallback& on_token = {}, GenerationStats* stats = nullptr,
                                        TapSink* prefill_taps = nullptr);
+
+// The runtime NaN guard, shared with the serving engine (runtime/engine.h).
+// How many values of a logits row are NaN / +-Inf; a model's raw logits are finite, so any is a fault.
+struct NonFiniteRow {
+  int64_t nan = 0, inf = 0;
+  bool any() const { return nan > 0 || inf > 0; }
+};
+NonFiniteRow count_non_finite_row(std::span<const float> row);
+
+// Why a sequence's logits went non-finite, as a clause for its error message: reruns `tokens` (the sequence's
+// prompt + generated tokens) alone through `runner` as the fresh sequence `seq`, in steps of at most `chunk`
+// tokens, with every tap on, and names the first tap (in execution order) holding a NaN or Inf, its variant,
+// the first position affected and the tap before it. The cost is one prefill of the sequence; it never throws
+// (a rerun that cannot run, e.g. for want of KV pages, says so). `seq` is released afterwards.
+std::string locate_non_finite(ModelRunner& runner, int32_t seq, std::span<const int32_t> tokens, int64_t chunk);
 
 }  // namespace tandem

@@ -81,7 +81,7 @@ CompletionRequest parse_request(const std::string& body, bool chat, int32_t voca
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (1e400)
     bad("", std::string("the body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) bad("", fmt::format("the body must be a JSON object, got {}", type_name(j)));

@@ -221,36 +221,35 @@ struct Server::Impl {
           r.stop));
     if (r.stream && is_chat)
       for (int i = 0; i < r.n; ++i) job->events.push_back(sse(chunk(*job, size_t(i), "", nullptr, true)));
-    std::vector<uint64_t> submitted;
+    // The n choices are admitted all or nothing: a full queue refuses the request whole.
+    std::vector<EngineRequest> requests;
+    for (int i = 0; i < r.n; ++i) {
+      EngineRequest e;
+      e.prompt = prompt;
+      e.max_new_tokens = max_new;
+      e.sampling = r.sampling;
+      if (r.sampling.seed && r.n > 1) e.sampling.seed = *r.sampling.seed + uint64_t(i);
+      e.stop_ids = stop_ids;
+      e.top_logprobs = r.logprobs;
+      e.logit_bias = r.logit_bias;
+      e.presence_penalty = r.presence_penalty;
+      e.frequency_penalty = r.frequency_penalty;
+      // The callbacks hold the job weakly: a handler that is gone (client disconnected) has aborted its
+      // requests already, and the engine ends them as aborted.
+      std::weak_ptr<Job> weak = job;
+      e.on_token = [this, weak, i](const TokenEvent& ev) { return on_token(weak, size_t(i), ev); };
+      e.on_done = [this, weak, i](const EngineResult& res) { on_done(weak, size_t(i), res); };
+      requests.push_back(std::move(e));
+    }
     try {
-      for (int i = 0; i < r.n; ++i) {
-        EngineRequest e;
-        e.prompt = prompt;
-        e.max_new_tokens = max_new;
-        e.sampling = r.sampling;
-        if (r.sampling.seed && r.n > 1) e.sampling.seed = *r.sampling.seed + uint64_t(i);
-        e.stop_ids = stop_ids;
-        e.top_logprobs = r.logprobs;
-        e.logit_bias = r.logit_bias;
-        e.presence_penalty = r.presence_penalty;
-        e.frequency_penalty = r.frequency_penalty;
-        // The callbacks hold the job weakly: a handler that is gone (client disconnected) has aborted its
-        // requests already, and the engine ends them as aborted.
-        std::weak_ptr<Job> weak = job;
-        e.on_token = [this, weak, i](const TokenEvent& ev) { return on_token(weak, size_t(i), ev); };
-        e.on_done = [this, weak, i](const EngineResult& res) { on_done(weak, size_t(i), res); };
-        const uint64_t id = engine->submit(std::move(e));
-        {
-          std::lock_guard<std::mutex> lock(job->mu);
-          job->choices[size_t(i)]->engine_id = id;
-        }
-        submitted.push_back(id);
-      }
+      const std::vector<uint64_t> ids = engine->submit(std::move(requests));
+      std::lock_guard<std::mutex> lock(job->mu);
+      for (size_t i = 0; i < ids.size(); ++i) job->choices[i]->engine_id = ids[i];
     } catch (const Engine::QueueFull& e) {
-      for (uint64_t id : submitted) engine->abort(id);
       throw ApiError{503, std::string("the server is busy: ") + e.what() + "; retry later", "", "server_error"};
+    } catch (const Engine::Failed& e) {
+      throw ApiError{503, e.what(), "", "server_error"};
     } catch (const Error& e) {
-      for (uint64_t id : submitted) engine->abort(id);
       throw ApiError{400, e.what(), ""};
     }
     return job;
@@ -422,9 +421,13 @@ struct Server::Impl {
                 {"max_model_len", engine->max_model_len()}};
       r.set_content(dump({{"object", "list"}, {"data", json::array({m})}}), "application/json");
     });
+    // 503 once the server drains or its engine stopped after a fault (a load balancer takes it out of service).
     http.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
-      r.status = closing ? 503 : 200;
-      r.set_content(closing ? "{\"status\":\"shutting down\"}" : "{\"status\":\"ok\"}", "application/json");
+      const std::string failure = engine->failure();
+      r.status = closing || !failure.empty() ? 503 : 200;
+      json j = {{"status", !failure.empty() ? "failed" : closing ? "shutting down" : "ok"}};
+      if (!failure.empty()) j["error"] = failure;
+      r.set_content(dump(j), "application/json");
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
       r.set_content(metrics_text(), "text/plain; version=0.0.4");
@@ -483,7 +486,11 @@ void Server::serve() { impl_->http.listen_after_bind(); }
 void Server::shutdown(double drain_seconds) {
   impl_->closing = true;
   engine_->close_admission();
-  engine_->drain(drain_seconds);
+  // What the drain did not finish ends as "abort" (its clients get their text so far and finish_reason abort).
+  if (!engine_->drain(drain_seconds)) {
+    engine_->abort_all();
+    engine_->drain(10);
+  }
   impl_->http.stop();
 }
 

@@ -31,7 +31,8 @@ class Server {
   void bind();
   int port() const { return port_; }
   void serve();
-  // Graceful: new requests get 503, running ones finish (up to drain_seconds), then the listener closes.
+  // Graceful: new requests get 503, running ones finish (up to drain_seconds; what is left then ends with
+  // finish_reason "abort"), then the listener closes.
   void shutdown(double drain_seconds);
   Engine& engine() { return *engine_; }
 
