@@ -1,11 +1,103 @@
 // tandem run "question" (one-shot chat) and tandem chat (interactive, with history).
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 
 namespace tandem::cli {
 namespace {
+
+// Ctrl-C in `tandem chat` stops the answer (or clears the line being typed), not the program: the handler only
+// counts; the token callback and the line reader look at the count.
+std::atomic<int> g_interrupts{0};
+extern "C" void on_sigint(int) { g_interrupts.fetch_add(1, std::memory_order_relaxed); }
+
+struct Interrupted {};  // thrown from the token callback; generate() releases the sequence on the way out
+
+class SigintScope {  // installs on_sigint without SA_RESTART, so a blocked read returns EINTR
+ public:
+  SigintScope() {
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_);
+  }
+  ~SigintScope() { sigaction(SIGINT, &old_, nullptr); }
+
+ private:
+  struct sigaction old_ {};
+};
+
+// Reads the user's lines from fd 0 (not std::cin, so that EINTR is seen): a line ending in `\` continues on the
+// next; on a terminal, lines that arrive together (a paste) form one message.
+class LineReader {
+ public:
+  enum class Status { line, interrupted, eof };
+  Status read(std::string& out) {
+    out.clear();
+    for (;;) {
+      std::string line;
+      const Status s = read_line(line);
+      if (s != Status::line) {
+        if (s == Status::eof && !out.empty()) return Status::line;
+        return s;
+      }
+      const bool continued = !line.empty() && line.back() == '\\';
+      if (continued) line.pop_back();
+      out += line;
+      if (continued || (tty_ && pending())) {
+        out += '\n';
+        continue;
+      }
+      return Status::line;
+    }
+  }
+
+ private:
+  Status read_line(std::string& line) {
+    for (;;) {
+      const size_t nl = buf_.find('\n');
+      if (nl != std::string::npos) {
+        line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return Status::line;
+      }
+      char chunk[4096];
+      const ssize_t n = ::read(0, chunk, sizeof chunk);
+      if (n > 0) {
+        buf_.append(chunk, size_t(n));
+      } else if (n == 0) {
+        if (buf_.empty()) return Status::eof;
+        line.swap(buf_);
+        buf_.clear();
+        return Status::line;
+      } else if (errno == EINTR) {
+        if (g_interrupts.exchange(0) > 0) {
+          buf_.clear();
+          return Status::interrupted;
+        }
+      } else {
+        return Status::eof;
+      }
+    }
+  }
+  // More input already waiting (a paste arrives in one burst; typing does not).
+  bool pending() {
+    if (buf_.find('\n') != std::string::npos) return true;
+    struct pollfd p {0, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+  }
+  std::string buf_;
+  bool tty_ = ::isatty(0) != 0;
+};
 
 struct ChatArgs {
   ModelOptions model;
@@ -25,21 +117,43 @@ std::string assistant_turn(Loaded& l, const ChatTemplate& chat, std::vector<Chat
   req.stop_ids = stop_ids(l, &chat);
   StreamDecoder stream = tok.stream_decoder(true);
   std::string reply;
-  generate(*l.runner, {req},
-           [&](size_t, int32_t t) {
-             if (std::find(req.stop_ids.begin(), req.stop_ids.end(), t) != req.stop_ids.end()) return;
-             const std::string piece = stream.push(t);
-             reply += piece;
-             std::fputs(piece.c_str(), stdout);
-             std::fflush(stdout);
-           },
-           st);
+  bool interrupted = false;
+  try {
+    generate(*l.runner, {req},
+             [&](size_t, int32_t t) {
+               if (g_interrupts.exchange(0) > 0) throw Interrupted{};
+               if (std::find(req.stop_ids.begin(), req.stop_ids.end(), t) != req.stop_ids.end()) return;
+               const std::string piece = stream.push(t);
+               reply += piece;
+               std::fputs(piece.c_str(), stdout);
+               std::fflush(stdout);
+             },
+             st);
+  } catch (const Interrupted&) {
+    interrupted = true;
+  }
   const std::string tail = stream.flush();
   reply += tail;
   std::fputs(tail.c_str(), stdout);
   std::fputs("\n", stdout);
+  std::fflush(stdout);  // before anything on stderr
+  // The partial answer stays in the conversation, as the user saw it.
+  if (interrupted) std::fprintf(stderr, "[answer stopped by Ctrl-C; the conversation is kept]\n");
   history.push_back({"assistant", reply});
   return reply;
+}
+
+void save_conversation(const std::string& file, const std::vector<ChatMessage>& history) {
+  nlohmann::json messages = nlohmann::json::array();
+  for (const ChatMessage& m : history) messages.push_back({{"role", m.role}, {"content", m.content}});
+  std::ofstream out(file);
+  out << nlohmann::json{{"messages", messages}}.dump(2) << "\n";
+  out.close();
+  if (!out) {
+    std::fprintf(stderr, "cannot write %s\n", file.c_str());
+  } else {
+    std::fprintf(stderr, "saved %zu messages to %s\n", history.size(), file.c_str());
+  }
 }
 
 Loaded load_chat_model(const ChatArgs& a, ChatTemplate& chat) {
@@ -71,14 +185,32 @@ void run_repl(ChatArgs& a) {
   if (!a.system.empty()) history.push_back({"system", a.system});
   static const char kHelp[] =
       "commands: /help this list; /reset clear the conversation (the system prompt stays); /system TEXT set the "
-      "system prompt and clear the conversation; /exit or Ctrl-D quit\n";
+      "system prompt and clear the conversation; /save FILE write the conversation as JSON (OpenAI messages); "
+      "/exit or Ctrl-D quit.\nA line ending in \\ continues on the next (a pasted block is one message). Ctrl-C "
+      "stops an answer and keeps the conversation.\n";
   std::fprintf(stderr, "type a message; /help lists the commands\n");
+  SigintScope sigint;
+  LineReader reader;
   std::string line;
   for (;;) {
     std::fputs("> ", stdout);
     std::fflush(stdout);
-    if (!std::getline(std::cin, line) || line == "/exit" || line == "/quit") break;
+    const LineReader::Status status = reader.read(line);
+    if (status == LineReader::Status::interrupted) {
+      std::fputs("\n", stdout);
+      std::fprintf(stderr, "(Ctrl-C: /exit or Ctrl-D quits)\n");
+      continue;
+    }
+    if (status == LineReader::Status::eof || line == "/exit" || line == "/quit") break;
     if (line.empty()) continue;
+    if (line.rfind("/save", 0) == 0 && (line.size() == 5 || line[5] == ' ')) {
+      if (line.size() <= 6) {
+        std::fprintf(stderr, "usage: /save FILE\n");
+      } else {
+        save_conversation(line.substr(6), history);
+      }
+      continue;
+    }
     if (line == "/help") {
       std::fputs(kHelp, stderr);
       continue;
@@ -101,6 +233,7 @@ void run_repl(ChatArgs& a) {
     }
     history.push_back({"user", line});
     GenerationStats st;
+    g_interrupts.store(0);
     try {
       assistant_turn(l, chat, history, a.req, &st);
     } catch (const Error& e) {  // e.g. the conversation outgrew the context: say so, keep the session
@@ -108,6 +241,7 @@ void run_repl(ChatArgs& a) {
       std::fprintf(stderr, "error: %s\n", e.what());
       continue;
     }
+    if (st.decode_seconds <= 0) continue;  // stopped before the stats were complete
     std::fprintf(stderr, "[%lld prompt tokens, %lld of them cached, %.1f tok/s decode]\n", (long long)st.prompt_tokens,
                  (long long)st.cached_prompt_tokens, st.generated_tokens / std::max(st.decode_seconds, 1e-9));
   }

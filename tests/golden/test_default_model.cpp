@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cli_run.h"
@@ -194,6 +195,58 @@ TEST_F(DefaultModel, ChatCommandsAreNotSentToTheModel) {
   EXPECT_NE(out.find("system prompt set; conversation cleared"), std::string::npos) << out;
   EXPECT_NE(out.find("unknown command /foo"), std::string::npos) << out;
   EXPECT_EQ(out.find("prompt tokens"), std::string::npos) << "a command reached the model:\n" << out;
+}
+
+// A line ending in \ continues the message; /save writes the conversation as OpenAI-shaped JSON.
+TEST_F(DefaultModel, ChatMultiLineMessageAndSave) {
+  const fs::path file = fs::path(::testing::TempDir()) / "tandem_chat_save.json";
+  fs::remove(file);
+  const std::string cmd = "printf 'Say hello\\\\\\nin French\\n/save " + file.string() + "\\n/save\\n/exit\\n' | " +
+                          std::string(TANDEM_BINARY) + " chat -m " + kModel.string() + " --temp 0 -n 8 2>&1";
+  const auto [status, out] = run_shell(cmd);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("saved 2 messages to"), std::string::npos) << out;
+  EXPECT_NE(out.find("usage: /save FILE"), std::string::npos) << out;
+  std::ifstream in(file);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  ASSERT_EQ(j.at("messages").size(), 2u) << j.dump();
+  EXPECT_EQ(j["messages"][0]["role"], "user");
+  EXPECT_EQ(j["messages"][0]["content"], "Say hello\nin French");  // one message over two lines
+  EXPECT_EQ(j["messages"][1]["role"], "assistant");
+  EXPECT_FALSE(j["messages"][1]["content"].get<std::string>().empty());
+}
+
+// Ctrl-C during an answer stops the answer, not the program; the partial answer stays in the conversation; a
+// Ctrl-C at the prompt only says how to quit.
+TEST_F(DefaultModel, ChatCtrlCStopsTheAnswerNotTheProgram) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "tandem_chat_sigint";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string d = dir.string();
+  const std::string script =
+      "cd " + d + "\nmkfifo in\n" + std::string(TANDEM_BINARY) + " chat -m " + kModel.string() +
+      " --temp 0 -n 2000 < in > out.txt 2>&1 &\nP=$!\nexec 3>in\n"
+      "echo 'Write a very long story about a dragon' >&3\n"
+      // Wait for the answer to start streaming (a prompt marker followed by text), then interrupt twice: once
+      // during the answer, once at the next prompt.
+      "for i in $(seq 1 240); do grep -q '^> .' out.txt && break; sleep 0.25; done; sleep 1\n"
+      "kill -INT $P\n"
+      "for i in $(seq 1 80); do grep -q 'answer stopped' out.txt && break; sleep 0.25; done; sleep 0.5\n"
+      "kill -INT $P; sleep 0.5\n"
+      "echo '/save " + d + "/conv.json' >&3; echo /exit >&3; exec 3>&-\n"
+      "wait $P; echo exit $?; cat out.txt\n";
+  std::ofstream(dir / "run.sh") << script << "\n";
+  const auto [status, out] = run_shell("bash " + (dir / "run.sh").string() + " 2>&1");
+  EXPECT_NE(out.find("exit 0"), std::string::npos) << out;
+  EXPECT_NE(out.find("[answer stopped by Ctrl-C; the conversation is kept]"), std::string::npos) << out;
+  EXPECT_NE(out.find("(Ctrl-C: /exit or Ctrl-D quits)"), std::string::npos) << out;
+  std::ifstream in(dir / "conv.json");
+  ASSERT_TRUE(in.good()) << out;
+  const nlohmann::json j = nlohmann::json::parse(in);
+  ASSERT_EQ(j.at("messages").size(), 2u) << j.dump();
+  const std::string partial = j["messages"][1]["content"];
+  EXPECT_FALSE(partial.empty()) << out;
+  EXPECT_LT(partial.size(), 6000u) << "the answer ran to -n 2000 tokens: Ctrl-C did not stop it";
 }
 
 TEST(Cli, VersionPrintsTheCommit) {
