@@ -552,7 +552,8 @@ TEST(ServeLoadTest, CountsEveryTokenAndMeasuresLatency) {
     EXPECT_GE(x.itl_p99, x.itl_p50);
     EXPECT_GT(x.output_tok_s, 0);
   }
-  EXPECT_GT(four.output_tok_s, 0.7 * one.output_tok_s);
+  // No throughput comparison between the levels: that is a benchmark's job (tandem bench --phase serve), and on
+  // CI's two loaded cores a timing ratio is noise.
   EXPECT_TRUE(engine.drain(5));
   EXPECT_EQ(engine.counters().kv_pages_free, engine.counters().kv_pages_total);
 }
