@@ -7,7 +7,8 @@ APT_PACKAGES=(cmake ninja-build g++ ccache pkg-config bible-kjv
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev libcpp-httplib-dev
   libssl-dev zlib1g-dev libbrotli-dev  # cpp-httplib's pkg-config needs these
   libgtest-dev libgmock-dev libbenchmark-dev
-  chromium-headless-shell)  # renders the HTML reports in a test (tests/planted/render_reports.py)
+  chromium-headless-shell  # renders the HTML reports in a test (tests/planted/render_reports.py)
+  clang-14 libclang-rt-14-dev)  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz, `make fuzz`)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

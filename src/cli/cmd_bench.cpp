@@ -1,5 +1,6 @@
-// tandem bench: speed of a path on this GPU, reported against this GPU's own limits measured in the same run
-// (copy bandwidth for decode, bf16 GEMM peak for prefill). Writes the bench/results JSON schema.
+// tandem bench: speed of a path on this GPU (or this CPU), reported against the device's own limits measured in
+// the same run (GPU: copy bandwidth for decode, bf16 GEMM peak for prefill; CPU: memory read bandwidth and the
+// f32 GEMM rate of the cpu path's kernels, on the -t threads). Writes the bench/results JSON schema.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -9,7 +10,17 @@
 #include <fstream>
 #include <sstream>
 
+#include <sys/resource.h>
+
+#include <atomic>
+
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
 #include "cli/common.h"
+#include "core/parallel.h"
+#include "cpu/quant_dot.h"
 #include "cuda/ceilings.h"
 #include "cuda/check.h"
 #include "cuda/device_query.h"
@@ -98,13 +109,73 @@ int64_t stage_bytes(Stage s, const ModelConfig& c, DType dt, int64_t batch, int6
   }
 }
 
+// CPU ceilings, on the pool's threads: read bandwidth (a sum over 512 MB, best of 3) and the f32 GEMM rate of the
+// cpu path's float kernel (256 rows x 2048 x 2048, best of 3).
+double cpu_read_bandwidth_GBps() {
+  const int64_t n = int64_t(1) << 27;
+  std::vector<float> buf(static_cast<size_t>(n));
+  parallel_for(n, [&](int64_t b, int64_t e) { std::fill(buf.begin() + b, buf.begin() + e, 1.0f); });
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<double> part(size_t(num_threads()) + 1, 0.0);
+    std::atomic<int> slot{0};
+    const double t0 = now_s();
+    parallel_for(n, [&](int64_t b, int64_t e) {
+      float acc[16] = {};
+      for (int64_t i = b; i + 16 <= e; i += 16)
+        for (int j = 0; j < 16; ++j) acc[j] += buf[size_t(i + j)];
+      part[size_t(slot++)] = std::accumulate(acc, acc + 16, 0.0);
+    });
+    const double dt = now_s() - t0;
+    if (std::accumulate(part.begin(), part.end(), 0.0) < 0) std::printf("?");  // keep the sum alive
+    best = std::max(best, double(n) * 4 / dt / 1e9);
+  }
+  return best;
+}
+double cpu_gemm_tflops() {
+  const int64_t T = 256, K = 2048, N = 2048;
+  std::vector<float> x(size_t(T * K), 0.5f), w(size_t(N * K), 0.25f), y(size_t(T * N));
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    const double t0 = now_s();
+    cpu::linear_stored(Tensor::contiguous(x.data(), DType::F32, {T, K}), Tensor::contiguous(w.data(), DType::F32, {N, K}),
+                       Tensor::contiguous(y.data(), DType::F32, {T, N}));
+    best = std::max(best, 2.0 * T * K * N / (now_s() - t0) / 1e12);
+  }
+  return best;
+}
+std::string cpu_model_name() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "cpu";
+}
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return int64_t(u.ru_maxrss) * 1024;
+}
+
+// Bytes of the weights a stage reads in one step on the CPU, from the tensors the host holds (their stored format).
+int64_t cpu_stage_weight_bytes(Stage s, const ModelWeights& w) {
+  int64_t sum = 0;
+  for (const LayerWeights& l : w.layers) {
+    if (s == Stage::qkv) sum += l.wqkv.nbytes();
+    if (s == Stage::o_proj) sum += l.wo.nbytes();
+    if (s == Stage::gate_up) sum += l.w_gate_up.nbytes();
+    if (s == Stage::down) sum += l.w_down.nbytes();
+  }
+  if (s == Stage::logits) sum += w.lm_head.nbytes();
+  return sum;
+}
+
 void run(const BenchArgs& a) {
-  TD_CHECK(cuda::device_count() > 0, "tandem bench measures a GPU path and no CUDA GPU was found (for the CPU "
-                                     "reference path use tools/bench_cpu.py)");
   RunnerOptions ropt = a.model.runner;
-  if (ropt.path == "auto") ropt.path = "fused";
+  const bool gpu = cuda::device_count() > 0;
+  if (ropt.path == "auto") ropt.path = ropt.device == "cpu" || !gpu ? "cpu" : "fused";
   const Plan probe = plan_for(ropt, nullptr);  // fails early on a bad --path / --variant
-  TD_CHECK(probe.device == Device::CUDA, "--path {}: tandem bench measures a GPU path", ropt.path);
+  const bool on_cpu = probe.device == Device::CPU;
+  TD_CHECK(on_cpu || gpu, "--path {}: no CUDA GPU was found (--device cpu benchmarks the cpu path)", ropt.path);
   TD_CHECK(a.phase == "all" || a.phase == "decode" || a.phase == "prefill" || a.phase == "serve",
            "--phase {}: expected prefill, decode, serve or all (all = prefill and decode)", a.phase);
   const auto concurrency = parse_list(a.concurrency, "--concurrency");
@@ -116,16 +187,30 @@ void run(const BenchArgs& a) {
   const auto dtype = dtype_from_name(a.model.runner.dtype);
   TD_CHECK(dtype.has_value(), "--dtype {}: unknown", a.model.runner.dtype);
 
-  cudaStream_t stream;
-  TD_CUDA_CHECK(cudaStreamCreate(&stream));
-  std::fprintf(stderr, "measuring this GPU's limits...\n");
   cuda::Ceilings lim;
-  lim.copy_bw_GBps = cuda::measure_copy_bandwidth_GBps(stream);
-  lim.gemm_peak_tflops = cuda::measure_gemm_peak_tflops(stream);
-  TD_CUDA_CHECK(cudaStreamDestroy(stream));
-  const std::string card = cuda::card_name();
-  std::printf("card %s, driver %s: copy %.0f GB/s (read + write), bf16 GEMM %.0f TFLOP/s\n", card.c_str(),
-              cuda::driver_version().c_str(), lim.copy_bw_GBps, lim.gemm_peak_tflops);
+  std::string card, driver;
+  if (on_cpu) {
+    if (a.model.threads > 0) set_num_threads(a.model.threads);
+    std::fprintf(stderr, "measuring this CPU's limits...\n");
+    lim.copy_bw_GBps = cpu_read_bandwidth_GBps();
+    lim.gemm_peak_tflops = cpu_gemm_tflops();
+    card = cpu_model_name() + ", " + std::to_string(num_threads()) + " threads";
+    driver = std::string(cpu::isa_name(cpu::detected_isa()));
+    std::printf("cpu %s, kernels %s: read %.1f GB/s, f32 GEMM %.3f TFLOP/s\n", card.c_str(), driver.c_str(),
+                lim.copy_bw_GBps, lim.gemm_peak_tflops);
+  } else {
+    cudaStream_t stream;
+    TD_CUDA_CHECK(cudaStreamCreate(&stream));
+    std::fprintf(stderr, "measuring this GPU's limits...\n");
+    lim.copy_bw_GBps = cuda::measure_copy_bandwidth_GBps(stream);
+    lim.gemm_peak_tflops = cuda::measure_gemm_peak_tflops(stream);
+    TD_CUDA_CHECK(cudaStreamDestroy(stream));
+    card = cuda::card_name();
+    driver = cuda::driver_version();
+    std::printf("card %s, driver %s: copy %.0f GB/s (read + write), bf16 GEMM %.0f TFLOP/s\n", card.c_str(),
+                driver.c_str(), lim.copy_bw_GBps, lim.gemm_peak_tflops);
+  }
+  auto mem_used = [&] { return on_cpu ? peak_rss_bytes() : cuda::device_memory_used(); };
 
   // Tokens a sequence of n tokens occupies in whole KV pages.
   const int64_t page = a.model.runner.page_size;
@@ -142,6 +227,7 @@ void run(const BenchArgs& a) {
   std::string model_name;
   const double t0 = now_s();
   if (!a.random_shape.empty()) {
+    TD_CHECK(!on_cpu, "--random-weights: random-weight models are made on the GPU only; give -m for the CPU");
     ModelConfig cfg = shape_config(a.random_shape);
     model_name = a.random_shape;
     const int64_t kv_bytes = pool * 2 * cfg.n_layers * cfg.kv_dim() * dtype_block_bytes(*dtype);
@@ -171,13 +257,14 @@ void run(const BenchArgs& a) {
 
   nlohmann::ordered_json out;
   out["card"] = card;
-  out["driver"] = cuda::driver_version();
+  out["driver"] = driver;
+  if (on_cpu) out["device"] = "cpu";
   out["commit"] = TANDEM_GIT_COMMIT;
   out["date"] = today();
   out["copy_bw_GBps"] = lim.copy_bw_GBps;
   out["gemm_peak_tflops"] = lim.gemm_peak_tflops;
   out["runs"] = nlohmann::json::array();
-  int64_t peak_mem = cuda::device_memory_used();
+  int64_t peak_mem = mem_used();
   int32_t next_seq = 0;
 
   if (a.phase == "serve") {
@@ -192,7 +279,7 @@ void run(const BenchArgs& a) {
       Engine engine(*runner, eo);
       run_serve_load(engine, cfg.vocab_size, std::min<int64_t>(8, a.requests), a.prompt_len, a.output_len, int(c), 7);
       const ServeLoadResult r = run_serve_load(engine, cfg.vocab_size, a.requests, a.prompt_len, a.output_len, int(c));
-      peak_mem = std::max(peak_mem, cuda::device_memory_used());
+      peak_mem = std::max(peak_mem, mem_used());
       std::printf("%-11lld %11.0f %7.2f %8.1f / %-8.1f %7.2f / %-7.2f\n", (long long)c, r.output_tok_s, r.requests_s,
                   r.ttft_p50 * 1e3, r.ttft_p99 * 1e3, r.itl_p50 * 1e3, r.itl_p99 * 1e3);
       out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
@@ -220,7 +307,7 @@ void run(const BenchArgs& a) {
         runner->forward(step, nullptr);
         if (r > 0) times.push_back(now_s() - s0);  // the first run warms up
         runner->release_sequence(seq);
-        peak_mem = std::max(peak_mem, cuda::device_memory_used());
+        peak_mem = std::max(peak_mem, mem_used());
       }
       const Stats st = stats(times);
       const double tflops = prefill_flops(cfg, p) / st.median / 1e12;
@@ -278,7 +365,13 @@ void run(const BenchArgs& a) {
           double total = 0;
           for (const auto& t : runner->timings()) total += t.ms;
           for (const auto& t : runner->timings()) {
-            const int64_t bytes = variant_bytes(*t.variant, cfg, *dtype, b, c);
+            int64_t bytes = variant_bytes(*t.variant, cfg, *dtype, b, c);
+            if (on_cpu) {
+              const ModelWeights& w = runner->host().weights(t.variant->weights);
+              bytes = t.variant->stages.contains(Stage::attention) ? decode_kv_bytes(cfg, DType::F32, b, c) : 0;
+              for (int st = int(t.variant->stages.first); st <= int(t.variant->stages.last); ++st)
+                bytes += cpu_stage_weight_bytes(Stage(st), w);
+            }
             const double gbps = bytes > 0 ? double(bytes) / (t.ms * 1e-3) / 1e9 : 0;
             std::printf("    %-28s %8.3f ms %5.1f%% %4d calls %10.1f MB %8.0f GB/s\n", t.variant->name.c_str(), t.ms,
                         100 * t.ms / total, t.calls, double(bytes) / 1e6, gbps);
@@ -286,15 +379,21 @@ void run(const BenchArgs& a) {
                             {"calls", t.calls}, {"bytes", bytes}, {"GBps", gbps}});
           }
           out["decode_breakdown_" + path_name + "_" + model_name] = {{"path", path_name}, {"model", model_name}, {"batch", b}, {"context", c}, {"total_ms", total},
-                                     {"mode", "GPU time per variant: kernel by kernel (no CUDA graph), every launch queued behind a gate "
+                                     {"mode", on_cpu ? "wall time per variant on the CPU (host clock between variants)"
+                                                     : "GPU time per variant: kernel by kernel (no CUDA graph), every launch queued behind a gate "
                                               "before the GPU starts, events between variants (no host gaps)"},
                                      {"stages", rows}};
           broke_down = true;
         }
-        peak_mem = std::max(peak_mem, cuda::device_memory_used());
+        peak_mem = std::max(peak_mem, mem_used());
         for (int32_t q : seqs) runner->release_sequence(q);
         const Stats st = stats(times);
-        const int64_t bytes = decode_step_bytes(cfg, *dtype, b, c + a.steps / 2);
+        int64_t bytes = decode_step_bytes(cfg, *dtype, b, c + a.steps / 2);
+        if (on_cpu) {  // the weights as held (stored format or f32), each once, plus the f32 KV read
+          int64_t w = 0;
+          for (int st = 0; st < kNumStages; ++st) w += cpu_stage_weight_bytes(Stage(st), runner->host().weights(probe.by_stage[size_t(st)]->weights));
+          bytes = w + decode_kv_bytes(cfg, DType::F32, b, c + a.steps / 2);
+        }
         const double gbps = double(bytes) / st.median / 1e9;
         std::printf("%-6lld %-8lld %10.1f %12.3f %14.3e %10.0f %7.1f%%\n", (long long)b, (long long)c,
                     double(b) / st.median, st.median * 1e3, double(bytes), gbps, 100 * gbps / lim.copy_bw_GBps);
@@ -308,8 +407,14 @@ void run(const BenchArgs& a) {
       }
     }
   }
-  out["peak_gpu_mem_GB"] = double(peak_mem) / 1e9;
-  std::printf("\npeak GPU memory in use: %.1f GB\n", double(peak_mem) / 1e9);
+  if (on_cpu) {
+    out["peak_rss_GB"] = double(peak_mem) / 1e9;
+    out["threads"] = num_threads();
+    std::printf("\npeak resident memory: %.2f GB\n", double(peak_mem) / 1e9);
+  } else {
+    out["peak_gpu_mem_GB"] = double(peak_mem) / 1e9;
+    std::printf("\npeak GPU memory in use: %.1f GB\n", double(peak_mem) / 1e9);
+  }
   const std::string file = a.json.empty() ? "bench/results/" + today() + "-" + slug(card) + ".json" : a.json;
   // Append to an existing file from the same card (several models per run), else start it.
   std::ifstream in(file);
@@ -319,7 +424,8 @@ void run(const BenchArgs& a) {
       for (auto& r : out["runs"]) prev["runs"].push_back(r);
       const std::string key = "decode_breakdown_" + path_name + "_" + model_name;
       if (out.contains(key)) prev[key] = out[key];
-      prev["peak_gpu_mem_GB"] = std::max(prev.value("peak_gpu_mem_GB", 0.0), out["peak_gpu_mem_GB"].get<double>());
+      for (const char* k : {"peak_gpu_mem_GB", "peak_rss_GB"})
+        if (out.contains(k)) prev[k] = std::max(prev.value(k, 0.0), out[k].get<double>());
       out = prev;
     }
   }
@@ -332,7 +438,7 @@ void run(const BenchArgs& a) {
 
 void register_bench(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
-  CLI::App* cmd = app.add_subcommand("bench", "measure prefill and decode speed against this GPU's own limits");
+  CLI::App* cmd = app.add_subcommand("bench", "measure prefill and decode speed against this GPU's (or CPU's) own limits");
   add_model_options(cmd, a->model, false);
   cmd->add_option("--random-weights", a->random_shape, "real-shape model with random weights: " + known_shapes());
   cmd->add_option("--phase", a->phase, "prefill | decode | serve | all (prefill and decode)")->capture_default_str();

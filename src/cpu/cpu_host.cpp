@@ -8,6 +8,8 @@
 
 #include "core/parallel.h"
 #include "cpu/ops.h"
+#include "cpu/quant_dot.h"
+#include "model/stored_weights.h"
 
 namespace tandem::cpu {
 namespace {
@@ -19,15 +21,19 @@ class CpuContext final : public DeviceContext {
 
 class CpuHost final : public DeviceHost {
  public:
-  CpuHost(std::shared_ptr<const Model> model, const HostOptions& o) : model_(std::move(model)) {
-    const ModelConfig& c = model_->config;
+  // `dense`: fp32 weights loaded already (the reference path's tests), or null with `source` given: the weights
+  // are read in prepare_weights, in the formats the plan asks for.
+  CpuHost(const ModelConfig& config, std::shared_ptr<const Model> dense, const ModelSource* source,
+          LoadProgress progress, const HostOptions& o)
+      : config_(config), dense_(std::move(dense)), pending_(source), progress_(progress) {
+    const ModelConfig& c = config_;
     geo_ = KvGeometry{c.n_layers, c.n_kv_heads, c.head_dim, o.page_size, o.kv_layout};
     TD_CHECK(o.page_size > 0, "--page-size {}: must be positive", o.page_size);
     const std::vector<float> inv = rope_inv_freq(c);
     inv_freq_ = HostTensor::empty(DType::F32, {int64_t(inv.size())});
     std::memcpy(inv_freq_.f32(), inv.data(), inv.size() * sizeof(float));
     ctx_.rope_inv_freq = inv_freq_.view();
-    for (const HostTensor& t : model_->storage) weight_bytes_ += t.view().nbytes();
+    count_weight_bytes();
     // Host memory is cheap to grow: start with room for --kv-tokens (or 1024 tokens) and double on demand, unless
     // the pool is fixed (HostOptions::kv_fixed: as on the GPU; the server then preempts when it is full).
     fixed_pool_ = o.kv_fixed;
@@ -35,10 +41,32 @@ class CpuHost final : public DeviceHost {
     resize_pool((tokens + o.page_size - 1) / o.page_size);
   }
 
+  void prepare_weights(bool dense, bool stored) override {
+    if (dense && !dense_) {
+      TD_CHECK(pending_, "the CPU host was given stored weights only; this plan reads fp32 weights");
+      dense_ = std::shared_ptr<const Model>(load_reference_model(*pending_, progress_));
+    }
+    if (stored && !stored_) {
+      TD_CHECK(pending_, "the CPU host was given fp32 weights only; this plan reads weights in their stored format");
+      stored_ = std::shared_ptr<const Model>(load_stored_model(*pending_, stored_linear_supported, progress_));
+    }
+    pending_ = nullptr;
+    count_weight_bytes();
+  }
+
+  const ModelWeights& weights(WeightFormat f) const override {
+    const std::shared_ptr<const Model>& m = f == WeightFormat::stored ? stored_ : dense_;
+    TD_CHECK(m, "the CPU host holds no {} weights (prepare_weights was not asked for them)",
+             f == WeightFormat::stored ? "stored-format" : "fp32");
+    return m->weights;
+  }
+
   Device device() const override { return Device::CPU; }
-  const ModelConfig& config() const override { return model_->config; }
+  const ModelConfig& config() const override { return config_; }
   DType dtype() const override { return DType::F32; }
-  const ModelWeights& weights() const override { return model_->weights; }
+  const ModelWeights& weights() const override {
+    return weights(dense_ || !stored_ ? WeightFormat::dense : WeightFormat::stored);
+  }
   int64_t weight_bytes() const override { return weight_bytes_; }
   const KvGeometry& kv_geometry() const override { return geo_; }
   int64_t kv_pages() const override { return pages_; }
@@ -61,7 +89,7 @@ class CpuHost final : public DeviceHost {
 
   void begin_step(const Step& step, const KvStepTables& tables, std::span<const int32_t> logit_rows,
                   bool /*graphable*/) override {
-    const ModelConfig& c = model_->config;
+    const ModelConfig& c = config_;
     const int64_t T = step.size(), R = int64_t(logit_rows.size());
     if (T > rows_) {
       rows_ = std::max<int64_t>(16, rows_);
@@ -120,7 +148,7 @@ class CpuHost final : public DeviceHost {
   DeviceContext& context() override { return ctx_; }
 
   HostTensor kv_rows(int layer) override {
-    const ModelConfig& c = model_->config;
+    const ModelConfig& c = config_;
     HostTensor out = HostTensor::empty(DType::F32, {view_.tokens, 2 * c.kv_dim()});
     kv_gather(view_.positions, kv_layer(layer),
               attention_shape(c), out);
@@ -151,7 +179,7 @@ class CpuHost final : public DeviceHost {
   HostTensor to_host(const Tensor& t) override { return HostTensor::to_f32(t); }
   HostTensor finish_step(std::vector<int32_t>* argmax) override {
     if (!argmax) return std::move(logits_);
-    const int64_t R = logits_.numel() > 0 ? logits_.view().shape[0] : 0, V = model_->config.vocab_size;
+    const int64_t R = logits_.numel() > 0 ? logits_.view().shape[0] : 0, V = config_.vocab_size;
     argmax->resize(size_t(R));
     for (int64_t r = 0; r < R; ++r) (*argmax)[size_t(r)] = greedy_token({logits_.f32() + r * V, size_t(V)});
     return HostTensor::empty(DType::F32, {0, V});
@@ -167,6 +195,13 @@ class CpuHost final : public DeviceHost {
   }
 
  private:
+  void count_weight_bytes() {
+    weight_bytes_ = 0;
+    for (const Model* m : {dense_.get(), stored_.get()})
+      if (m)
+        for (const HostTensor& t : m->storage) weight_bytes_ += t.view().nbytes();
+  }
+
   // Pools are [2 L][pages][page elems]: K of layer l is pool 2l, V is 2l + 1. Growing copies each pool's pages.
   void resize_pool(int64_t pages) {
     const int64_t pe = geo_.page_elems();
@@ -177,7 +212,10 @@ class CpuHost final : public DeviceHost {
     pages_ = pages;
   }
 
-  std::shared_ptr<const Model> model_;
+  ModelConfig config_;
+  std::shared_ptr<const Model> dense_, stored_;
+  const ModelSource* pending_ = nullptr;  // read in prepare_weights, then dropped
+  LoadProgress progress_ = nullptr;
   KvGeometry geo_;
   int64_t weight_bytes_ = 0;
   HostTensor inv_freq_;
@@ -198,15 +236,19 @@ class CpuHost final : public DeviceHost {
 }  // namespace
 
 std::unique_ptr<DeviceHost> make_cpu_host(std::shared_ptr<const Model> model, const HostOptions& options) {
-  return std::make_unique<CpuHost>(std::move(model), options);
+  const ModelConfig config = model->config;
+  return std::make_unique<CpuHost>(config, std::move(model), nullptr, nullptr, options);
+}
+
+std::unique_ptr<DeviceHost> make_cpu_host(const ModelSource& source, const HostOptions& options,
+                                          LoadProgress progress) {
+  return std::make_unique<CpuHost>(source.config(), nullptr, &source, progress, options);
 }
 
 TD_REGISTER_DEVICE_FAMILY(DeviceFamily{
     Device::CPU, [] { return true; },
     [] { return "cpu, " + std::to_string(num_threads()) + " threads"; },
-    [](const ModelSource& src, const HostOptions& o, LoadProgress progress) {
-      return make_cpu_host(std::shared_ptr<const Model>(load_reference_model(src, progress)), o);
-    },
+    [](const ModelSource& src, const HostOptions& o, LoadProgress progress) { return make_cpu_host(src, o, progress); },
     {}});
 
 }  // namespace tandem::cpu

@@ -178,7 +178,6 @@ void convert(const Tensor& src, const Tensor& dst) {
   }
 }
 
-namespace {
 // Checks a paged-KV call and returns the token count. The cache is f32 on the CPU.
 int64_t check_paged(const char* op, const Tensor& positions, const PagedKv& kv, const AttentionShape& s) {
   TD_CHECK(s.n_heads > 0 && s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.head_dim > 0 &&
@@ -217,7 +216,6 @@ int64_t slot_offset(const PagedKv& kv, const KvStrides& st, int64_t t, int64_t p
   if (page < 0 || page >= kv.k.shape[0]) return -1;
   return page * st.page + (pos % kv.page_size) * st.slot + kvh * st.head;
 }
-}  // namespace
 
 void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& s) {
   const int64_t T = check_paged("kv_write", positions, kv, s);

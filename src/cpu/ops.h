@@ -36,6 +36,10 @@ void kv_write(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, con
 void attention(const Tensor& qkv, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape,
                const Tensor& out);
 void kv_gather(const Tensor& positions, const PagedKv& kv, const AttentionShape& shape, const Tensor& out);
+// Paged-KV helpers the fast attention shares: the checks of a call (returns the token count) and the element offset
+// of (position, kv head) of token t's sequence in the pools, or -1 when the tables do not name a slot.
+int64_t check_paged(const char* op, const Tensor& positions, const PagedKv& kv, const AttentionShape& shape);
+int64_t slot_offset(const PagedKv& kv, const KvStrides& st, int64_t t, int64_t pos, int64_t kvh);
 
 // Fused twins (contracts in cuda/attention.cuh, norm.cuh, gemv.cuh): the standard ops in sequence.
 void qkv_rope_kv_write(const Tensor& qkv, const Tensor& bias, const Tensor& positions, const Tensor& inv_freq,

@@ -40,6 +40,17 @@ class DeviceHost {
   virtual const ModelConfig& config() const = 0;
   virtual DType dtype() const = 0;
   virtual const ModelWeights& weights() const = 0;
+  // The plan's weight formats (Variant::weights), called once by the executor before any step. A host that holds
+  // only one format fails for the other; the CPU host opened from a source reads its weights here, so that source
+  // must outlive this call (make_runner keeps it).
+  virtual void prepare_weights(bool dense, bool stored) {
+    TD_CHECK(!stored, "this device has no kernels for weights in their stored format (a CPU path needs them)");
+    (void)dense;
+  }
+  virtual const ModelWeights& weights(WeightFormat f) const {
+    TD_CHECK(f == WeightFormat::dense, "this device holds its weights in one format only");
+    return weights();
+  }
   virtual int64_t weight_bytes() const = 0;
   virtual const KvGeometry& kv_geometry() const = 0;
   virtual int64_t kv_pages() const = 0;

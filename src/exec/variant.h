@@ -87,10 +87,17 @@ struct VariantArgs {
   DeviceContext& device;
 };
 
+// Which copy of the weights a variant reads (the host loads those its plan needs, DeviceHost::prepare_weights):
+// dense = every matrix in the host's compute dtype (fp32 on the CPU; what the reference and CUDA variants read);
+// stored = matrices as the file stores them (GGUF blocks, f16/bf16/f32; model/stored_weights.h), norms and biases
+// f32 (the fast CPU variants).
+enum class WeightFormat : uint8_t { dense, stored };
+
 struct Variant {
   std::string name;  // "<stages>.<impl>", e.g. "attention.standard"
   Device device = Device::CPU;
   StageRange stages;
+  WeightFormat weights = WeightFormat::dense;
   std::vector<KvLayout> kv_layouts;  // layouts it reads or writes; empty: it touches no KV
   bool test_only = false;            // deliberately wrong, for tests of the diagnostics; never in a preset
   std::string summary;

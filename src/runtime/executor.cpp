@@ -56,6 +56,9 @@ Executor::Executor(std::unique_ptr<DeviceHost> host, Plan plan, ExecutorOptions 
   pages_ = PageTable(host_->kv_geometry().page_size, host_->kv_pages());
   graph_safe_plan_ = std::all_of(plan_.segments.begin(), plan_.segments.end(),
                                  [](const Variant* v) { return v->graph_safe; });
+  bool dense = false, stored = false;
+  for (const Variant* v : plan_.segments) (v->weights == WeightFormat::stored ? stored : dense) = true;
+  host_->prepare_weights(dense, stored);
 }
 
 
@@ -216,8 +219,8 @@ void Executor::set_perturbations(std::vector<Perturbation> p) {
   perturb_ = std::move(p);
 }
 
-VariantArgs Executor::args_for(int layer, const PagedKv* kv) {
-  const ModelWeights& w = host_->weights();
+VariantArgs Executor::args_for(const Variant& v, int layer, const PagedKv* kv) {
+  const ModelWeights& w = host_->weights(v.weights);
   return VariantArgs{host_->config(),
                      layer,
                      w,
@@ -246,7 +249,7 @@ void Executor::run_layers(TapSink* taps) {
 }
 
 void Executor::run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps) {
-  v.run(args_for(layer, kv));
+  v.run(args_for(v, layer, kv));
   if (timing_) {
     host_->timing_mark();
     timed_.push_back(&v);
@@ -327,7 +330,7 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
   {
     const PagedKv kv0 = host_->kv_layer(0);
     for (const Variant* v : plan_.segments)
-      if (v->prepare) v->prepare(per_layer(*v) ? args_for(0, &kv0) : args_for(-1, nullptr));
+      if (v->prepare) v->prepare(per_layer(*v) ? args_for(*v, 0, &kv0) : args_for(*v, -1, nullptr));
   }
   DeviceHost::GraphRun mode = DeviceHost::GraphRun::eager;
   if (graphable) {

@@ -98,7 +98,7 @@ class Executor final : public ModelRunner {
   // Pages for every sequence of the step, all or none; returns the fresh ones.
   std::vector<int32_t> reserve_pages(const std::map<int32_t, int64_t>& length_after);
   void run_segment(const Variant& v, int layer, const PagedKv* kv, TapSink* taps);
-  VariantArgs args_for(int layer, const PagedKv* kv);
+  VariantArgs args_for(const Variant& v, int layer, const PagedKv* kv);
   void run_layers(TapSink* taps);
 
   std::unique_ptr<DeviceHost> host_;
