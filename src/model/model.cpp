@@ -57,16 +57,8 @@ class WeightLoader {
 
   // Fetch `canonical`, check its shape, convert to fp32 and keep it.
   HostTensor fetch(const std::string& canonical, std::initializer_list<int64_t> shape) {
-    auto t = src_.find(canonical);
-    TD_CHECK(t.has_value(), "{}: missing tensor '{}' (tandem's {}, expected shape {})", src_.source(),
-             src_.file_tensor_name(canonical), canonical, shape_str(shape));
+    const std::optional<SourceTensor> t = find_weight(src_, canonical, shape);
     const Tensor& v = t->view;
-    bool ok = v.ndim == int(shape.size());
-    for (int i = 0; ok && i < v.ndim; ++i) ok = v.shape[size_t(i)] == shape.begin()[i];
-    TD_CHECK(ok, "{}: tensor '{}' has shape {}, but the config implies {}", t->file, t->file_name, v.shape_str(),
-             shape_str(shape));
-    TD_CHECK(dequant_supported(v.dtype), "{}: tensor '{}' has dtype {}, which tandem cannot load", t->file,
-             t->file_name, dtype_name(v.dtype));
     HostTensor f = dequantize_to_f32(v);
     if (src_.qk_rows_permuted()) {
       const auto layer = split_layer_name(canonical);
@@ -105,15 +97,29 @@ class WeightLoader {
   Tensor keep(HostTensor t) { return keep_(std::move(t)); }
 
  private:
-  static std::string shape_str(std::initializer_list<int64_t> s) {
-    std::string r = "[";
-    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s.begin()[i]);
-    return r + "]";
-  }
   const ModelSource& src_;
   const KeepWeight& keep_;
 };
 }  // namespace
+
+SourceTensor find_weight(const ModelSource& src, const std::string& canonical, std::initializer_list<int64_t> shape) {
+  const auto shape_str = [&] {
+    std::string r = "[";
+    for (size_t i = 0; i < shape.size(); ++i) r += (i ? ", " : "") + std::to_string(shape.begin()[i]);
+    return r + "]";
+  };
+  auto t = src.find(canonical);
+  TD_CHECK(t.has_value(), "{}: missing tensor '{}' (tandem's {}, expected shape {})", src.source(),
+           src.file_tensor_name(canonical), canonical, shape_str());
+  const Tensor& v = t->view;
+  bool ok = v.ndim == int(shape.size());
+  for (int i = 0; ok && i < v.ndim; ++i) ok = v.shape[size_t(i)] == shape.begin()[i];
+  TD_CHECK(ok, "{}: tensor '{}' has shape {}, but the config implies {}", t->file, t->file_name, v.shape_str(),
+           shape_str());
+  TD_CHECK(dequant_supported(v.dtype), "{}: tensor '{}' has dtype {}, which tandem cannot load", t->file,
+           t->file_name, dtype_name(v.dtype));
+  return *t;
+}
 
 std::unique_ptr<ModelSource> open_model_source(const std::filesystem::path& path) {
   TD_CHECK(fs::exists(path), "{}: no such file or folder", path.string());

@@ -48,6 +48,10 @@ class ModelSource {
 std::unique_ptr<ModelSource> open_model_source(const std::filesystem::path& path);
 std::unique_ptr<ModelSource> open_gguf_model_source(const std::filesystem::path& path);
 
+// The stored view of `canonical`, checked to exist, to have `shape` and a dtype tandem reads; the errors name the
+// file, its tensor name and the shape the config implies. Both weight loaders (fp32 and stored) start here.
+SourceTensor find_weight(const ModelSource& src, const std::string& canonical, std::initializer_list<int64_t> shape);
+
 struct LayerWeights {
   Tensor attn_norm;   // [H]
   Tensor wqkv;        // [q_dim + 2 kv_dim, H]

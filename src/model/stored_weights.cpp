@@ -11,11 +11,6 @@
 namespace tandem {
 namespace {
 
-std::string shape_str(std::initializer_list<int64_t> s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s.begin()[i]);
-  return r + "]";
-}
 
 class StoredLoader {
  public:
@@ -24,18 +19,10 @@ class StoredLoader {
 
   // The stored view of `canonical`, shape-checked.
   SourceTensor find(const std::string& canonical, std::initializer_list<int64_t> shape) const {
-    auto t = src_.find(canonical);
-    TD_CHECK(t.has_value(), "{}: missing tensor '{}' (tandem's {}, expected shape {})", src_.source(),
-             src_.file_tensor_name(canonical), canonical, shape_str(shape));
-    const Tensor& v = t->view;
-    bool ok = v.ndim == int(shape.size());
-    for (int i = 0; ok && i < v.ndim; ++i) ok = v.shape[size_t(i)] == shape.begin()[i];
-    TD_CHECK(ok, "{}: tensor '{}' has shape {}, but the config implies {}", t->file, t->file_name, v.shape_str(),
-             shape_str(shape));
-    TD_CHECK(dequant_supported(v.dtype), "{}: tensor '{}' has dtype {}, which tandem cannot load", t->file,
-             t->file_name, dtype_name(v.dtype));
-    TD_CHECK(v.is_contiguous(), "{}: tensor '{}' is not contiguous ({})", t->file, t->file_name, v.describe());
-    return *t;
+    SourceTensor t = find_weight(src_, canonical, shape);
+    TD_CHECK(t.view.is_contiguous(), "{}: tensor '{}' is not contiguous ({})", t.file, t.file_name,
+             t.view.describe());
+    return t;
   }
 
   // Rows of a weight in HF order: row r of the result is stored row perm[r] (identity unless GGUF Q/K).
