@@ -272,56 +272,102 @@ int run(const DiffArgs& a) {
   return o.diverged ? 1 : 0;
 }
 
-// --matrix: plan a against plan b in every cell of page size {1, 16} x KV layout {NHD, HND} x batch {1, 3}, and
-// when plan a runs on the GPU also x dtype {bf16, f16} x CUDA graphs {off, on}. Cells with graphs on compare the
-// logits of every step only (taps keep a step off the graph); the others compare every common tap. One line per
-// cell: pass, or the step and the first divergent tap. Exit 1 when any cell fails.
+// --matrix: plan a against plan b in every cell of page size {1, 16} x KV layout {NHD, HND} x batch sizes, and
+// when plan a runs on the GPU also x dtype {bf16, f16} x CUDA graphs {off, on} x the decode kernel where plan a
+// chooses one. Batch sizes: {1, 3} on the CPU; {1, 3, 9} on the GPU (9 is past attention.fused's split-KV decode
+// limit of 8 sequences, so its decode steps go to FlashInfer). Decode kernel: when plan a's attention is
+// attention.fused or attention.flashinfer (not set by --variant-a) and both can run the model in every dtype of
+// the grid, each cell runs once with attention.fused (the split-KV decode kernel for decode steps of few short
+// sequences, FlashInfer for the rest) and once with attention.flashinfer (FlashInfer for every step); otherwise the
+// axis is not varied and a line says why. On the CPU the GPU-only axes are skipped with a line saying so. Cells
+// with graphs on compare the logits of every step only (taps keep a step off the graph); the others compare every
+// common tap. One line per cell: pass, or the step and the first divergent tap. Exit 1 when any cell fails.
 int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<int32_t>& ids) {
   const ModelConfig& c = bundle.config();
   RunnerOptions probe;
   probe.path = a.a;
-  probe.variants = a.variant_a;
-  const bool gpu = plan_for(probe, &c).device == Device::CUDA;
+  probe.variants = a.variant_a;  // dtype: bf16, the grid's first on the GPU
+  const Plan plan_a = plan_for(probe, &c);
+  const bool gpu = plan_a.device == Device::CUDA;
   const std::vector<std::string> dtypes = gpu ? std::vector<std::string>{"bf16", "f16"} : std::vector<std::string>{"f32"};
   const std::vector<bool> graphs = gpu ? std::vector<bool>{false, true} : std::vector<bool>{false};
+  const std::vector<int> batches = gpu ? std::vector<int>{1, 3, 9} : std::vector<int>{1, 3};
+  std::vector<std::string> decodes{""};  // "" : plan a's attention as it is
+  if (!gpu) {
+    std::printf("plan a runs on the %s: the GPU-only axes (dtype bf16/f16, CUDA graphs off/on, decode kernel "
+                "fused/flashinfer, batch 9) are skipped\n", std::string(device_name(plan_a.device)).c_str());
+  } else {
+    const Variant* att = plan_a.by_stage[size_t(Stage::attention)];
+    const bool overridden =
+        std::find(plan_a.overridden.begin(), plan_a.overridden.end(), att->name) != plan_a.overridden.end();
+    std::string why;
+    if (overridden) {
+      why = fmt::format("--variant-a sets attention to {}", att->name);
+    } else if (att->name != "attention.fused" && att->name != "attention.flashinfer") {
+      why = fmt::format("plan a's attention is {}, which chooses no decode kernel", att->name);
+      for (const std::string& n : plan_a.notices)
+        if (n.find("attention.") != std::string::npos) why += " (" + n + ")";
+    } else {
+      for (const std::string& dt : dtypes)
+        for (const char* k : {"attention.fused", "attention.flashinfer"}) {
+          RunnerOptions o = probe;
+          o.dtype = dt;
+          o.variants.push_back(std::string("attention=") + k);
+          try {
+            (void)plan_for(o, &c);
+          } catch (const Error& e) {
+            if (why.empty()) why = fmt::format("{} in {}: {}", k, dt, e.what());
+          }
+        }
+    }
+    if (why.empty()) decodes = {"fused", "flashinfer"};
+    else std::printf("decode kernel axis not varied: %s\n", why.c_str());
+  }
+  const bool decode_axis = decodes.size() > 1;
   std::printf("diff --matrix: a = %s, b = %s; %zu cells\n", a.a.c_str(), a.b.c_str(),
-              size_t(2 * 2 * 2) * dtypes.size() * graphs.size());
-  std::printf("%-6s %-5s %-4s %-5s %-6s  %s\n", "page", "kv", "batch", "dtype", "graphs", "result");
+              size_t(2 * 2) * batches.size() * dtypes.size() * graphs.size() * decodes.size());
+  std::printf("%-6s %-5s %-4s %-5s %-6s  %s%s\n", "page", "kv", "batch", "dtype", "graphs",
+              decode_axis ? "decode      " : "", "result");
   int failed = 0, cells = 0;
   for (const std::string& dt : dtypes)
     for (bool g : graphs)
-      for (int64_t page : {int64_t(1), int64_t(16)})
-        for (const char* layout : {"nhd", "hnd"})
-          for (int batch : {1, 3}) {
-            Side sides[2];
-            for (int i = 0; i < 2; ++i) {
-              RunnerOptions o;
-              o.path = i == 0 ? a.a : a.b;
-              o.variants = i == 0 ? a.variant_a : a.variant_b;
-              o.dtype = dt;
-              o.page_size = page;
-              o.kv_layout = layout;
-              o.cuda_graphs = g;
-              sides[i].label = i == 0 ? "a" : "b";
-              sides[i].runner = make_runner(bundle, o);
+      for (const std::string& decode : decodes)
+        for (int64_t page : {int64_t(1), int64_t(16)})
+          for (const char* layout : {"nhd", "hnd"})
+            for (int batch : batches) {
+              Side sides[2];
+              for (int i = 0; i < 2; ++i) {
+                RunnerOptions o;
+                o.path = i == 0 ? a.a : a.b;
+                o.variants = i == 0 ? a.variant_a : a.variant_b;
+                if (i == 0 && !decode.empty()) o.variants.push_back("attention=attention." + decode);
+                o.dtype = dt;
+                o.page_size = page;
+                o.kv_layout = layout;
+                o.cuda_graphs = g;
+                sides[i].label = i == 0 ? "a" : "b";
+                sides[i].runner = make_runner(bundle, o);
+              }
+              const DType worst = std::max({sides[0].runner->host().dtype(), sides[1].runner->host().dtype()},
+                                           [](DType x, DType y) { return rel_tolerance(x) < rel_tolerance(y); });
+              const double tol = a.tol > 0 ? a.tol : rel_tolerance(worst);
+              const Outcome o = compare_runs(sides, c, ids, a.steps, tol, false, batch, g);
+              std::string result = "pass";
+              if (o.diverged) {
+                ++failed;
+                const auto bad =
+                    std::find_if(o.cells.begin(), o.cells.end(), [](const ReportCell& x) { return x.bad; });
+                result = fmt::format("FAIL at step {}: {} (rel_l2 {:.2e} > {:.1e})", o.step,
+                                     bad == o.cells.end() ? std::string("?") : bad->tap,
+                                     bad == o.cells.end() ? 0.0 : bad->rel_l2, tol);
+              }
+              if (g)
+                result += fmt::format(" (logits only; {} steps from graphs)", sides[0].runner->host().graph_replays());
+              std::printf("%-6lld %-5s %-4d  %-5s %-6s  %s%s\n", (long long)page, layout, batch, dt.c_str(),
+                          g ? "on" : "off", decode_axis ? fmt::format("{:<10}  ", decode).c_str() : "",
+                          result.c_str());
+              ++cells;
             }
-            const DType worst = std::max({sides[0].runner->host().dtype(), sides[1].runner->host().dtype()},
-                                         [](DType x, DType y) { return rel_tolerance(x) < rel_tolerance(y); });
-            const double tol = a.tol > 0 ? a.tol : rel_tolerance(worst);
-            const Outcome o = compare_runs(sides, c, ids, a.steps, tol, false, batch, g);
-            std::string result = "pass";
-            if (o.diverged) {
-              ++failed;
-              const auto bad = std::find_if(o.cells.begin(), o.cells.end(), [](const ReportCell& x) { return x.bad; });
-              result = fmt::format("FAIL at step {}: {} (rel_l2 {:.2e} > {:.1e})", o.step,
-                                   bad == o.cells.end() ? std::string("?") : bad->tap,
-                                   bad == o.cells.end() ? 0.0 : bad->rel_l2, tol);
-            }
-            if (g) result += fmt::format(" (logits only; {} steps from graphs)", sides[0].runner->host().graph_replays());
-            std::printf("%-6lld %-5s %-4d  %-5s %-6s  %s\n", (long long)page, layout, batch, dt.c_str(),
-                        g ? "on" : "off", result.c_str());
-            ++cells;
-          }
   std::printf("%d of %d cells pass\n", cells - failed, cells);
   return failed ? 1 : 0;
 }
@@ -521,8 +567,9 @@ void register_diff(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--matrix", a->matrix,
-                "run the comparison over page sizes {1,16} x NHD/HND x batch {1,3} (GPU plan a: x bf16/f16 x CUDA "
-                "graphs off/on) and print a pass/fail grid with the first divergent tap per cell");
+                "run the comparison over page sizes {1,16} x NHD/HND x batch {1,3} (GPU plan a: batch {1,3,9} x bf16/f16 "
+                "x CUDA graphs off/on x decode kernel attention.fused/flashinfer where plan a chooses one) and print "
+                "a pass/fail grid with the first divergent tap per cell");
   cmd->add_flag("--kv-verify", a->kv_verify,
                 "after every step compare sequence 0's whole K/V cache (through each side's page table) and report "
                 "the first wrong layer, head and position");
