@@ -35,49 +35,77 @@ void values_portable(const float* p, int G, int64_t D, const float* vbase, const
   }
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // Rows are D floats at scattered slots (one kv head of an NHD page row): fetch a few rows ahead of use.
 constexpr int64_t kAhead = 4;
 inline void prefetch_row(const float* row, int64_t D) {
   for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(row + d), _MM_HINT_T0);
 }
 
+// Sums of the 8 lanes of a0..a3: {sum a0, sum a1, sum a2, sum a3}.
+__attribute__((target("avx2,fma"))) inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// Up to 4 heads per pass share each loaded 8-float slice of the key row; one accumulator per head.
 __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int G, int64_t D, const float* kbase,
                                                      const int64_t* offs, int64_t n, float scale, float* s) {
+  const int64_t D8 = D / 8 * 8;
   for (int64_t j = 0; j < n; ++j) {
     const float* k = kbase + offs[j];
     if (j + kAhead < n) prefetch_row(kbase + offs[j + kAhead], D);
-    for (int g = 0; g < G; ++g) {
-      const float* qg = q + g * D;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      int64_t d = 0;
-      for (; d + 16 <= D; d += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d), _mm256_loadu_ps(k + d), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d + 8), _mm256_loadu_ps(k + d + 8), a1);
+    for (int g0 = 0; g0 < G; g0 += 4) {
+      const int ng = std::min(4, G - g0);
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t d = 0; d < D8; d += 8) {
+        const __m256 kv = _mm256_loadu_ps(k + d);
+        for (int g = 0; g < ng; ++g) a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + g) * D + d), kv, a[g]);
       }
-      for (; d + 8 <= D; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d), _mm256_loadu_ps(k + d), a0);
-      float r = hsum8(_mm256_add_ps(a0, a1));
-      for (; d < D; ++d) r += qg[d] * k[d];
-      s[g * n + j] = r * scale;
+      alignas(16) float r[4];
+      _mm_store_ps(r, hsum4(a[0], a[1], a[2], a[3]));
+      for (int g = 0; g < ng; ++g) {
+        float x = r[g];
+        for (int64_t d = D8; d < D; ++d) x += q[(g0 + g) * D + d] * k[d];
+        s[(g0 + g) * n + j] = x * scale;
+      }
     }
   }
 }
 
+// acc[g][d] += p[g][j] * v_j[d], j in order (the same sum per element as values_portable's loop): 32 columns of up
+// to 3 heads in 12 registers, then the next columns / heads.
 __attribute__((target("avx2,fma"))) void values_avx2(const float* p, int G, int64_t D, const float* vbase,
                                                      const int64_t* offs, int64_t n, float* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 32 <= D; d0 += 32)
+    for (int g0 = 0; g0 < G; g0 += 3) {
+      const int ng = std::min(3, G - g0);
+      __m256 a[3][4];
+      for (int g = 0; g < ng; ++g)
+        for (int k = 0; k < 4; ++k) a[g][k] = _mm256_loadu_ps(acc + (g0 + g) * D + d0 + 8 * k);
+      for (int64_t j = 0; j < n; ++j) {
+        const float* v = vbase + offs[j] + d0;
+        if (d0 == 0 && g0 == 0 && j + kAhead < n) prefetch_row(vbase + offs[j + kAhead], D);
+        const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8), v2 = _mm256_loadu_ps(v + 16),
+                     v3 = _mm256_loadu_ps(v + 24);
+        for (int g = 0; g < ng; ++g) {
+          const __m256 w = _mm256_set1_ps(p[(g0 + g) * n + j]);
+          a[g][0] = _mm256_fmadd_ps(w, v0, a[g][0]);
+          a[g][1] = _mm256_fmadd_ps(w, v1, a[g][1]);
+          a[g][2] = _mm256_fmadd_ps(w, v2, a[g][2]);
+          a[g][3] = _mm256_fmadd_ps(w, v3, a[g][3]);
+        }
+      }
+      for (int g = 0; g < ng; ++g)
+        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(acc + (g0 + g) * D + d0 + 8 * k, a[g][k]);
+    }
+  // Columns past the last multiple of 32: 8 at a time, then one by one (same j order).
   for (int64_t j = 0; j < n; ++j) {
     const float* v = vbase + offs[j];
-    if (j + kAhead < n) prefetch_row(vbase + offs[j + kAhead], D);
     for (int g = 0; g < G; ++g) {
       const __m256 w = _mm256_set1_ps(p[g * n + j]);
       float* a = acc + g * D;
-      int64_t d = 0;
+      int64_t d = d0;
       for (; d + 8 <= D; d += 8) _mm256_storeu_ps(a + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(v + d), _mm256_loadu_ps(a + d)));
       for (; d < D; ++d) a[d] += p[g * n + j] * v[d];
     }
@@ -154,14 +182,26 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
   const int32_t* pos_of = positions.ptr<const int32_t>();
 
   // Row t's visible keys [lo, pos], their slot offsets; false when the tables do not name every slot.
+  // Row t's visible keys [lo, pos], their slot offsets (slot_offset's checks, once per page); false when the tables do
+  // not name every slot.
+  const int32_t* token_batch = kv.token_batch.ptr<const int32_t>();
+  const int32_t* indptr = kv.page_indptr.ptr<const int32_t>();
+  const int32_t* page_ids = kv.page_indices.ptr<const int32_t>();
+  const int64_t ps = kv.page_size, n_entries = kv.page_indices.numel(), n_pages = kv.k.shape[0];
   auto visible = [&](int64_t t, int64_t kvh, std::vector<int64_t>& offs) {
     const int64_t pos = pos_of[t];
     offs.clear();
-    if (pos < 0) return false;
+    const int32_t b = token_batch[t];
+    if (pos < 0 || b < 0 || b >= kv.batch()) return false;
     const int64_t lo = s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : 0;
-    for (int64_t p = lo; p <= pos; ++p) {
-      offs.push_back(slot_offset(kv, st, t, p, kvh));
-      if (offs.back() < 0) return false;
+    offs.reserve(size_t(pos - lo + 1));
+    for (int64_t p = lo; p <= pos;) {
+      const int64_t page_pos = p / ps, entry = indptr[b] + page_pos;
+      if (page_pos >= indptr[b + 1] - indptr[b] || entry < 0 || entry >= n_entries) return false;
+      const int32_t page = page_ids[entry];
+      if (page < 0 || page >= n_pages) return false;
+      const int64_t base = page * st.page + kvh * st.head, end = std::min(pos + 1, (page_pos + 1) * ps);
+      for (; p < end; ++p) offs.push_back(base + (p % ps) * st.slot);
     }
     return true;
   };
@@ -185,22 +225,36 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
   const bool split = T * H < 4 * int64_t(num_threads()) && items * P <= (int64_t(1) << 22);
 
   if (!split) {
-    parallel_for(T * H, [&](int64_t b, int64_t e) {
-      std::vector<int64_t> offs;
-      std::vector<float> sc(static_cast<size_t>(G * kAttentionChunk)), part(static_cast<size_t>(P)), run(static_cast<size_t>(P));
+    // Items: (block of kRowBlock consecutive rows, kv head). The block walks chunk index c for all its rows in turn,
+    // so rows of one sequence read the same key/value rows while they are still in L1/L2 (a 2048-token prefill read
+    // the whole KV of a layer per row otherwise); each row's own arithmetic is unchanged.
+    constexpr int64_t kRowBlock = 16;
+    const int64_t blocks = (T + kRowBlock - 1) / kRowBlock;
+    parallel_for(blocks * H, [&](int64_t b, int64_t e) {
+      std::vector<std::vector<int64_t>> offs(kRowBlock);
+      std::vector<char> ok(kRowBlock);
+      std::vector<float> sc(static_cast<size_t>(G * kAttentionChunk)), part(static_cast<size_t>(P)),
+          run(static_cast<size_t>(kRowBlock * P));
       for (int64_t u = b; u < e; ++u) {
-        const int64_t t = u / H, kvh = u % H;
-        if (!visible(t, kvh, offs)) {
-          nan_row(t, kvh);
-          continue;
+        const int64_t t0 = (u / H) * kRowBlock, t1 = std::min(T, t0 + kRowBlock), kvh = u % H;
+        int64_t most = 0;
+        for (int64_t t = t0; t < t1; ++t) {
+          auto& o = offs[size_t(t - t0)];
+          ok[size_t(t - t0)] = visible(t, kvh, o);
+          if (!ok[size_t(t - t0)]) nan_row(t, kvh);
+          else most = std::max(most, int64_t(o.size()));
         }
-        const int64_t n = int64_t(offs.size());
-        for (int64_t c0 = 0; c0 < n; c0 += kAttentionChunk) {
-          chunk_partial(simd, query(t, kvh), G, D, kbase, vbase, offs.data() + c0, std::min(kAttentionChunk, n - c0),
-                        scale, sc.data(), part.data());
-          fold(G, D, part.data(), run.data(), c0 == 0);
-        }
-        finish(G, D, run.data(), out.ptr<float>() + t * q_dim + kvh * G * D);
+        for (int64_t c0 = 0; c0 < most; c0 += kAttentionChunk)
+          for (int64_t t = t0; t < t1; ++t) {
+            const auto& o = offs[size_t(t - t0)];
+            const int64_t n = int64_t(o.size());
+            if (!ok[size_t(t - t0)] || c0 >= n) continue;
+            chunk_partial(simd, query(t, kvh), G, D, kbase, vbase, o.data() + c0, std::min(kAttentionChunk, n - c0),
+                          scale, sc.data(), part.data());
+            fold(G, D, part.data(), run.data() + (t - t0) * P, c0 == 0);
+          }
+        for (int64_t t = t0; t < t1; ++t)
+          if (ok[size_t(t - t0)]) finish(G, D, run.data() + (t - t0) * P, out.ptr<float>() + t * q_dim + kvh * G * D);
       }
     });
     return;
