@@ -410,7 +410,10 @@ TEST(DiffMatrixGpu, DecodeKernelAxisOnARealShapeModel) {
   if (!root) GTEST_SKIP() << "TANDEM_GPU_MODELS not set (python3 tools/make_gpu_models.py --out DIR)";
   const fs::path model = fs::path(root) / "smollm2-135m-shape";
   if (!fs::exists(model / "config.json")) GTEST_SKIP() << model << " missing";
-  const RunResult r = run_tandem("diff -m " + model.string() + kIds + "-n 3 --a fused --b standard --matrix");
+  // Every tap of 30 layers at bf16: fused and standard part by up to rel_l2 2.08e-2 at L21-L22's act/down in decode
+  // steps (H200, 2026-12-05), just past the bf16 default of 2e-2; 4e-2 leaves room and still fails a real bug
+  // (the planted ones part by 1e-1 and more).
+  const RunResult r = run_tandem("diff -m " + model.string() + kIds + "-n 3 --a fused --b standard --matrix --tol 4e-2");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, Not(HasSubstr("decode kernel axis not varied"))) << r.output;
   EXPECT_THAT(r.output, HasSubstr("diff --matrix: a = fused, b = standard; 96 cells\n")) << r.output;
