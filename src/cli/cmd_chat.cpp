@@ -20,8 +20,6 @@ namespace {
 std::atomic<int> g_interrupts{0};
 extern "C" void on_sigint(int) { g_interrupts.fetch_add(1, std::memory_order_relaxed); }
 
-struct Interrupted {};  // thrown from the token callback; generate() releases the sequence on the way out
-
 class SigintScope {  // installs on_sigint without SA_RESTART, so a blocked read returns EINTR
  public:
   SigintScope() {
@@ -101,46 +99,47 @@ class LineReader {
 
 struct ChatArgs {
   ModelOptions model;
-  GenerationRequest req;
-  uint64_t seed = 0;
-  CLI::Option* seed_opt = nullptr;
+  SamplingArgs sampling;
   std::string system;
-  std::string question;
+  std::vector<std::string> question;  // run: the words of the question, joined by spaces
+  std::string prompt, file;           // run: -p TEXT (- = stdin), -f FILE
 };
 
-// One assistant turn: render the conversation, generate until an end-of-turn token, stream the text.
-std::string assistant_turn(Loaded& l, const ChatTemplate& chat, std::vector<ChatMessage>& history,
-                           GenerationRequest req, GenerationStats* st) {
+// One assistant turn: render the conversation, generate until an end-of-turn token or a --stop string, stream the
+// text. Ctrl-C (g_interrupts) ends the answer early.
+GenerationResult assistant_turn(Loaded& l, const ChatTemplate& chat, std::vector<ChatMessage>& history,
+                                const SamplingArgs& sa, GenerationStats& st) {
   const Tokenizer& tok = *l.bundle.tokenizer;
+  GenerationRequest req = sa.req;
   // The rendered text carries the BOS text itself where the format has one.
   req.prompt = tok.encode(chat.render(history), false, true);
+  fit_context(l, sa.ctx_size, req);
   req.stop_ids = stop_ids(l, &chat);
   StreamDecoder stream = tok.stream_decoder(true);
+  TextStops stops(sa.stops);
   std::string reply;
   bool interrupted = false;
-  try {
-    generate(*l.runner, {req},
-             [&](size_t, int32_t t) {
-               if (g_interrupts.exchange(0) > 0) throw Interrupted{};
-               if (std::find(req.stop_ids.begin(), req.stop_ids.end(), t) != req.stop_ids.end()) return;
-               const std::string piece = stream.push(t);
-               reply += piece;
-               std::fputs(piece.c_str(), stdout);
-               std::fflush(stdout);
-             },
-             st);
-  } catch (const Interrupted&) {
-    interrupted = true;
-  }
-  const std::string tail = stream.flush();
-  reply += tail;
-  std::fputs(tail.c_str(), stdout);
+  auto emit = [&](const std::string& piece) {
+    reply += piece;
+    std::fputs(piece.c_str(), stdout);
+    std::fflush(stdout);
+  };
+  GenerationResult res = generate_one(*l.runner, req, [&](int32_t t) {
+    if (g_interrupts.exchange(0) > 0) {
+      interrupted = true;
+      return false;
+    }
+    if (std::find(req.stop_ids.begin(), req.stop_ids.end(), t) != req.stop_ids.end()) return true;
+    emit(stops.push(stream.push(t)));
+    return !stops.hit();
+  }, st);
+  if (!stops.hit() && !interrupted) emit(stops.push(stream.flush()) + stops.flush());
   std::fputs("\n", stdout);
   std::fflush(stdout);  // before anything on stderr
   // The partial answer stays in the conversation, as the user saw it.
   if (interrupted) std::fprintf(stderr, "[answer stopped by Ctrl-C; the conversation is kept]\n");
   history.push_back({"assistant", reply});
-  return reply;
+  return res;
 }
 
 void save_conversation(const std::string& file, const std::vector<ChatMessage>& history) {
@@ -156,7 +155,9 @@ void save_conversation(const std::string& file, const std::vector<ChatMessage>& 
   }
 }
 
-Loaded load_chat_model(const ChatArgs& a, ChatTemplate& chat) {
+Loaded load_chat_model(ChatArgs& a, ChatTemplate& chat) {
+  check_sampling(a.sampling);  // before the model is read, as is the template name
+  if (!a.model.chat_template.empty()) ChatTemplate::from_name(a.model.chat_template);
   Loaded l = load(a.model);
   TD_CHECK(l.bundle.tokenizer.has_value(), "{}: chat needs a tokenizer (tokenizer.json or a GGUF vocabulary)",
            model_path(a.model).string());
@@ -166,21 +167,30 @@ Loaded load_chat_model(const ChatArgs& a, ChatTemplate& chat) {
 }
 
 void run_once(ChatArgs& a) {
-  if (a.seed_opt->count()) a.req.sampling.seed = a.seed;
+  std::string prompt = a.prompt;
+  std::vector<std::string> words = a.question;
+  if (words.size() == 1 && words[0] == "-" && prompt.empty()) {  // tandem run - < question.txt
+    prompt = "-";
+    words.clear();
+  }
+  const std::string question = read_prompt(prompt, a.file, words);
+  TD_CHECK(!question.empty(), "no question: tandem run \"QUESTION\" (or -p TEXT, -f FILE, -p - for stdin)");
   ChatTemplate chat;
   Loaded l = load_chat_model(a, chat);
   std::vector<ChatMessage> history;
   if (!a.system.empty()) history.push_back({"system", a.system});
-  history.push_back({"user", a.question});
+  history.push_back({"user", question});
   GenerationStats st;
-  assistant_turn(l, chat, history, a.req, &st);
+  const GenerationResult res = assistant_turn(l, chat, history, a.sampling, st);
+  std::fprintf(stderr, "finish: %s, seed %llu\n", res.finish_reason.c_str(), (unsigned long long)res.seed);
   print_stats(st);
 }
 
 void run_repl(ChatArgs& a) {
-  if (a.seed_opt->count()) a.req.sampling.seed = a.seed;
   ChatTemplate chat;
   Loaded l = load_chat_model(a, chat);
+  // One seed for the session (every turn samples from it): --seed with this value repeats the session.
+  std::fprintf(stderr, "seed %llu\n", (unsigned long long)*a.sampling.req.sampling.seed);
   std::vector<ChatMessage> history;
   if (!a.system.empty()) history.push_back({"system", a.system});
   static const char kHelp[] =
@@ -235,7 +245,7 @@ void run_repl(ChatArgs& a) {
     GenerationStats st;
     g_interrupts.store(0);
     try {
-      assistant_turn(l, chat, history, a.req, &st);
+      assistant_turn(l, chat, history, a.sampling, st);
     } catch (const Error& e) {  // e.g. the conversation outgrew the context: say so, keep the session
       history.pop_back();
       std::fprintf(stderr, "error: %s\n", e.what());
@@ -256,20 +266,22 @@ void add_chat_options(CLI::App* cmd, ChatArgs& a) {
                 "recompute the whole conversation every turn instead of reusing its cached K/V pages");
   cmd->add_option("--system", a.system, "system prompt");
   cmd->add_option("--chat-template", a.model.chat_template, "override the chat format: chatml | llama3 | mistral");
-  add_sampling_options(cmd, a.req, a.seed, a.seed_opt);
+  add_sampling_options(cmd, a.sampling);
 }
 }  // namespace
 
 void register_chat(CLI::App& app) {
   auto once = std::make_shared<ChatArgs>();
-  once->req.max_new_tokens = 256;
+  once->sampling.req.max_new_tokens = 256;
   CLI::App* run = app.add_subcommand("run", "ask the model one question (default model if no -m)");
   add_chat_options(run, *once);
-  run->add_option("question", once->question, "the question")->required();
+  run->add_option("question", once->question, "the question (several words are joined by spaces; - reads stdin)");
+  run->add_option("-p,--prompt", once->prompt, "the question (- reads it from stdin)");
+  run->add_option("-f,--file", once->file, "read the question from this file");
   run->callback([once] { run_once(*once); });
 
   auto repl = std::make_shared<ChatArgs>();
-  repl->req.max_new_tokens = 512;
+  repl->sampling.req.max_new_tokens = 512;
   CLI::App* chat = app.add_subcommand("chat", "interactive chat with history (default model if no -m)");
   add_chat_options(chat, *repl);
   chat->callback([repl] { run_repl(*repl); });

@@ -1,5 +1,6 @@
 // tandem perplexity -m M -f FILE [--ctx N --stride S]: exp(mean NLL) of a text (see runtime/perplexity.h).
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 #include "core/file.h"
@@ -11,7 +12,7 @@ struct PplArgs {
   ModelOptions model;
   std::string file;
   int64_t ctx = 512, stride = 0, max_tokens = 0;
-  bool bos = false;
+  bool bos = false, json = false;
 };
 
 void run(const PplArgs& a) {
@@ -27,9 +28,16 @@ void run(const PplArgs& a) {
     std::fprintf(stderr, "\rwindow %lld/%lld", (long long)done, (long long)total);
     if (done == total) std::fprintf(stderr, "\n");
   });
+  const double tok_s = double(r.scored + r.windows) / std::max(r.seconds, 1e-9);
+  if (a.json) {
+    const nlohmann::json j{{"perplexity", r.perplexity}, {"tokens", r.scored},    {"windows", r.windows},
+                           {"seconds", r.seconds},       {"tokens_per_second", tok_s}, {"ctx", a.ctx},
+                           {"stride", stride},           {"file", a.file},        {"model", model_path(a.model).string()}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
   std::printf("perplexity %.4f over %lld tokens (%lld windows, %.1f s, %.1f tok/s)\n", r.perplexity,
-              (long long)r.scored, (long long)r.windows, r.seconds,
-              double(r.scored + r.windows) / std::max(r.seconds, 1e-9));
+              (long long)r.scored, (long long)r.windows, r.seconds, tok_s);
 }
 }  // namespace
 
@@ -38,10 +46,11 @@ void register_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file");
   add_model_options(cmd, a->model, false);
   cmd->add_option("-f,--file", a->file, "text file")->required();
-  cmd->add_option("-c,--ctx", a->ctx, "window length in tokens")->capture_default_str();
+  cmd->add_option("-c,--ctx,--ctx-size", a->ctx, "window length in tokens")->capture_default_str();
   cmd->add_option("--stride", a->stride, "distance between window starts (default: --ctx)");
   cmd->add_option("--max-tokens", a->max_tokens, "score only the first N tokens of the text");
   cmd->add_flag("--bos", a->bos, "add the BOS token at the start of the text");
+  cmd->add_flag("--json", a->json, "print the result as one JSON object");
   cmd->callback([a] { run(*a); });
 }
 

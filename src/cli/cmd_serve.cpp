@@ -68,7 +68,8 @@ void register_serve(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--max-num-batched-tokens", a->server.engine.max_num_batched_tokens,
                   "tokens per engine step (prompt chunks + decodes)")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--max-model-len", a->server.engine.max_model_len, "context per sequence (default: the model's)")
+  cmd->add_option("--max-model-len,-c,--ctx-size", a->server.engine.max_model_len,
+                  "context per sequence (default: the model's; llama.cpp's -c)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
   cmd->add_flag("--check-logits", a->server.engine.check_logits,
                 "bring every logits row to the host and fail a request whose row holds NaN/Inf, greedy ones too (CI, "

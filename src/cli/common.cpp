@@ -6,58 +6,14 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 
 #include "core/parallel.h"
 #include "cuda/device_query.h"
 
 namespace tandem::cli {
-
-void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
-  auto* m = cmd->add_option("-m,--model", o.model, "model: HF folder, .safetensors or .gguf file");
-  if (required) m->required();
-  cmd->add_option("--device", o.runner.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--path", o.runner.path, "execution path: auto (fused on a GPU, else reference) | reference | standard | fused (tandem info --variants)");
-  cmd->add_option("--dtype", o.runner.dtype, "GPU weights/activations: bf16 | f16 | f32")
-      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
-  cmd->add_option("--kv-tokens", o.runner.kv_tokens, "KV cache size in tokens (default: automatic)");
-  cmd->add_option("--gpu-memory-utilization", o.runner.gpu_memory_utilization,
-                  "GPU: fraction of the card's memory this process may use; the KV cache gets what the weights "
-                  "and activations leave (default: KV for 4 contexts or 32768 tokens, at most 40% of free memory)");
-  cmd->add_option("--page-size", o.runner.page_size, "KV cache page size in tokens")->capture_default_str();
-  cmd->add_option("--kv-layout", o.runner.kv_layout, "KV page layout: nhd | hnd")
-      ->check(CLI::IsMember({"nhd", "hnd"}))
-      ->capture_default_str();
-  cmd->add_option("--variant", o.runner.variants,
-                  "STAGE=NAME: run stage STAGE with variant NAME instead of the path's choice (repeatable; "
-                  "tandem info --variants lists them)");
-  cmd->add_flag("--kv-poison", o.runner.kv_poison,
-                "debug: fill fresh KV pages with NaN and stop at the first attention that reads one");
-  cmd->add_flag("--nan-check", o.runner.nan_check,
-                "debug: scan every variant's output and stop at the first NaN/Inf, naming it and its input's stats");
-  cmd->add_flag("--kv-fixed", o.runner.kv_fixed,
-                "CPU: keep the KV pool at --kv-tokens instead of growing it (the server preempts when it is full)");
-  cmd->add_flag("!--no-pdl", o.runner.pdl,
-                "GPU: launch every kernel plainly (no programmatic dependent launch; for comparisons)");
-  cmd->add_flag("!--no-cuda-graphs", o.runner.cuda_graphs,
-                "GPU: launch every decode step's kernels one by one instead of replaying a captured CUDA graph");
-  cmd->add_flag("--check-tensors,!--no-check-tensors", o.runner.check_tensors,
-                "scan every weight for NaN/Inf (and quantized blocks' scales) before running; fail naming the "
-                "tensors (on by default in `tandem info`)");
-  cmd->add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
-}
-
-void add_sampling_options(CLI::App* cmd, GenerationRequest& req, uint64_t& seed, CLI::Option*& seed_opt) {
-  cmd->add_option("-n,--n-predict", req.max_new_tokens, "tokens to generate")->capture_default_str();
-  cmd->add_option("--temp", req.sampling.temperature, "temperature (0 = greedy)")->capture_default_str();
-  cmd->add_option("--top-k", req.sampling.top_k, "top-k (0 = off)")->capture_default_str();
-  cmd->add_option("--top-p", req.sampling.top_p, "top-p (1 = off)")->capture_default_str();
-  cmd->add_option("--min-p", req.sampling.min_p, "min-p (0 = off)")->capture_default_str();
-  cmd->add_option("--repeat-penalty", req.sampling.repeat_penalty, "repetition penalty (1 = off)")
-      ->capture_default_str();
-  cmd->add_option("--repeat-last-n", req.sampling.repeat_last_n, "tokens the penalty looks back over")
-      ->capture_default_str();
-  seed_opt = cmd->add_option("-s,--seed", seed, "RNG seed (default: random, printed at the end)");
-}
 
 std::vector<int32_t> parse_token_ids(const std::string& s) {
   std::vector<int32_t> ids;
@@ -112,13 +68,38 @@ Loaded load(const ModelOptions& o) {
   for (const std::string& n : l.runner->plan().notices) std::fprintf(stderr, "note: %s\n", n.c_str());
   const ModelConfig& c = l.bundle.config();
   const bool gpu = l.runner->plan().device == Device::CUDA;
-  std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld; %s) loaded in %.2f s; path %s on %s\n",
-               path.c_str(), c.arch.c_str(), (long long)c.n_layers, (long long)c.hidden_size,
-               (long long)c.vocab_size, l.bundle.source->storage_summary().c_str(), seconds,
-               std::string(l.runner->path_name()).c_str(),
+  if (!gpu && o.dtype_opt && o.dtype_opt->count())
+    std::fprintf(stderr, "warning: --dtype %s is ignored on the CPU, which computes in f32\n", o.runner.dtype.c_str());
+  if (!gpu && o.gmu_opt && o.gmu_opt->count())
+    std::fprintf(stderr, "warning: --gpu-memory-utilization is ignored on the CPU (its KV pool grows as needed)\n");
+  if (gpu && o.gpu_layers > 0 && o.gpu_layers < c.n_layers)
+    std::fprintf(stderr, "note: -ngl %d: tandem does not split a model between devices; all %lld layers run on the GPU\n",
+                 o.gpu_layers, (long long)c.n_layers);
+  std::fprintf(stderr,
+               "model: %s (%s, %lld layers, hidden %lld, vocab %lld, context %lld; %s) loaded in %.2f s, %.0f MiB "
+               "resident; path %s on %s\n",
+               path.c_str(), c.arch.c_str(), (long long)c.n_layers, (long long)c.hidden_size, (long long)c.vocab_size,
+               (long long)c.max_positions, l.bundle.source->storage_summary().c_str(), seconds,
+               double(resident_bytes()) / (1 << 20), std::string(l.runner->path_name()).c_str(),
                gpu ? (cuda::device_name(0) + ", " + o.runner.dtype).c_str()
                    : ("cpu, " + std::to_string(num_threads()) + " threads").c_str());
   return l;
+}
+
+int64_t context_limit(const Loaded& l, int64_t ctx_size) {
+  const int64_t model_ctx = l.bundle.config().max_positions;
+  TD_CHECK(ctx_size <= model_ctx, "-c {}: larger than the model's context of {} tokens", ctx_size, model_ctx);
+  return ctx_size > 0 ? ctx_size : model_ctx;
+}
+
+void fit_context(const Loaded& l, int64_t ctx_size, GenerationRequest& req) {
+  const int64_t ctx = context_limit(l, ctx_size), prompt = int64_t(req.prompt.size());
+  const char* which = ctx_size > 0 ? "the context (-c)" : "the model's context";
+  TD_CHECK(prompt < ctx, "the prompt of {} tokens leaves no room in {} of {} tokens", prompt, which, ctx);
+  if (req.max_new_tokens == -1) req.max_new_tokens = ctx - prompt;
+  TD_CHECK(prompt + req.max_new_tokens <= ctx,
+           "the prompt of {} tokens + {} new tokens (-n) = {} exceeds {} of {} tokens", prompt, req.max_new_tokens,
+           prompt + req.max_new_tokens, which, ctx);
 }
 
 std::vector<int32_t> stop_ids(const Loaded& l, const ChatTemplate* chat) {
@@ -140,5 +121,18 @@ void print_stats(const GenerationStats& st) {
   std::fprintf(stderr, "decode: %lld tokens in %.1f ms (%.1f tok/s)\n", (long long)st.generated_tokens,
                st.decode_seconds * 1e3, st.generated_tokens / std::max(st.decode_seconds, 1e-9));
 }
+
+namespace {
+// A "Vm...:  1234 kB" line of /proc/self/status, in bytes.
+int64_t proc_status_kb(const char* key) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + std::strlen(key)) * 1024;
+  return 0;
+}
+}  // namespace
+
+int64_t resident_bytes() { return proc_status_kb("VmRSS:"); }
+int64_t peak_resident_bytes() { return proc_status_kb("VmHWM:"); }
 
 }  // namespace tandem::cli

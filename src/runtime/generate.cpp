@@ -111,7 +111,8 @@ std::string locate_non_finite(ModelRunner& runner, int32_t seq, std::span<const 
 }
 
 std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<GenerationRequest>& requests,
-                                       const TokenCallback& on_token, GenerationStats* stats, TapSink* prefill_taps) {
+                                       const TokenCallback& on_token, GenerationStats* stats, TapSink* prefill_taps,
+                                       const PrefillProgress& on_prefill) {
   const ModelConfig& c = runner.config();
   TD_CHECK(!requests.empty(), "generate: no requests");
   for (size_t r = 0; r < requests.size(); ++r) {
@@ -212,7 +213,23 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     for (size_t r = 0; r < requests.size(); ++r)
       runner.publish_prefix(int32_t(r), std::span<const int32_t>(history[r].data(), history[r].size() - 1));
   };
-  take(runner.forward(prefill, prefill_taps));
+  const int64_t total = prefill.size();
+  if (on_prefill && !prefill_taps && requests.size() == 1 && total > kPrefillProgressChunk) {
+    // Chunks in order: the K/V of each is cached before the next reads it; only the last asks for logits.
+    for (int64_t at = 0; at < total; at += kPrefillProgressChunk) {
+      const int64_t end = std::min(total, at + kPrefillProgressChunk);
+      Step part;
+      part.greedy_only = greedy_only;
+      for (int64_t i = at; i < end; ++i)
+        part.add(prefill.tokens[size_t(i)], prefill.seq_ids[size_t(i)], prefill.positions[size_t(i)],
+                 prefill.want_logits[size_t(i)] != 0);
+      StepOutput out = runner.forward(part, nullptr);
+      on_prefill(end, total);
+      if (end == total) take(out);
+    }
+  } else {
+    take(runner.forward(prefill, prefill_taps));
+  }
   publish();
   st.prefill_seconds = seconds_since(t0);
 

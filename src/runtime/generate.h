@@ -36,15 +36,21 @@ struct GenerationStats {
 };
 
 using TokenCallback = std::function<void(size_t request, int32_t token)>;
+// Prefill progress: prompt tokens computed so far and the number to compute (cached ones excluded).
+using PrefillProgress = std::function<void(int64_t done, int64_t total)>;
+// Given a PrefillProgress, a single request's prefill longer than this runs in steps of this many tokens (as the
+// server's chunked prefill does), and the callback is called after each; otherwise the prefill is one step.
+inline constexpr int64_t kPrefillProgressChunk = 256;
 
 // Throws before running anything if a prompt is empty, has ids outside the vocabulary, or prompt +
 // max_new_tokens exceeds the model's context. prefill_taps (may be null) sees the prefill step.
 // A logits row that holds NaN or Inf (or, from a greedy-only step, whose values are all NaN/-inf) is never
 // sampled: generate() throws a tandem::Error naming the request, the step and the first non-finite tap
-// (locate_non_finite).
+// (locate_non_finite). on_prefill: see PrefillProgress (unused when prefill_taps is given: the taps see the
+// prefill as one step).
 std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<GenerationRequest>& requests,
                                        const TokenCallback& on_token = {}, GenerationStats* stats = nullptr,
-                                       TapSink* prefill_taps = nullptr);
+                                       TapSink* prefill_taps = nullptr, const PrefillProgress& on_prefill = {});
 
 // The runtime NaN guard, shared with the serving engine (runtime/engine.h).
 // How many values of a logits row are NaN / +-Inf; a model's raw logits are finite, so any is a fault.
