@@ -55,7 +55,7 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
           },
           "N"))
       ->excludes(device);
-  cmd->add_option("--path", o.runner.path, "execution path: auto (fused on a GPU, else reference) | reference | standard | fused (tandem info --variants)");
+  cmd->add_option("--path", o.runner.path, "execution path: auto (fused on a GPU, else cpu) | reference | standard | fused (tandem info --variants)");
   o.dtype_opt = cmd->add_option("--dtype", o.runner.dtype, "GPU weights/activations: bf16 | f16 | f32 (the CPU computes in f32)")
                     ->check(CLI::IsMember({"bf16", "f16", "f32"}));
   cmd->add_option("--kv-tokens", o.runner.kv_tokens,

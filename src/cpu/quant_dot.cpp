@@ -139,13 +139,16 @@ void linear_q8(DType t, const uint8_t* w, int64_t row_bytes, int64_t n0, int64_t
     const uint8_t* row = w + n * row_bytes;
     for (int64_t r = r0; r < r1; ++r) {
       const int8_t* xq = x.q.data() + r * K;
+      const int8_t* xq2 = x.q2.data() + r * K;
       float acc = 0;
       for (int64_t b = 0; b < nb; ++b) {
         decode_block(t, row, b, db);
-        int32_t lo = 0, hi = 0;
-        for (int j = 0; j < 16; ++j) lo += int32_t(db.q[j]) * xq[b * QK + j];
-        for (int j = 16; j < QK; ++j) hi += int32_t(db.q[j]) * xq[b * QK + j];
-        acc += x.d[size_t(r * nb + b)] * (db.dlo * float(lo) + db.dhi * float(hi)) + db.m * x.s[size_t(r * nb + b)];
+        int32_t lo = 0, hi = 0, lo2 = 0, hi2 = 0;
+        for (int j = 0; j < 16; ++j) lo += int32_t(db.q[j]) * xq[b * QK + j], lo2 += int32_t(db.q[j]) * xq2[b * QK + j];
+        for (int j = 16; j < QK; ++j) hi += int32_t(db.q[j]) * xq[b * QK + j], hi2 += int32_t(db.q[j]) * xq2[b * QK + j];
+        const float d = x.d[size_t(r * nb + b)], d2 = x.d2[size_t(r * nb + b)];
+        acc += db.dlo * (d * float(lo) + d2 * float(lo2)) + db.dhi * (d * float(hi) + d2 * float(hi2)) +
+               db.m * x.s[size_t(r * nb + b)];
       }
       out[r * ld + n] = acc;
     }
@@ -272,26 +275,40 @@ void quantize_rows_q8(const float* x, int64_t rows, int64_t ld, int64_t K, Q8Row
   const int64_t nb = K / QK;
   out.rows = rows, out.K = K, out.blocks = nb;
   out.q.resize(size_t(rows * K));
+  out.q2.resize(size_t(rows * K));
   out.d.resize(size_t(rows * nb));
+  out.d2.resize(size_t(rows * nb));
   out.s.resize(size_t(rows * nb));
+  // One level: q = round(v / d), d = absmax / 127; a subnormal d has no finite reciprocal, so divide instead (such
+  // blocks are rare and tiny).
+  auto level = [](const float* v, int8_t* q, float& d_out) {
+    float amax = 0;
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(v[j]));
+    const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+    const bool divide = !std::isfinite(id);
+    int sum = 0;
+    for (int j = 0; j < QK; ++j) {
+      const int qi = int(std::nearbyint(divide ? v[j] / d : v[j] * id));
+      q[j] = int8_t(std::clamp(qi, -127, 127));
+      sum += q[j];
+    }
+    d_out = d;
+    return sum;
+  };
   auto quantize = [&](int64_t r0, int64_t r1) {
+    float res[QK];
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t b = 0; b < nb; ++b) {
         const float* v = x + r * ld + b * QK;
         int8_t* q = out.q.data() + r * K + b * QK;
-        float amax = 0;
-        for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(v[j]));
-        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-        // A subnormal d has no finite reciprocal: divide instead (such rows are rare and tiny).
-        const bool divide = !std::isfinite(id);
-        int sum = 0;
-        for (int j = 0; j < QK; ++j) {
-          const int qi = int(std::nearbyint(divide ? v[j] / d : v[j] * id));
-          q[j] = int8_t(std::clamp(qi, -127, 127));
-          sum += q[j];
-        }
+        int8_t* q2 = out.q2.data() + r * K + b * QK;
+        float d, d2;
+        const int sum = level(v, q, d);
+        for (int j = 0; j < QK; ++j) res[j] = v[j] - d * float(q[j]);
+        const int sum2 = level(res, q2, d2);
         out.d[size_t(r * nb + b)] = d;
-        out.s[size_t(r * nb + b)] = d * float(sum);
+        out.d2[size_t(r * nb + b)] = d2;
+        out.s[size_t(r * nb + b)] = d * float(sum) + d2 * float(sum2);
       }
   };
   if (rows * K >= 65536) parallel_for(rows, quantize, std::max<int64_t>(1, 16384 / K));

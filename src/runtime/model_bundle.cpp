@@ -177,9 +177,9 @@ HostOptions host_options(const RunnerOptions& o, const Resolved& r) {
 
 std::string resolve_path(const RunnerOptions& o) {
   if (o.path != "auto") return o.path;
-  if (o.device == "cpu") return "reference";
+  if (o.device == "cpu") return "cpu";
   if (o.device == "cuda") return "fused";
-  return gpu_available() ? "fused" : "reference";
+  return gpu_available() ? "fused" : "cpu";
 }
 
 Plan plan_for(const RunnerOptions& o, const ModelConfig* config) {

@@ -93,7 +93,9 @@ void exact_twin(const HostTensor& w, const std::vector<float>& x, int64_t T, std
     Q8Rows q;
     quantize_rows_q8(x.data(), T, K, K, q);
     for (int64_t r = 0; r < T; ++r)
-      for (int64_t k = 0; k < K; ++k) xs[size_t(r * K + k)] = float(q.q[size_t(r * K + k)]) * q.d[size_t(r * q.blocks + k / 32)];
+      for (int64_t k = 0; k < K; ++k)
+        xs[size_t(r * K + k)] = float(q.q[size_t(r * K + k)]) * q.d[size_t(r * q.blocks + k / 32)] +
+                                float(q.q2[size_t(r * K + k)]) * q.d2[size_t(r * q.blocks + k / 32)];
   }
   y.assign(size_t(T * N), 0.0);
   mag.assign(size_t(T * N), 0.0);
@@ -174,15 +176,19 @@ TEST(CpuQuant, QuantizeRowsQ8) {
   ASSERT_EQ(q.blocks, 3);
   for (int64_t r = 0; r < T; ++r)
     for (int64_t b = 0; b < 3; ++b) {
-      const float d = q.d[size_t(r * 3 + b)];
-      int sum = 0, qmax = 0;
+      const float d = q.d[size_t(r * 3 + b)], d2 = q.d2[size_t(r * 3 + b)];
+      int sum = 0, sum2 = 0, qmax = 0;
       for (int j = 0; j < 32; ++j) {
-        const int v = q.q[size_t(r * K + b * 32 + j)];
-        sum += v;
+        const int v = q.q[size_t(r * K + b * 32 + j)], v2 = q.q2[size_t(r * K + b * 32 + j)];
+        sum += v, sum2 += v2;
         qmax = std::max(qmax, std::abs(v));
-        EXPECT_LE(std::fabs(x[size_t(r * K + b * 32 + j)] - v * d), 0.5f * d * 1.0001f);
+        const float xv = x[size_t(r * K + b * 32 + j)];
+        EXPECT_LE(std::fabs(xv - v * d), 0.5f * d * 1.0001f);
+        // The residual level: within half its step, which is at most d / 254.
+        EXPECT_LE(std::fabs(xv - v * d - v2 * d2), 0.5f * d2 * 1.0001f + 1e-7f * std::fabs(xv));
+        EXPECT_LE(d2, d / 254.0f * 1.0001f);
       }
-      EXPECT_FLOAT_EQ(q.s[size_t(r * 3 + b)], d * float(sum));
+      EXPECT_FLOAT_EQ(q.s[size_t(r * 3 + b)], d * float(sum) + d2 * float(sum2));
       if (r == 1 && b == 1) EXPECT_EQ(d, 0.0f);
       else EXPECT_EQ(qmax, 127);
     }

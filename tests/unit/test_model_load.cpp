@@ -300,13 +300,18 @@ TEST(Cli, SameSeedSameOutput) {
 
 namespace tandem {
 namespace {
-// Path dispatch on a machine without a GPU (CI): auto falls back to the reference path; asking for CUDA
-// explicitly is a clear error, not a crash.
+// Path dispatch on a machine without a GPU (CI): auto picks the cpu path (--device cpu too), the reference path stays
+// available by name; asking for CUDA explicitly is a clear error, not a crash.
 TEST(RunnerDispatch, CpuOnlyMachine) {
   if (cuda::device_count() > 0) GTEST_SKIP() << "this machine has a GPU; the dispatch case covered is CPU-only";
   ModelBundle b = open_model_bundle(fixture("llama"));
   auto r = make_runner(b, RunnerOptions{});
-  EXPECT_EQ(r->path_name(), "reference");
+  EXPECT_EQ(r->path_name(), "cpu");
+  RunnerOptions cpu_opts, ref_opts;
+  cpu_opts.device = "cpu";
+  EXPECT_EQ(make_runner(b, cpu_opts)->path_name(), "cpu");
+  ref_opts.path = "reference";
+  EXPECT_EQ(make_runner(b, ref_opts)->path_name(), "reference");
   RunnerOptions cuda_opts;
   cuda_opts.device = "cuda";
   EXPECT_THAT([&] { try { make_runner(b, cuda_opts); } catch (const Error& e) { return std::string(e.what()); } return std::string(); }(),
