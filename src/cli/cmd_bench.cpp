@@ -248,9 +248,11 @@ void run(const BenchArgs& a) {
   const ModelConfig& cfg = runner->config();
   const int64_t kv_pool_tokens = runner->host().kv_pages() * runner->host().kv_geometry().page_size;
   const std::string path_name(runner->path_name());
+  // The CPU computes in f32 whatever --dtype says (weights stay in their stored format).
+  const std::string dtype_label = on_cpu ? "f32" : a.model.runner.dtype;
   std::printf("model %s on the %s path, %s: %.2f GB of weights, KV pool %lld tokens (pages of %lld, %s), built in "
               "%.1f s\n",
-              model_name.c_str(), path_name.c_str(), a.model.runner.dtype.c_str(),
+              model_name.c_str(), path_name.c_str(), dtype_label.c_str(),
               double(runner->host().weight_bytes()) / 1e9, (long long)kv_pool_tokens,
               (long long)runner->host().kv_geometry().page_size,
               std::string(kv_layout_name(runner->host().kv_geometry().layout)).c_str(), now_s() - t0);
@@ -282,7 +284,7 @@ void run(const BenchArgs& a) {
       peak_mem = std::max(peak_mem, mem_used());
       std::printf("%-11lld %11.0f %7.2f %8.1f / %-8.1f %7.2f / %-7.2f\n", (long long)c, r.output_tok_s, r.requests_s,
                   r.ttft_p50 * 1e3, r.ttft_p99 * 1e3, r.itl_p50 * 1e3, r.itl_p99 * 1e3);
-      out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
+      out["runs"].push_back({{"model", model_name}, {"dtype", dtype_label}, {"path", path_name},
                              {"phase", "serve"}, {"batch", c}, {"context", a.prompt_len}, {"output_len", a.output_len},
                              {"requests", a.requests}, {"tok_s", r.output_tok_s}, {"requests_s", r.requests_s},
                              {"ttft_ms_p50", r.ttft_p50 * 1e3}, {"ttft_ms_p99", r.ttft_p99 * 1e3},
@@ -313,7 +315,7 @@ void run(const BenchArgs& a) {
       const double tflops = prefill_flops(cfg, p) / st.median / 1e12;
       std::printf("%-10lld %10.0f %12.2f %10.1f %7.1f%%\n", (long long)p, double(p) / st.median, st.median * 1e3,
                   tflops, 100 * tflops / lim.gemm_peak_tflops);
-      out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
+      out["runs"].push_back({{"model", model_name}, {"dtype", dtype_label}, {"path", path_name},
                              {"phase", "prefill"}, {"batch", 1}, {"context", p}, {"tok_s", double(p) / st.median},
                              {"bytes_per_token", nullptr}, {"pct_copy_bw", nullptr}, {"tflops", tflops},
                              {"pct_gemm_peak", 100 * tflops / lim.gemm_peak_tflops},
@@ -397,7 +399,7 @@ void run(const BenchArgs& a) {
         const double gbps = double(bytes) / st.median / 1e9;
         std::printf("%-6lld %-8lld %10.1f %12.3f %14.3e %10.0f %7.1f%%\n", (long long)b, (long long)c,
                     double(b) / st.median, st.median * 1e3, double(bytes), gbps, 100 * gbps / lim.copy_bw_GBps);
-        out["runs"].push_back({{"model", model_name}, {"dtype", a.model.runner.dtype}, {"path", path_name},
+        out["runs"].push_back({{"model", model_name}, {"dtype", dtype_label}, {"path", path_name},
                                {"phase", "decode"}, {"batch", b}, {"context", c}, {"tok_s", double(b) / st.median},
                                {"bytes_per_token", double(bytes) / double(b)},
                                {"pct_copy_bw", 100 * gbps / lim.copy_bw_GBps}, {"tflops", nullptr},
