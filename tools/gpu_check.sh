@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, run the gpu-labelled tests, real-shape parity against HF on the same GPU and
 # the fused parity matrix (with TANDEM_GPU_MODELS: ~5 min on an H200),
-# and compute-sanitizer memcheck over the gpu tests. Logs go to $OUT (or /tmp/gpu_check).
+# and compute-sanitizer (memcheck, initcheck, synccheck, racecheck) over the gpu tests. Logs go to $OUT (or /tmp/gpu_check).
 #   tools/gpu_check.sh [build|test|models|sanitize|all|bench]...   (bench: not part of all; BENCH_SHAPES, BENCH_ARGS)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +42,30 @@ if has test; then
   grep -E "Failure|FAILED|PASSED" -A2 "$OUT/standard.log" | head -30
 fi
 if has sanitize; then
-  # Real-shape models are left out here (TANDEM_GPU_MODELS unset): memcheck on them takes too long.
-  env -u TANDEM_GPU_MODELS compute-sanitizer --tool memcheck --error-exitcode 9 $BUILD/gpu_tests \
-      > "$OUT/memcheck.log" 2>&1
-  echo "memcheck exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5
+  # compute-sanitizer over the gpu label's binaries, every tool in parallel on the one card (SANITIZE_TOOLS,
+  # RACECHECK_SHARDS, SANITIZE_TIMEOUT). racecheck is ~10x slower than the others, so it runs as gtest shards.
+  # Real-shape models are left out (TANDEM_GPU_MODELS unset): under the sanitizers they take too long.
+  # planted_gpu_tests runs the CLI as child processes with broken variants on purpose, so only memcheck runs there,
+  # over the test process and its children: an error there must be one a planted variant explains.
+  rm -f "$OUT"/sanitize_*.log "$OUT/sanitize_exits.txt"
+  run_tool() {  # tool exe shards
+    local tool=$1 exe=$2 n=$3 i
+    for ((i = 0; i < n; i++)); do
+      ( env -u TANDEM_GPU_MODELS GTEST_TOTAL_SHARDS=$n GTEST_SHARD_INDEX=$i timeout "${SANITIZE_TIMEOUT:-480}"           compute-sanitizer --tool "$tool" --error-exitcode 9 $BUILD/"$exe" > "$OUT/sanitize_${tool}_${exe}_$i.log" 2>&1
+        echo "$tool $exe shard $((i + 1))/$n exit $?" >> "$OUT/sanitize_exits.txt" ) &
+    done
+  }
+  for tool in ${SANITIZE_TOOLS:-memcheck initcheck synccheck racecheck}; do
+    n=1; [ "$tool" = racecheck ] && n=${RACECHECK_SHARDS:-8}
+    run_tool "$tool" gpu_tests "$n"
+  done
+  [ -z "${SANITIZE_TOOLS:-}" ] && run_tool memcheck planted_gpu_tests 1
+  wait
+  sort "$OUT/sanitize_exits.txt"
+  for f in "$OUT"/sanitize_*.log; do
+    printf '%s: %s; %s\n' "$(basename "$f" .log)" "$(grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$f" | tail -1)" \
+        "$(grep -hE "^\[  PASSED  \]|^\[  FAILED  \] [0-9]|tests? ran" "$f" | tr '\n' ' ')"
+  done
 fi
 if has bench; then
   # Quick decode figures in one process per shape, appended to $OUT/bench.json (the committed runs use bench/README).
