@@ -270,6 +270,56 @@ bool stored_linear_supported(DType t) {
   return takes_q8_activations(t) || t == DType::F32 || t == DType::F16 || t == DType::BF16;
 }
 
+namespace {
+constexpr int kLevelNeedsDivide = INT32_MIN;  // the scale's reciprocal is not finite: the scalar loop divides
+
+// One Q8 level of a 32-float block (see quantize_rows_q8): q, d = absmax / 127, returns the sum of q.
+__attribute__((target("avx2,fma"))) int quantize_level_avx2(const float* v, int8_t* q, float& d_out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 x[4];
+  __m256 amax = _mm256_setzero_ps();
+  for (int c = 0; c < 4; ++c) {
+    x[c] = _mm256_loadu_ps(v + 8 * c);
+    amax = _mm256_max_ps(_mm256_andnot_ps(sign, x[c]), amax);  // a NaN lane keeps amax (second operand)
+  }
+  __m128 h = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+  h = _mm_max_ps(_mm_movehl_ps(h, h), h);
+  h = _mm_max_ss(_mm_movehdup_ps(h), h);
+  const float d = _mm_cvtss_f32(h) / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+  if (!std::isfinite(id)) return kLevelNeedsDivide;
+  const __m256 vid = _mm256_set1_ps(id);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  __m256i i[4];
+  __m256i sum = _mm256_setzero_si256();
+  for (int c = 0; c < 4; ++c) {
+    // cvtps rounds to nearest even (nearbyint in the default mode); NaN/overflow give INT_MIN as int(nearbyint) does.
+    i[c] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x[c], vid)), lo), hi);
+    sum = _mm256_add_epi32(sum, i[c]);
+  }
+  const __m256i p16a = _mm256_packs_epi32(i[0], i[1]), p16b = _mm256_packs_epi32(i[2], i[3]);
+  const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p8);
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+  d_out = d;
+  return _mm_cvtsi128_si32(s4);
+}
+
+// res = v - d * q (a product, then a difference: no fused multiply-add, as the scalar loop).
+__attribute__((target("avx2"))) void residual_avx2(const float* v, const int8_t* q, float d, float* res) {
+  const __m256 vd = _mm256_set1_ps(d);
+  for (int c = 0; c < 4; ++c) {
+    const __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * c))));
+    _mm256_storeu_ps(res + 8 * c, _mm256_sub_ps(_mm256_loadu_ps(v + 8 * c), _mm256_mul_ps(vd, qf)));
+  }
+}
+void residual(bool simd, const float* v, const int8_t* q, float d, float* res) {
+  if (simd) return residual_avx2(v, q, d, res);
+  for (int j = 0; j < QK; ++j) res[j] = v[j] - d * float(q[j]);
+}
+}  // namespace
+
 void quantize_rows_q8(const float* x, int64_t rows, int64_t ld, int64_t K, Q8Rows& out) {
   TD_CHECK(K % QK == 0, "quantize_rows_q8: K = {} is not a multiple of {}", K, QK);
   const int64_t nb = K / QK;
@@ -295,17 +345,27 @@ void quantize_rows_q8(const float* x, int64_t rows, int64_t ld, int64_t K, Q8Row
     d_out = d;
     return sum;
   };
+  // AVX2: the same level in 8 lanes (abs-max with a NaN input ignored as std::max does, round to nearest even as
+  // nearbyint, the residual as a product then a difference): the same bytes and scales as the scalar loop.
+  const bool simd = active_isa() != Isa::scalar;
+  auto level_of = [&](const float* v, int8_t* q, float& d_out) {
+    if (simd) {
+      const int sum = quantize_level_avx2(v, q, d_out);
+      if (sum != kLevelNeedsDivide) return sum;
+    }
+    return level(v, q, d_out);
+  };
   auto quantize = [&](int64_t r0, int64_t r1) {
-    float res[QK];
+    alignas(32) float res[QK];
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t b = 0; b < nb; ++b) {
         const float* v = x + r * ld + b * QK;
         int8_t* q = out.q.data() + r * K + b * QK;
         int8_t* q2 = out.q2.data() + r * K + b * QK;
         float d, d2;
-        const int sum = level(v, q, d);
-        for (int j = 0; j < QK; ++j) res[j] = v[j] - d * float(q[j]);
-        const int sum2 = level(res, q2, d2);
+        const int sum = level_of(v, q, d);
+        residual(simd, v, q, d, res);
+        const int sum2 = level_of(res, q2, d2);
         out.d[size_t(r * nb + b)] = d;
         out.d2[size_t(r * nb + b)] = d2;
         out.s[size_t(r * nb + b)] = d * float(sum) + d2 * float(sum2);

@@ -194,6 +194,37 @@ TEST(CpuQuant, QuantizeRowsQ8) {
     }
 }
 
+// The vectorized quantizer gives the scalar loop's bytes and scales exactly, on tame and extreme blocks: zeros,
+// subnormals (the divide fallback), values near the float max, infinities, NaN, ties at .5 steps.
+TEST(CpuQuant, QuantizeRowsQ8SimdEqualsScalar) {
+  if (detected_isa() == Isa::scalar) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(11);
+  const int64_t K = 32 * 10;
+  std::vector<float> x = random_rows(4, K, rng);
+  for (int j = 0; j < 32; ++j) x[size_t(32 + j)] = 0.0f;
+  for (int j = 0; j < 32; ++j) x[size_t(64 + j)] = 1e-40f * float(j - 16);            // subnormal scale
+  for (int j = 0; j < 32; ++j) x[size_t(96 + j)] = 3.0e38f * (j % 2 ? 1.0f : -0.9f);  // near the max
+  x[128 + 5] = INFINITY;
+  x[160 + 7] = NAN;
+  x[192 + 0] = -INFINITY;
+  for (int j = 0; j < 32; ++j) x[size_t(224 + j)] = 127.0f * float(j) / 254.0f;  // exact half steps: ties
+  x[224 + 31] = 127.0f;
+  for (int64_t i = K; i < 4 * K; i += 97) x[size_t(i)] *= 1e6f;  // lopsided blocks
+  Q8Rows a, b;
+  force_isa(Isa::scalar);
+  quantize_rows_q8(x.data(), 4, K, K, a);
+  force_isa(std::nullopt);
+  quantize_rows_q8(x.data(), 4, K, K, b);
+  EXPECT_EQ(a.q, b.q);
+  EXPECT_EQ(a.q2, b.q2);
+  auto same_bits = [](const std::vector<float>& u, const std::vector<float>& v) {
+    return u.size() == v.size() && std::memcmp(u.data(), v.data(), u.size() * sizeof(float)) == 0;
+  };
+  EXPECT_TRUE(same_bits(a.d, b.d));
+  EXPECT_TRUE(same_bits(a.d2, b.d2));
+  EXPECT_TRUE(same_bits(a.s, b.s));
+}
+
 TEST(CpuQuant, EveryIntegerTypeRandom) {
   for (DType t : kIntTypes) {
     const int64_t blk = dtype_block_elems(t) == 256 ? 256 : 32;
