@@ -11,6 +11,7 @@
 #include <map>
 
 #include "cli/common.h"
+#include "cuda/flashinfer.cuh"
 #include "diag/compare.h"
 #include "diag/report.h"
 #include "diag/trace.h"
@@ -22,6 +23,7 @@ namespace {
 struct DiffArgs {
   std::string model, prompt, prompt_ids, a = "auto", b = "reference", dtype = "bf16", kv_layout = "nhd";
   std::vector<std::string> variant_a, variant_b;
+  std::string split_kv_a = "auto", split_kv_b = "auto";  // --split-kv of each plan
   std::vector<std::string> perturb;  // applied to both plans alike
   int64_t page_size = 16;
   int steps = 4;
@@ -214,6 +216,7 @@ int run(const DiffArgs& a) {
       RunnerOptions o;
       o.path = i == 0 ? a.a : a.b;
       o.variants = i == 0 ? a.variant_a : a.variant_b;
+      o.split_kv = i == 0 ? a.split_kv_a : a.split_kv_b;
       o.dtype = a.dtype;
       o.page_size = a.page_size;
       o.kv_layout = a.kv_layout;
@@ -225,6 +228,9 @@ int run(const DiffArgs& a) {
       sides[i].runner->set_perturbations(ps);
     }
     TD_CHECK(a.perturb.empty() || !a.matrix, "diff: --perturb is not taken with --matrix");
+    TD_CHECK((a.split_kv_a == "auto" && a.split_kv_b == "auto") || !a.matrix,
+             "diff: --split-kv-a/--split-kv-b are not taken with --matrix (its cells run plan a's FlashInfer with "
+             "split-KV off and on)");
     if (!a.prompt.empty()) {
       TD_CHECK(bundle.tokenizer.has_value(), "-p TEXT needs a tokenizer; pass --prompt-ids");
       ids = bundle.tokenizer->encode(a.prompt, !a.no_bos, true);
@@ -273,15 +279,25 @@ int run(const DiffArgs& a) {
 }
 
 // --matrix: plan a against plan b in every cell of page size {1, 16} x KV layout {NHD, HND} x batch sizes, and
-// when plan a runs on the GPU also x dtype {bf16, f16} x CUDA graphs {off, on} x the decode kernel where plan a
-// chooses one. Batch sizes: {1, 3} on the CPU; {1, 3, 9} on the GPU (9 is past attention.fused's split-KV decode
-// limit of 8 sequences, so its decode steps go to FlashInfer). Decode kernel: when plan a's attention is
-// attention.fused or attention.flashinfer (not set by --variant-a) and both can run the model in every dtype of
-// the grid, each cell runs once with attention.fused (the split-KV decode kernel for decode steps of few short
-// sequences, FlashInfer for the rest) and once with attention.flashinfer (FlashInfer for every step); otherwise the
-// axis is not varied and a line says why. On the CPU the GPU-only axes are skipped with a line saying so. Cells
+// when plan a runs on the GPU also x dtype {bf16, f16} x CUDA graphs {off, on} x plan a's attention setting.
+// Batch sizes: {1, 3} on the CPU; {1, 3, 9} on the GPU (9 is past attention.fused's split-KV decode limit of 8
+// sequences, so its decode steps go to FlashInfer).
+// Attention setting: the decode kernel and FlashInfer's split-KV (--split-kv), two axes folded into one so that the
+// grid stays at 144 cells instead of 192:
+//   - decode kernel: when plan a's attention is attention.fused or attention.flashinfer (not set by --variant-a)
+//     and both can run the model in every dtype of the grid, cells run with attention.fused (the split-KV decode
+//     kernel for decode steps of few short sequences, FlashInfer for the rest) and with attention.flashinfer
+//     (FlashInfer for every step); otherwise the axis is not varied and a line says why.
+//   - split-KV: when plan a's attention runs FlashInfer (attention.fused or attention.flashinfer, also when set by
+//     --variant-a), FlashInfer's cells run with split-KV off (never split) and on (forced: every sequence longer
+//     than a small chunk, 4 tokens at page size 1 and one page at 16, is split and merged); otherwise a line says
+//     why it is not varied. With both axes the settings are attention.fused with split-KV auto (what users run) and
+//     attention.flashinfer with split-KV off and with split-KV on (FlashInfer on every step, so the split-KV
+//     choice reaches the decode steps too): 3 settings, 144 cells. With the split axis alone: 2 settings, 96 cells.
+// Plan b always runs as given (split-KV auto). On the CPU the GPU-only axes are skipped with a line saying so. Cells
 // with graphs on compare the logits of every step only (taps keep a step off the graph); the others compare every
-// common tap. One line per cell: pass, or the step and the first divergent tap. Exit 1 when any cell fails.
+// common tap. One line per cell (the varied axes as columns): pass, or the step and the first divergent tap. Exit 1
+// when any cell fails.
 int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<int32_t>& ids) {
   const ModelConfig& c = bundle.config();
   RunnerOptions probe;
@@ -292,18 +308,20 @@ int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<i
   const std::vector<std::string> dtypes = gpu ? std::vector<std::string>{"bf16", "f16"} : std::vector<std::string>{"f32"};
   const std::vector<bool> graphs = gpu ? std::vector<bool>{false, true} : std::vector<bool>{false};
   const std::vector<int> batches = gpu ? std::vector<int>{1, 3, 9} : std::vector<int>{1, 3};
-  std::vector<std::string> decodes{""};  // "" : plan a's attention as it is
+  bool decode_axis = false, split_axis = false;
   if (!gpu) {
     std::printf("plan a runs on the %s: the GPU-only axes (dtype bf16/f16, CUDA graphs off/on, decode kernel "
-                "fused/flashinfer, batch 9) are skipped\n", std::string(device_name(plan_a.device)).c_str());
+                "fused/flashinfer, split-KV off/on, batch 9) are skipped\n",
+                std::string(device_name(plan_a.device)).c_str());
   } else {
     const Variant* att = plan_a.by_stage[size_t(Stage::attention)];
     const bool overridden =
         std::find(plan_a.overridden.begin(), plan_a.overridden.end(), att->name) != plan_a.overridden.end();
+    const bool flashinfer = att->name == "attention.fused" || att->name == "attention.flashinfer";
     std::string why;
     if (overridden) {
       why = fmt::format("--variant-a sets attention to {}", att->name);
-    } else if (att->name != "attention.fused" && att->name != "attention.flashinfer") {
+    } else if (!flashinfer) {
       why = fmt::format("plan a's attention is {}, which chooses no decode kernel", att->name);
       for (const std::string& n : plan_a.notices)
         if (n.find("attention.") != std::string::npos) why += " (" + n + ")";
@@ -320,18 +338,35 @@ int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<i
           }
         }
     }
-    if (why.empty()) decodes = {"fused", "flashinfer"};
-    else std::printf("decode kernel axis not varied: %s\n", why.c_str());
+    decode_axis = why.empty();
+    if (!decode_axis) std::printf("decode kernel axis not varied: %s\n", why.c_str());
+    split_axis = flashinfer;
+    if (!split_axis)
+      std::printf("split-KV axis not varied: plan a's attention is %s, which does not run FlashInfer\n",
+                  att->name.c_str());
   }
-  const bool decode_axis = decodes.size() > 1;
+  struct Setting {
+    std::string decode;  // "": plan a's attention as it is; else attention.<decode>
+    std::string split;   // --split-kv of plan a
+  };
+  std::vector<Setting> settings;
+  if (decode_axis && split_axis) settings = {{"fused", "auto"}, {"flashinfer", "off"}, {"flashinfer", "on"}};
+  else if (decode_axis) settings = {{"fused", "auto"}, {"flashinfer", "auto"}};
+  else if (split_axis) settings = {{"", "off"}, {"", "on"}};
+  else settings = {{"", "auto"}};
+  if (split_axis)
+    std::printf("split-KV axis: %s with split-KV off and on (on: every sequence longer than %lld tokens at page "
+                "size 1, one page at 16, split and merged)\n",
+                decode_axis ? "attention.flashinfer cells (attention.fused ones: auto)" : "every cell",
+                (long long)cuda::kForcedSplitChunkTokens);
   std::printf("diff --matrix: a = %s, b = %s; %zu cells\n", a.a.c_str(), a.b.c_str(),
-              size_t(2 * 2) * batches.size() * dtypes.size() * graphs.size() * decodes.size());
-  std::printf("%-6s %-5s %-4s %-5s %-6s  %s%s\n", "page", "kv", "batch", "dtype", "graphs",
-              decode_axis ? "decode      " : "", "result");
+              size_t(2 * 2) * batches.size() * dtypes.size() * graphs.size() * settings.size());
+  std::printf("%-6s %-5s %-4s %-5s %-6s  %s%s%s\n", "page", "kv", "batch", "dtype", "graphs",
+              decode_axis ? "decode      " : "", split_axis ? "split-kv  " : "", "result");
   int failed = 0, cells = 0;
   for (const std::string& dt : dtypes)
     for (bool g : graphs)
-      for (const std::string& decode : decodes)
+      for (const Setting& set : settings)
         for (int64_t page : {int64_t(1), int64_t(16)})
           for (const char* layout : {"nhd", "hnd"})
             for (int batch : batches) {
@@ -340,7 +375,8 @@ int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<i
                 RunnerOptions o;
                 o.path = i == 0 ? a.a : a.b;
                 o.variants = i == 0 ? a.variant_a : a.variant_b;
-                if (i == 0 && !decode.empty()) o.variants.push_back("attention=attention." + decode);
+                if (i == 0 && !set.decode.empty()) o.variants.push_back("attention=attention." + set.decode);
+                if (i == 0) o.split_kv = set.split;
                 o.dtype = dt;
                 o.page_size = page;
                 o.kv_layout = layout;
@@ -363,9 +399,9 @@ int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<i
               }
               if (g)
                 result += fmt::format(" (logits only; {} steps from graphs)", sides[0].runner->host().graph_replays());
-              std::printf("%-6lld %-5s %-4d  %-5s %-6s  %s%s\n", (long long)page, layout, batch, dt.c_str(),
-                          g ? "on" : "off", decode_axis ? fmt::format("{:<10}  ", decode).c_str() : "",
-                          result.c_str());
+              std::printf("%-6lld %-5s %-4d  %-5s %-6s  %s%s%s\n", (long long)page, layout, batch, dt.c_str(),
+                          g ? "on" : "off", decode_axis ? fmt::format("{:<10}  ", set.decode).c_str() : "",
+                          split_axis ? fmt::format("{:<8}  ", set.split).c_str() : "", result.c_str());
               ++cells;
             }
   std::printf("%d of %d cells pass\n", cells - failed, cells);
@@ -376,6 +412,7 @@ int run_matrix(const DiffArgs& a, const ModelBundle& bundle, const std::vector<i
 
 struct BisectArgs {
   std::string model, prompt, prompt_ids, good = "standard", bad = "fused", dtype = "bf16", kv_layout = "nhd";
+  std::string split_kv = "auto";  // every run alike
   std::vector<std::string> variant_good, variant_bad;
   std::vector<std::string> perturb;  // applied to every run alike
   int64_t page_size = 16;
@@ -454,6 +491,7 @@ int run_bisect(const BisectArgs& a) {
     TD_CHECK(a.prompt.empty() != a.prompt_ids.empty(), "bisect: give -p TEXT or --prompt-ids 1,2,3 (one of them)");
     bundle = open_model_bundle(model_path(base));
     for (RunnerOptions* o : {&good_o, &bad_o}) {
+      o->split_kv = a.split_kv;
       o->dtype = a.dtype;
       o->page_size = a.page_size;
       o->kv_layout = a.kv_layout;
@@ -552,6 +590,12 @@ void register_diff(CLI::App& app) {
   cmd->add_option("--b", a->b, "plan B, the reference side")->capture_default_str();
   cmd->add_option("--variant-a", a->variant_a, "STAGE=NAME override for plan A (repeatable)");
   cmd->add_option("--variant-b", a->variant_b, "STAGE=NAME override for plan B (repeatable)");
+  cmd->add_option("--split-kv-a", a->split_kv_a, "plan A's FlashInfer split-KV: auto | off | on (as --split-kv)")
+      ->check(CLI::IsMember({"auto", "off", "on"}))
+      ->capture_default_str();
+  cmd->add_option("--split-kv-b", a->split_kv_b, "plan B's FlashInfer split-KV: auto | off | on")
+      ->check(CLI::IsMember({"auto", "off", "on"}))
+      ->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "GPU activations: bf16 | f16 | f32")->check(CLI::IsMember({"bf16", "f16", "f32"}));
   cmd->add_option("--page-size", a->page_size, "KV page size")->capture_default_str();
   cmd->add_option("--kv-layout", a->kv_layout, "nhd | hnd")->check(CLI::IsMember({"nhd", "hnd"}));
@@ -568,8 +612,9 @@ void register_diff(CLI::App& app) {
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--matrix", a->matrix,
                 "run the comparison over page sizes {1,16} x NHD/HND x batch {1,3} (GPU plan a: batch {1,3,9} x bf16/f16 "
-                "x CUDA graphs off/on x decode kernel attention.fused/flashinfer where plan a chooses one) and print "
-                "a pass/fail grid with the first divergent tap per cell");
+                "x CUDA graphs off/on x decode kernel attention.fused/flashinfer where plan a chooses one x FlashInfer "
+                "split-KV off/on where plan a runs FlashInfer) and print a pass/fail grid with the first divergent "
+                "tap per cell");
   cmd->add_flag("--kv-verify", a->kv_verify,
                 "after every step compare sequence 0's whole K/V cache (through each side's page table) and report "
                 "the first wrong layer, head and position");
@@ -592,6 +637,9 @@ void register_bisect(CLI::App& app) {
   cmd->add_option("--bad", a->bad, "the path that diverges")->capture_default_str();
   cmd->add_option("--variant-good", a->variant_good, "STAGE=NAME override for the good plan (repeatable)");
   cmd->add_option("--variant-bad", a->variant_bad, "STAGE=NAME override for the bad plan (repeatable)");
+  cmd->add_option("--split-kv", a->split_kv, "FlashInfer split-KV of every run: auto | off | on")
+      ->check(CLI::IsMember({"auto", "off", "on"}))
+      ->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "GPU activations")->check(CLI::IsMember({"bf16", "f16", "f32"}));
   cmd->add_option("--page-size", a->page_size, "KV page size")->capture_default_str();
   cmd->add_option("--kv-layout", a->kv_layout, "nhd | hnd")->check(CLI::IsMember({"nhd", "hnd"}));

@@ -72,6 +72,15 @@ Loaded load(const ModelOptions& o) {
     std::fprintf(stderr, "warning: --dtype %s is ignored on the CPU, which computes in f32\n", o.runner.dtype.c_str());
   if (!gpu && o.gmu_opt && o.gmu_opt->count())
     std::fprintf(stderr, "warning: --gpu-memory-utilization is ignored on the CPU (its KV pool grows as needed)\n");
+  if (o.runner.split_kv != "auto") {
+    const std::string att = l.runner->plan().by_stage[size_t(Stage::attention)]->name;
+    if (!gpu)
+      std::fprintf(stderr, "warning: --split-kv %s is ignored on the CPU (it is FlashInfer's, on the GPU)\n",
+                   o.runner.split_kv.c_str());
+    else if (att != "attention.fused" && att.find("flashinfer") == std::string::npos)
+      std::fprintf(stderr, "warning: --split-kv %s is ignored: the plan's attention is %s, not FlashInfer\n",
+                   o.runner.split_kv.c_str(), att.c_str());
+  }
   if (gpu && o.gpu_layers > 0 && o.gpu_layers < c.n_layers)
     std::fprintf(stderr, "note: -ngl %d: tandem does not split a model between devices; all %lld layers run on the GPU\n",
                  o.gpu_layers, (long long)c.n_layers);

@@ -81,6 +81,11 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool required) {
                 "GPU: launch every kernel plainly (no programmatic dependent launch; for comparisons)");
   cmd->add_flag("!--no-cuda-graphs", o.runner.cuda_graphs,
                 "GPU: launch every decode step's kernels one by one instead of replaying a captured CUDA graph");
+  cmd->add_option("--split-kv", o.runner.split_kv,
+                  "GPU, FlashInfer attention: auto (FlashInfer decides) | off (never split the KV) | on (always split "
+                  "it in small chunks and merge; for comparisons)")
+      ->check(CLI::IsMember({"auto", "off", "on"}))
+      ->capture_default_str();
   cmd->add_flag("--check-tensors,!--no-check-tensors", o.runner.check_tensors,
                 "scan every weight for NaN/Inf (and quantized blocks' scales) before running; fail naming the "
                 "tensors (on by default in `tandem info`)");

@@ -350,6 +350,7 @@ class CudaHost final : public DeviceHost {
   void init_runtime() {
     ctx_.stream = stream_;
     ctx_.gemm = &gemm_;
+    ctx_.split_kv = options_.split_kv;
     const std::vector<float> inv = rope_inv_freq(config_);
     HostTensor inv_host = HostTensor::empty(DType::F32, {int64_t(inv.size())});
     std::memcpy(inv_host.f32(), inv.data(), inv.size() * sizeof(float));

@@ -22,6 +22,8 @@ class CudaContext final : public DeviceContext {
   Tensor scratch_i32;  // i32 [rows of the step] for variants that need one small device array
   // attention.flashinfer's adapter (workspaces; made on first use) and the step serial it last planned.
   std::shared_ptr<FlashInferAttention> flashinfer;
+  // The split-KV mode the adapter must be made with (HostOptions::split_kv; --split-kv).
+  SplitKv split_kv = SplitKv::automatic;
   int64_t flashinfer_planned = -1;
   // attention.fused's split-KV decode workspace (grows in prepare(), outside any graph; counters kept zero).
   DeviceTensor decode_workspace;

@@ -232,7 +232,8 @@ void validate_flashinfer_tables(const KvStepTables& t, int64_t page_size, int64_
 
 struct FlashInferAttention::State {
   int device = 0;
-  bool disable_split_kv = false;
+  int num_sm = 0;  // FlashInfer's scheduler sizes CUDA-graph grids by it
+  SplitKv split = SplitKv::automatic;
   int32_t window_left = -1;
   float sm_scale = 0.0f;
 
@@ -327,8 +328,13 @@ void workspace_for(const AttentionShape& s, int64_t page_size, int32_t window_le
 }  // namespace
 
 FlashInferAttention::FlashInferAttention(const AttentionShape& shape, DType dtype, int64_t page_size, KvLayout layout,
-                                         int64_t max_tokens, int64_t max_batch, bool disable_split_kv)
-    : shape_(shape), dtype_(dtype), page_size_(page_size), layout_(layout), st_(std::make_unique<State>()) {
+                                         int64_t max_tokens, int64_t max_batch, SplitKv split_kv)
+    : shape_(shape),
+      dtype_(dtype),
+      page_size_(page_size),
+      layout_(layout),
+      split_kv_(split_kv),
+      st_(std::make_unique<State>()) {
   std::string why;
   TD_CHECK(flashinfer_supports(shape, dtype, &why), "FlashInferAttention: {}", why);
   TD_CHECK(page_size > 0 && page_size <= 65536, "FlashInferAttention: page size {} out of range", page_size);
@@ -337,17 +343,23 @@ FlashInferAttention::FlashInferAttention(const AttentionShape& shape, DType dtyp
   int n = 0;
   TD_CHECK(cudaGetDeviceCount(&n) == cudaSuccess && n > 0, "FlashInferAttention: no CUDA device");
   TD_CUDA_CHECK(cudaGetDevice(&st_->device));
-  st_->disable_split_kv = disable_split_kv;
+  TD_CUDA_CHECK(cudaDeviceGetAttribute(&st_->num_sm, cudaDevAttrMultiProcessorCount, st_->device));
+  TD_CHECK(split_kv == SplitKv::automatic || split_kv == SplitKv::off || split_kv == SplitKv::on,
+           "FlashInferAttention: split-KV mode {} is none of auto, off, on", int(split_kv));
+  st_->split = split_kv;
   st_->window_left = shape.sliding_window > 0 ? shape.sliding_window - 1 : -1;
   st_->sm_scale = 1.0f / std::sqrt(float(shape.head_dim));
   for (PinnedSlot& s : st_->slots) TD_CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
 
   // Size for the largest steps the hints allow (a step that needs more grows the buffers in plan()): many
   // decoding sequences with long contexts, one long prompt, and one sequence decoding a long context (split-KV
-  // temporaries peak when few, long sequences spread over all SMs).
+  // temporaries peak when few, long sequences spread over all SMs). A forced split (SplitKv::on) is sized as
+  // `auto`: its chunks are chosen per step, and plan() grows the buffers (to at most kForcedSplitMaxFloatBytes
+  // of partial outputs, or what one chunk per sequence needs).
   size_t float_bytes = 0, int_bytes = 0;
   const int64_t batch = std::min(max_batch, max_tokens);
   const int32_t wl = st_->window_left;
+  const bool disable_split_kv = split_kv == SplitKv::off;
   workspace_for(shape, page_size, wl, disable_split_kv, batch, 1, 4096, float_bytes, int_bytes);
   workspace_for(shape, page_size, wl, disable_split_kv, 1, max_tokens, max_tokens, float_bytes, int_bytes);
   workspace_for(shape, page_size, wl, disable_split_kv, 1, 1, 32768, float_bytes, int_bytes);
@@ -378,6 +390,7 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
   if (T > 0) validate_flashinfer_tables(t, page_size_, num_pages);
 #endif
   summary_ = FlashInferPlanSummary{};
+  summary_.split_mode = st.split;
   summary_.batch = int64_t(B);
   summary_.tokens = T;
   st.num_pages = num_pages;
@@ -407,16 +420,45 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
   std::vector<int32_t> qo_indptr = t.qo_indptr, kv_indptr = t.page_indptr;  // PrefillPlan takes non-const
   const uint32_t nq = uint32_t(shape_.n_heads), nkv = uint32_t(shape_.n_kv_heads), D = uint32_t(shape_.head_dim);
   const uint32_t dt_bytes = uint32_t(dtype_block_bytes(dtype_));
+  // Split-KV: auto (FlashInfer's binary search over chunk sizes), off (disable_split_kv) or on (fixed_split_size,
+  // in pages: FlashInfer's scheduler counts the KV in pages and multiplies the chunk by the page size).
+  const bool disable_split_kv = st.split == SplitKv::off;
+  auto workspace_size = [&](int32_t fixed_split_pages, size_t& f, size_t& i) {
+    check_fi(at_boundary("PrefillPlanWorkspaceSize",
+                         [&] {
+                           return fi::PrefillPlanWorkspaceSize<int32_t>(
+                               f, i, qo_indptr.data(), kv_indptr.data(), uint32_t(T), uint32_t(B), nq, nkv, D, D,
+                               uint32_t(page_size_), cuda_graph, dt_bytes, st.window_left, fixed_split_pages,
+                               disable_split_kv, /*num_colocated_ctas=*/0, uniform_q_len, stream, dt_bytes);
+                         }),
+             "PrefillPlanWorkspaceSize");
+  };
+  int32_t fixed_split_pages = -1;
+  if (st.split == SplitKv::on) {
+    int64_t max_pages = 1;
+    for (size_t b = 0; b < B; ++b) max_pages = std::max<int64_t>(max_pages, t.page_indptr[b + 1] - t.page_indptr[b]);
+    int64_t chunk = std::max<int64_t>(1, (kForcedSplitChunkTokens + page_size_ - 1) / page_size_);
+    if (cuda_graph) {
+      // The graph's grid is fixed at max(2 * SMs / n_kv_heads, B) CTAs (one query tile per decode sequence), and
+      // FlashInfer refuses a plan with more (query tile, chunk) pairs than that.
+      const int64_t grid = std::max<int64_t>(int64_t(uint32_t(2 * st.num_sm) / nkv), int64_t(B));
+      auto pairs = [&](int64_t c) {
+        int64_t n = 0;
+        for (size_t b = 0; b < B; ++b) n += (std::max<int64_t>(1, t.page_indptr[b + 1] - t.page_indptr[b]) + c - 1) / c;
+        return n;
+      };
+      while (chunk < max_pages && pairs(chunk) > grid) chunk *= 2;
+    }
+    for (;;) {  // partial outputs within the budget (or one chunk per sequence)
+      size_t f = 0, i = 0;
+      workspace_size(int32_t(std::min<int64_t>(chunk, INT32_MAX)), f, i);
+      if (f <= kForcedSplitMaxFloatBytes || chunk >= max_pages) break;
+      chunk *= 2;
+    }
+    fixed_split_pages = int32_t(std::min<int64_t>(chunk, INT32_MAX));
+  }
   size_t need_f = 0, need_i = 0;
-  check_fi(at_boundary("PrefillPlanWorkspaceSize",
-                       [&] {
-                         return fi::PrefillPlanWorkspaceSize<int32_t>(
-                             need_f, need_i, qo_indptr.data(), kv_indptr.data(), uint32_t(T), uint32_t(B), nq, nkv, D,
-                             D, uint32_t(page_size_), cuda_graph, dt_bytes, st.window_left,
-                             /*fixed_split_size=*/-1, st.disable_split_kv, /*num_colocated_ctas=*/0,
-                             uniform_q_len, stream, dt_bytes);
-                       }),
-           "PrefillPlanWorkspaceSize");
+  workspace_size(fixed_split_pages, need_f, need_i);
   st.reserve(need_f, need_i, B + 1, stream);
 
   PinnedSlot& slot = st.slots[st.next_slot];
@@ -427,10 +469,14 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
                              st.float_ws.view().data, st.float_cap, st.int_ws.view().data, slot.ptr, st.int_cap,
                              st.info, qo_indptr.data(), kv_indptr.data(), uint32_t(T), uint32_t(B), nq, nkv, D, D,
                              uint32_t(page_size_),
-                             cuda_graph, dt_bytes, st.window_left, /*fixed_split_size=*/-1,
-                             st.disable_split_kv, /*num_colocated_ctas=*/0, uniform_q_len, stream, dt_bytes);
+                             cuda_graph, dt_bytes, st.window_left, fixed_split_pages,
+                             disable_split_kv, /*num_colocated_ctas=*/0, uniform_q_len, stream, dt_bytes);
                        }),
            "PrefillPlan");
+  // The chunk the plan chose, in tokens (PrefillPlan staged it in the pinned slot; meaningless when unsplit).
+  int32_t chunk_tokens = 0;
+  std::memcpy(&chunk_tokens, static_cast<const char*>(slot.ptr) + st.info.kv_chunk_size_ptr_offset,
+              sizeof(chunk_tokens));
   // qo_indptr on the device (the kernel's q_indptr), staged behind the plan's region of the same pinned slot.
   int32_t* qo_h = reinterpret_cast<int32_t*>(static_cast<char*>(slot.ptr) + st.int_cap);
   std::memcpy(qo_h, t.qo_indptr.data(), (B + 1) * sizeof(int32_t));
@@ -446,6 +492,8 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
   summary_.cta_tile_q = cta;
   summary_.padded_batch_size = st.info.padded_batch_size;
   summary_.split_kv = st.info.split_kv;
+  if (st.split == SplitKv::on) summary_.kv_chunk_tokens = int64_t(fixed_split_pages) * page_size_;
+  else if (st.info.split_kv) summary_.kv_chunk_tokens = chunk_tokens;
   summary_.float_workspace_bytes = need_f;
   summary_.int_workspace_bytes = need_i;
   summary_.cuda_graph = cuda_graph;
@@ -456,9 +504,20 @@ const FlashInferPlanSummary& FlashInferAttention::plan(const KvStepTables& t, in
 std::string describe_plan(const FlashInferPlanSummary& s) {
   // Plain concatenation: fmt's compile-time format checks do not build under nvcc.
   using std::to_string;
+  const std::string chunk = to_string(s.kv_chunk_tokens) + "-token chunks";
+  std::string mode;
+  switch (s.split_mode) {
+    case SplitKv::automatic: mode = s.split_kv && s.kv_chunk_tokens > 0 ? "auto, " + chunk : "auto"; break;
+    case SplitKv::off: mode = "disabled"; break;
+    case SplitKv::on:
+      mode = s.split_kv ? "forced, " + chunk
+                        : "forced, but no sequence spans two " + to_string(s.kv_chunk_tokens) + "-token chunks";
+      break;
+  }
   return "FlashInfer plan: batch " + to_string(s.batch) + ", " + to_string(s.tokens) + " tokens, CTA tile " +
          to_string(s.cta_tile_q) + ", padded batch " + to_string(s.padded_batch_size) + ", split-KV " +
-         (s.split_kv ? "on" : "off") + ", " + (s.cuda_graph ? "CUDA-graph" : "eager") + " mode, workspaces " +
+         (s.split_kv ? "on" : "off") + " (" + mode + "), " + (s.cuda_graph ? "CUDA-graph" : "eager") +
+         " mode, workspaces " +
          to_string(s.float_workspace_bytes) + " B float + " + to_string(s.int_workspace_bytes) + " B int";
 }
 
@@ -468,6 +527,7 @@ uint64_t FlashInferAttention::launch_signature() const {
   uint64_t h = kFnvOffset;
   auto mix = [&](uint64_t v) { h = fnv1a_mix(h, v); };
   for (const int64_t v : i.ToVector()) mix(uint64_t(v));
+  mix(uint64_t(st.split));
   mix(uint64_t(reinterpret_cast<uintptr_t>(st.float_ws.view().data)));
   mix(uint64_t(reinterpret_cast<uintptr_t>(st.int_ws.view().data)));
   mix(uint64_t(reinterpret_cast<uintptr_t>(st.qo_dev.view().data)));

@@ -44,6 +44,7 @@
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "exec/kv_cache.h"
+#include "exec/split_kv.h"
 
 namespace tandem::cuda {
 
@@ -63,6 +64,14 @@ bool flashinfer_supports(const AttentionShape& shape, DType dtype, std::string* 
 // builds.
 void validate_flashinfer_tables(const KvStepTables& tables, int64_t page_size, int64_t num_pages);
 
+// SplitKv::on: the KV chunk a forced split starts from, in tokens, rounded up to whole pages (FlashInfer splits at
+// page granularity): 4 tokens at page size 1 (a 5-token prompt is already split in two), one page at 16. plan()
+// doubles it where the chunks would not fit: in CUDA-graph mode more chunks than the fixed grid has CTAs
+// (2 per SM / n_kv_heads, FlashInfer's max_batch_size_if_split), and in any mode partial outputs larger than
+// kForcedSplitMaxFloatBytes (a long prompt in 4-token chunks would need gigabytes).
+inline constexpr int64_t kForcedSplitChunkTokens = 4;
+inline constexpr size_t kForcedSplitMaxFloatBytes = size_t(64) << 20;
+
 // What the last plan() chose (for tests and reports).
 struct FlashInferPlanSummary {
   int64_t batch = 0;                                          // B
@@ -70,21 +79,27 @@ struct FlashInferPlanSummary {
   int64_t cta_tile_q = 0;                                     // 16, 64 or 128
   int64_t padded_batch_size = 0;                              // CTAs along x
   bool split_kv = false;                                      // KV split into chunks, partial results merged
+  SplitKv split_mode = SplitKv::automatic;                    // what the adapter was asked for (--split-kv)
+  int64_t kv_chunk_tokens = 0;                                // split_kv: the chunk, in tokens; else 0
   bool cuda_graph = false;                                    // planned for a fixed launch shape
   size_t float_workspace_bytes = 0, int_workspace_bytes = 0;  // what this plan needs
 };
 
-// "FlashInfer plan: batch 3, 24 tokens, CTA tile 16, padded batch 33, split-KV on, CUDA-graph mode" (reports).
+// "FlashInfer plan: batch 3, 24 tokens, CTA tile 16, padded batch 33, split-KV on (auto, 48-token chunks),
+// CUDA-graph mode, workspaces ..." (reports). The parenthesis names the requested mode: "auto", "forced, N-token
+// chunks" (on), "forced, but no sequence spans two N-token chunks" (on, nothing to split), "disabled" (off).
 std::string describe_plan(const FlashInferPlanSummary& s);
 
 class FlashInferAttention {
  public:
   // page_size and layout: the KV pools'. max_tokens / max_batch: the largest step expected (workspaces are sized
-  // for them with FlashInfer's PrefillPlanWorkspaceSize and grow if a step needs more). disable_split_kv: one
-  // CTA per (query tile, head) over the whole KV (slower for long contexts; for tests that compare split and
-  // unsplit). Throws tandem::Error when flashinfer_supports() is false or no CUDA device is present.
+  // for them with FlashInfer's PrefillPlanWorkspaceSize and grow if a step needs more). split_kv: automatic
+  // (FlashInfer's scheduler), off (one CTA per (query tile, head) over the whole KV: slower for long contexts)
+  // or on (every sequence longer than one chunk is split, kForcedSplitChunkTokens; a diagnostic mode, so that
+  // split and unsplit kernels can be compared on short inputs too). Throws tandem::Error when
+  // flashinfer_supports() is false or no CUDA device is present.
   FlashInferAttention(const AttentionShape& shape, DType dtype, int64_t page_size, KvLayout layout,
-                      int64_t max_tokens = 8192, int64_t max_batch = 256, bool disable_split_kv = false);
+                      int64_t max_tokens = 8192, int64_t max_batch = 256, SplitKv split_kv = SplitKv::automatic);
   ~FlashInferAttention();
   FlashInferAttention(const FlashInferAttention&) = delete;
   FlashInferAttention& operator=(const FlashInferAttention&) = delete;
@@ -97,7 +112,8 @@ class FlashInferAttention {
   const FlashInferPlanSummary& plan(const KvStepTables& tables, int64_t num_pages, cudaStream_t stream,
                                     bool cuda_graph = false);
   // A hash of everything run() bakes into its launches besides the tensors passed to it: the plan's launch
-  // shape and offsets and the workspace addresses.
+  // shape and offsets (split-KV on or off among them), the split mode and the workspace addresses. (A forced
+  // split's chunk size lives in the int workspace on the device, so a graph replays with a new one.)
   uint64_t launch_signature() const;
   const FlashInferPlanSummary& summary() const { return summary_; }
 
@@ -112,6 +128,7 @@ class FlashInferAttention {
   DType dtype() const { return dtype_; }
   int64_t page_size() const { return page_size_; }
   KvLayout layout() const { return layout_; }
+  SplitKv split_kv() const { return split_kv_; }
 
  private:
   struct State;
@@ -119,6 +136,7 @@ class FlashInferAttention {
   DType dtype_;
   int64_t page_size_;
   KvLayout layout_;
+  SplitKv split_kv_;
   FlashInferPlanSummary summary_;
   std::unique_ptr<State> st_;
 };

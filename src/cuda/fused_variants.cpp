@@ -104,11 +104,14 @@ Variant flashinfer_attention() {
     const PagedKv& kv = *a.kv;
     const DType dt = a.slots.qkv.dtype;
     if (!c.flashinfer || c.flashinfer->dtype() != dt || c.flashinfer->page_size() != kv.page_size ||
-        c.flashinfer->layout() != kv.layout)
-      c.flashinfer = std::make_shared<FlashInferAttention>(attention_shape(a.config), dt, kv.page_size, kv.layout);
+        c.flashinfer->layout() != kv.layout || c.flashinfer->split_kv() != c.split_kv)
+      c.flashinfer = std::make_shared<FlashInferAttention>(attention_shape(a.config), dt, kv.page_size, kv.layout,
+                                                           8192, 256, c.split_kv);
     TD_CHECK(a.step.tables, "attention.flashinfer: the step's host page tables are missing");
     c.flashinfer->plan(*a.step.tables, kv.k.shape[0], c.stream, a.step.graphable);
     c.flashinfer_planned = a.step.serial;
+    // (launch_signature() covers the split mode too: a graph captured under one mode is never replayed under
+    // another, even if a context's mode changed)
     c.graph_salt ^= c.flashinfer->launch_signature();
   };
   v.unsupported = [](const ModelConfig& c, DType dt) -> std::optional<std::string> {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "exec/kv_cache.h"
+#include "exec/split_kv.h"
 #include "exec/variant.h"
 #include "model/model.h"
 #include "exec/step.h"
@@ -31,6 +32,8 @@ struct HostOptions {
   bool programmatic_launch = true;
   // CPU: the KV pool stays at kv_tokens instead of growing on demand (the GPU pool is always fixed).
   bool kv_fixed = false;
+  // GPU: FlashInfer's split-KV (--split-kv; exec/split_kv.h), for the attention variants that run FlashInfer.
+  SplitKv split_kv = SplitKv::automatic;
 };
 
 class DeviceHost {

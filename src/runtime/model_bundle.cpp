@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "core/checks.h"
+#include "exec/split_kv.h"
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
 
@@ -142,6 +143,7 @@ struct Resolved {
   const PathPreset* preset;
   DType dtype;
   KvLayout layout;
+  SplitKv split_kv;
 };
 
 Resolved resolve(const RunnerOptions& o) {
@@ -161,17 +163,20 @@ Resolved resolve(const RunnerOptions& o) {
   TD_CHECK(dtype && is_float_dtype(*dtype), "--dtype {}: expected bf16, f16 or f32", o.dtype);
   const auto layout = kv_layout_from_name(o.kv_layout);
   TD_CHECK(layout.has_value(), "--kv-layout {}: expected nhd or hnd", o.kv_layout);
+  const auto split = split_kv_from_name(o.split_kv);
+  TD_CHECK(split.has_value(), "--split-kv {}: expected auto, off or on", o.split_kv);
   TD_CHECK(o.page_size > 0 && o.page_size <= 4096, "--page-size {}: expected 1..4096 tokens", o.page_size);
   TD_CHECK(o.kv_tokens >= 0, "--kv-tokens {}: must not be negative", o.kv_tokens);
   TD_CHECK(o.gpu_memory_utilization >= 0 && o.gpu_memory_utilization <= 1,
            "--gpu-memory-utilization {}: expected a fraction in (0, 1]", o.gpu_memory_utilization);
   TD_CHECK(o.gpu_memory_utilization == 0 || o.kv_tokens == 0,
            "give --kv-tokens or --gpu-memory-utilization, not both (both size the KV cache)");
-  return {preset, preset->device == Device::CPU ? DType::F32 : *dtype, *layout};
+  return {preset, preset->device == Device::CPU ? DType::F32 : *dtype, *layout, *split};
 }
 
 HostOptions host_options(const RunnerOptions& o, const Resolved& r) {
-  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout, o.gpu_memory_utilization, o.pdl, o.kv_fixed};
+  return HostOptions{r.dtype, o.kv_tokens, o.page_size, r.layout, o.gpu_memory_utilization, o.pdl, o.kv_fixed,
+                     r.split_kv};
 }
 }  // namespace
 

@@ -39,6 +39,7 @@ struct RunnerOptions {
   bool nan_check = false;              // stop at the first variant output holding NaN/Inf
   bool cuda_graphs = true;             // decode steps from CUDA graphs (ExecutorOptions::cuda_graphs)
   bool pdl = true;                     // programmatic dependent launch (HostOptions::programmatic_launch)
+  std::string split_kv = "auto";       // FlashInfer split-KV: auto | off | on (HostOptions::split_kv; GPU only)
   bool kv_fixed = false;               // CPU: a KV pool of kv_tokens that does not grow (HostOptions::kv_fixed)
   bool prefix_caching = false;         // share cached K/V pages of common prefixes (ExecutorOptions::prefix_caching)
   bool check_tensors = false;          // make_runner scans every weight for NaN/Inf first (check_weights_finite)

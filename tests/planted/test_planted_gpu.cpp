@@ -4,8 +4,9 @@
 // class in trace / --kv-poison / --nan-check / the taps. Also diff --matrix on the GPU: fused against standard in
 // every cell. The commands run `tandem_planted` (the CLI linked with the planted variants). The models are the tiny
 // HF fixtures (tests/fixtures: head_dim 16, so the fused path's attention falls back to attention.standard), plus,
-// for the matrix's decode-kernel axis, the real-shape SmolLM2 of TANDEM_GPU_MODELS when it is there. Every test
-// skips without a GPU.
+// for the matrix's decode-kernel and split-KV axes, the real-shape SmolLM2 of TANDEM_GPU_MODELS when it is there.
+// The planted bugs inside FlashInfer (planted_gpu_flashinfer.cpp) need that model too; their tests are in
+// test_planted_flashinfer_gpu.cpp. Every test skips without a GPU.
 //
 // Bug -> what diff, bisect and the class check report (prompt ids 1,5,9,20,33, 2 decode steps, page size 16, NHD):
 //   attention.test_read_nhd_as_hnd  step 0 (prefill) L0.attention, agreed L0.kv_write; bisect names it; trace
@@ -27,6 +28,24 @@
 //                                   1.xe+05 past 65504, the first NaN/Inf at L1.attention; layer 0 finite
 //   rope.test_decode_offset         prefill equal (-n 0 exits 0); step 1 (decode) L0.rope, agreed L0.qkv
 //   attention.test_drop_last_key    step 0 L0.attention; --nan-check: 64 NaN of 192 (position 0 sees no key)
+//
+// Inside FlashInfer, on the real-shape SmolLM2 (bf16, fused path; the good side runs attention.flashinfer; same
+// prompt, -n 2, page size 16, NHD). EXPECTED, TO BE CONFIRMED ON A GPU (written before the first GPU run):
+//   attention.test_flashinfer_last_page_long   step 0 (prefill) L0.attention, agreed L0.kv_write, side a's state
+//                                              "FlashInfer plan: batch 1, 5 tokens, ..."; bisect names it (also
+//                                              against the standard path, --tol 4e-2); trace --kv-poison:
+//                                              "L0.attention: N of 2880 values are NaN ... (first in step row R):
+//                                              attention read a KV slot that was never written" (the planned KV
+//                                              reaches slot 5; its NaN value reaches every row of the query tile,
+//                                              so R is likely 0); with --split-kv on the report says "split-KV off
+//                                              (forced, but no sequence spans two 16-token chunks)"
+//   attention.test_flashinfer_other_seq_pages  equal at batch 1 (bisect exits 0); batch 3: step 0 (prefill, batch
+//                                              of 3) L0.attention, agreed L0.kv_write, the largest error at row 4
+//                                              (sequence 0, position 4) or row 8 (sequence 1, position 3): the
+//                                              only rows that reach a slot the other sequence never wrote
+//   attention.test_flashinfer_nhd_as_hnd       step 0 L0.attention, agreed L0.kv_write; trace --kv-poison: NaN
+//                                              from row 0 (KV heads 1-2 read past the written slots); equal at
+//                                              page size 1 (NHD and HND are the same bytes there)
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -366,13 +385,14 @@ TEST(PlantedGpu, KvVerifyFusedAgainstStandard) {
   EXPECT_THAT(r.output, HasSubstr("equal: ")) << r.output;
 }
 
-// On the CPU (runs everywhere): --matrix keeps its 8 cells and says which axes it skipped.
+// On the CPU (runs everywhere): --matrix keeps its 8 cells and says which axes it skipped (split-KV among them).
 TEST(DiffMatrixCpu, GpuOnlyAxesAreSkippedWithALine) {
   const RunResult r = run_tandem("diff -m " + kModel + kIds + "-n 1 --a reference --b reference --matrix");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("plan a runs on the cpu: the GPU-only axes (dtype bf16/f16, CUDA graphs off/on, "
-                                  "decode kernel fused/flashinfer, batch 9) are skipped\n"))
+                                  "decode kernel fused/flashinfer, split-KV off/on, batch 9) are skipped\n"))
       << r.output;
+  EXPECT_THAT(r.output, Not(HasSubstr("split-kv"))) << r.output;  // no column for an axis not varied
   EXPECT_THAT(r.output, HasSubstr("diff --matrix: a = reference, b = reference; 8 cells\n"));
   EXPECT_THAT(r.output, HasSubstr("page   kv    batch dtype graphs  result\n"));
   EXPECT_THAT(r.output, HasSubstr("16     hnd   3     f32   off     pass\n"));
@@ -380,13 +400,17 @@ TEST(DiffMatrixCpu, GpuOnlyAxesAreSkippedWithALine) {
 }
 
 // diff --matrix on the GPU, fused against standard: page size x layout x batch {1, 3, 9} x bf16/f16 x graphs. The
-// fixture's head_dim (16) is outside the fused attention's kernels, so the decode-kernel axis is not varied (and
-// the line says why). Graph cells replay graphs (3 decode steps: eager, capture, replay).
+// fixture's head_dim (16) is outside the fused attention's kernels, so neither the decode-kernel axis nor the
+// split-KV axis is varied (and lines say why). Graph cells replay graphs (3 decode steps: eager, capture, replay).
 TEST(DiffMatrixGpu, FusedMatchesStandardInEveryCell) {
   REQUIRE_GPU();
   const RunResult r = run_tandem("diff -m " + kModel + kIds + "-n 3 --a fused --b standard --matrix");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("decode kernel axis not varied: plan a's attention is attention.standard")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("split-KV axis not varied: plan a's attention is attention.standard, which does not "
+                                  "run FlashInfer\n"))
+      << r.output;
+  EXPECT_THAT(r.output, HasSubstr("page   kv    batch dtype graphs  result\n")) << r.output;
   EXPECT_THAT(r.output, HasSubstr("diff --matrix: a = fused, b = standard; 48 cells\n")) << r.output;
   EXPECT_THAT(r.output, HasSubstr("48 of 48 cells pass")) << r.output;
   for (const char* dt : {"bf16", "f16"})
@@ -403,7 +427,9 @@ TEST(DiffMatrixGpu, FusedMatchesStandardInEveryCell) {
 }
 
 // With a model the fused attention's kernels take (the real-shape SmolLM2 of tools/make_gpu_models.py, head_dim
-// 64): the decode-kernel axis runs every cell with attention.fused's split-KV decode kernel and with FlashInfer.
+// 64): the decode-kernel and split-KV axes run every cell with attention.fused (split-KV auto) and with FlashInfer
+// for every step, split-KV off and forced on (at page size 1 the 5-token prompt and its decode steps are split in
+// 4-token chunks and merged; at 16 they fit one page): 3 settings x 48 = 144 cells.
 TEST(DiffMatrixGpu, DecodeKernelAxisOnARealShapeModel) {
   REQUIRE_GPU();
   const char* root = std::getenv("TANDEM_GPU_MODELS");
@@ -416,10 +442,17 @@ TEST(DiffMatrixGpu, DecodeKernelAxisOnARealShapeModel) {
   const RunResult r = run_tandem("diff -m " + model.string() + kIds + "-n 3 --a fused --b standard --matrix --tol 4e-2");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, Not(HasSubstr("decode kernel axis not varied"))) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("diff --matrix: a = fused, b = standard; 96 cells\n")) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("96 of 96 cells pass")) << r.output;
-  EXPECT_EQ(count(r.output, " fused       pass"), 48u) << r.output;
-  EXPECT_EQ(count(r.output, " flashinfer  pass"), 48u) << r.output;
+  EXPECT_THAT(r.output, Not(HasSubstr("split-KV axis not varied"))) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("split-KV axis: attention.flashinfer cells (attention.fused ones: auto) with "
+                                  "split-KV off and on"))
+      << r.output;
+  EXPECT_THAT(r.output, HasSubstr("diff --matrix: a = fused, b = standard; 144 cells\n")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("page   kv    batch dtype graphs  decode      split-kv  result\n")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("144 of 144 cells pass")) << r.output;
+  EXPECT_EQ(count(r.output, " fused       auto      pass"), 48u) << r.output;
+  EXPECT_EQ(count(r.output, " flashinfer  off       pass"), 48u) << r.output;
+  EXPECT_EQ(count(r.output, " flashinfer  on        pass"), 48u) << r.output;
+  EXPECT_EQ(count(r.output, "FAIL"), 0u);
 }
 
 }  // namespace

@@ -319,8 +319,26 @@ TEST(FlashInferReport, DescribePlanNamesEveryField) {
   p.cuda_graph = true;
   p.float_workspace_bytes = 1024;
   p.int_workspace_bytes = 256;
-  EXPECT_EQ(cuda::describe_plan(p), "FlashInfer plan: batch 3, 3 tokens, CTA tile 16, padded batch 33, split-KV on, "
-                                    "CUDA-graph mode, workspaces 1024 B float + 256 B int");
+  EXPECT_EQ(cuda::describe_plan(p), "FlashInfer plan: batch 3, 3 tokens, CTA tile 16, padded batch 33, split-KV on "
+                                    "(auto), CUDA-graph mode, workspaces 1024 B float + 256 B int");
+  // The split-KV mode asked for (--split-kv) and the chunk the plan chose.
+  p.kv_chunk_tokens = 48;
+  EXPECT_NE(cuda::describe_plan(p).find(", split-KV on (auto, 48-token chunks), "), std::string::npos);
+  p.split_mode = SplitKv::on;
+  p.kv_chunk_tokens = 4;
+  EXPECT_NE(cuda::describe_plan(p).find(", split-KV on (forced, 4-token chunks), "), std::string::npos);
+  p.split_kv = false;
+  p.kv_chunk_tokens = 16;
+  EXPECT_NE(cuda::describe_plan(p).find(", split-KV off (forced, but no sequence spans two 16-token chunks), "),
+            std::string::npos);
+  p.split_mode = SplitKv::off;
+  p.kv_chunk_tokens = 0;
+  EXPECT_NE(cuda::describe_plan(p).find(", split-KV off (disabled), "), std::string::npos);
+  EXPECT_EQ(split_kv_from_name("on"), SplitKv::on);
+  EXPECT_EQ(split_kv_from_name("auto"), SplitKv::automatic);
+  EXPECT_EQ(split_kv_from_name("off"), SplitKv::off);
+  EXPECT_FALSE(split_kv_from_name("yes").has_value());
+  EXPECT_EQ(split_kv_name(SplitKv::automatic), "auto");
 }
 
 }  // namespace
