@@ -28,13 +28,14 @@ int run(ServeArgs& a) {
   if (a.server.served_model_name.empty()) a.server.served_model_name = model_path(a.model).filename().string();
   server::Server srv(l.bundle, *l.runner, a.server);
   srv.bind();
+  // Handlers first: a supervisor that signals as soon as it reads "serving" gets the drain, not the default action.
+  std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
   std::fprintf(stderr, "serving %s on http://%s:%d (path %s; max %d sequences, %lld tokens a step, context %lld)\n",
                a.server.served_model_name.c_str(), a.server.host.c_str(), srv.port(),
                std::string(l.runner->path_name()).c_str(), a.server.engine.max_num_seqs,
                (long long)a.server.engine.max_num_batched_tokens, (long long)srv.engine().max_model_len());
-  std::signal(SIGPIPE, SIG_IGN);
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
   // SIGTERM / Ctrl-C: refuse new requests (503), let running ones finish (--drain-timeout), then exit 0.
   std::thread watcher([&] {
     while (g_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -72,8 +73,8 @@ void register_serve(CLI::App& app) {
                   "context per sequence (default: the model's; llama.cpp's -c)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
   cmd->add_flag("--check-logits", a->server.engine.check_logits,
-                "bring every logits row to the host and fail a request whose row holds NaN/Inf, greedy ones too (CI, "
-                "debugging; without it greedy rows on the device fail only when all NaN)");
+                "bring every logits row to the host and scan it for NaN/Inf, greedy ones too, so that errors count them "
+                "(CI, debugging; without it a row with any NaN/Inf still fails, uncounted)");
   cmd->add_option("--drain-timeout", a->drain_timeout, "seconds SIGTERM waits for running requests (then they end with finish_reason abort)")->capture_default_str();
   cmd->callback([a] { run(*a); });
 }

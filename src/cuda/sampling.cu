@@ -11,7 +11,8 @@ namespace {
 constexpr int kThreads = 1024;
 constexpr int64_t kMaxBlocks = 65535;
 
-// (value, index) with the greedy order: larger value first, then lower index; index -1 is "nothing yet".
+// (value, index) with the greedy order over finite values: larger value first, then lower index; index -1 is
+// "nothing yet".
 struct Best {
   float v;
   int32_t i;
@@ -25,12 +26,17 @@ __device__ __forceinline__ bool better(const Best& a, const Best& b) {
 __global__ void argmax_rows_kernel(const float* __restrict__ logits, int32_t* __restrict__ out, int64_t R,
                                    int64_t V) {
   __shared__ Best red[kThreads / 32];
+  __shared__ bool red_bad[kThreads / 32];  // the warp met a NaN/Inf
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const float* row = logits + r * V;
     Best best{0.0f, -1};
+    bool bad = false;  // one NaN/Inf anywhere poisons the row (sampling.cuh): no token, whatever the others hold
     for (int64_t k = threadIdx.x; k < V; k += blockDim.x) {
       const float v = row[k];
-      if (isnan(v) || v == -INFINITY) continue;
+      if (!isfinite(v)) {
+        bad = true;
+        continue;
+      }
       const Best c{v, int32_t(k)};
       if (better(c, best)) best = c;
     }
@@ -38,14 +44,21 @@ __global__ void argmax_rows_kernel(const float* __restrict__ logits, int32_t* __
       const Best o{__shfl_down_sync(0xffffffffu, best.v, off), __shfl_down_sync(0xffffffffu, best.i, off)};
       if (better(o, best)) best = o;
     }
+    const bool warp_bad = __any_sync(0xffffffffu, bad);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) red[warp] = best;
+    if (lane == 0) {
+      red[warp] = best;
+      red_bad[warp] = warp_bad;
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
       Best b = red[0];
-      for (int w = 1; w < int(blockDim.x >> 5); ++w)
+      bool any_bad = red_bad[0];
+      for (int w = 1; w < int(blockDim.x >> 5); ++w) {
         if (better(red[w], b)) b = red[w];
-      out[r] = b.i;
+        any_bad = any_bad || red_bad[w];
+      }
+      out[r] = any_bad ? -1 : b.i;
     }
     __syncthreads();
   }

@@ -1,6 +1,6 @@
 #include "exec/step.h"
 
-#include <limits>
+#include <cmath>
 #include <map>
 
 #include "core/error.h"
@@ -9,10 +9,10 @@
 namespace tandem {
 
 int32_t greedy_token(std::span<const float> row) {
-  int32_t best = -1;
+  int32_t best = kNonFiniteRow;
   for (size_t i = 0; i < row.size(); ++i) {
     const float v = row[i];
-    if (v != v || v == -std::numeric_limits<float>::infinity()) continue;
+    if (!std::isfinite(v)) return kNonFiniteRow;  // one NaN/Inf poisons the row (see step.h)
     if (best < 0 || v > row[size_t(best)]) best = int32_t(i);
   }
   return best;

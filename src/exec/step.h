@@ -49,9 +49,13 @@ struct StepOutput {
   std::vector<int32_t> argmax;      // greedy_only: greedy_token() of each logits row
 };
 
-// The greedy token of a logits row: the largest value's index, NaN and -inf never chosen, ties to the lowest
-// index, +inf above every finite value; -1 when every value is NaN or -inf. The CPU sampler's greedy rule
-// (runtime/sampler.h) and the device's (cuda/sampling.cuh argmax_rows).
+// The greedy token of a logits row: the index of the largest value, ties to the lowest index; -1 (the NaN guard's
+// sentinel) when ANY value is NaN, +inf or -inf. A model's raw logits are finite, and nothing (no bias, mask or
+// penalty) is applied before this pick, so one non-finite value means a fault upstream: the runtime fails the
+// request as the host scan of a row does (runtime/generate.h count_non_finite_row), whichever path chose the
+// token. On a finite row it is the CPU sampler's greedy rule (runtime/sampler.h); the device's twin is
+// cuda/sampling.cuh argmax_rows.
+inline constexpr int32_t kNonFiniteRow = -1;
 int32_t greedy_token(std::span<const float> row);
 
 }  // namespace tandem

@@ -355,7 +355,10 @@ bool Engine::step_once() {
     std::vector<std::string> non_finite(sampled.size());
     for (size_t i = 0; i < sampled.size(); ++i) {
       if (!out.argmax.empty()) {
-        if (out.argmax[i] < 0) non_finite[i] = fmt::format("are all NaN or -inf ({} values)", V);
+        // The greedy pick's sentinel: one NaN/Inf anywhere in the row (exec/step.h greedy_token), not counted.
+        if (out.argmax[i] < 0)
+          non_finite[i] =
+              fmt::format("hold NaN or Inf among {} values (the greedy pick found one; --check-logits counts them)", V);
       } else {
         const NonFiniteRow nf = count_non_finite_row({out.logits.f32() + int64_t(i) * V, size_t(V)});
         if (nf.any()) non_finite[i] = fmt::format("hold {} NaN and {} Inf of {} values", nf.nan, nf.inf, V);

@@ -177,7 +177,8 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
       int32_t tok;
       if (!out.argmax.empty()) {  // chosen on the device (greedy, no penalty: the sampler's rule)
         tok = out.argmax[i];
-        if (tok < 0) fail_non_finite(r, fmt::format("are all NaN or -inf ({} values)", V));
+        // The greedy pick's sentinel: one NaN/Inf anywhere in the row (exec/step.h greedy_token).
+        if (tok < 0) fail_non_finite(r, fmt::format("hold NaN or Inf among {} values (the greedy pick found one)", V));
       } else {
         const std::span<const float> row(out.logits.f32() + int64_t(i) * V, size_t(V));
         if (const NonFiniteRow nf = count_non_finite_row(row); nf.any())

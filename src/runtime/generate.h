@@ -44,8 +44,8 @@ inline constexpr int64_t kPrefillProgressChunk = 256;
 
 // Throws before running anything if a prompt is empty, has ids outside the vocabulary, or prompt +
 // max_new_tokens exceeds the model's context. prefill_taps (may be null) sees the prefill step.
-// A logits row that holds NaN or Inf (or, from a greedy-only step, whose values are all NaN/-inf) is never
-// sampled: generate() throws a tandem::Error naming the request, the step and the first non-finite tap
+// A logits row that holds a NaN or Inf, one value or all, is never sampled (a greedy-only step's argmax gives no
+// token for it): generate() throws a tandem::Error naming the request, the step and the first non-finite tap
 // (locate_non_finite). on_prefill: see PrefillProgress (unused when prefill_taps is given: the taps see the
 // prefill as one step).
 std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<GenerationRequest>& requests,

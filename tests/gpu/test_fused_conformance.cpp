@@ -3,6 +3,8 @@
 // dtype's NMSE bound, its fp32 sums being ordered differently from cuBLASLt's), and (2) its CPU twin within the
 // NMSE bound (criteria in conformance.h). Inputs include the extremes: |q|, |k| near 200 and positions near 4000
 // for RoPE, rows near zero and near the dtype's range for the residual norm, and the scalar (unaligned) GEMV path.
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -288,7 +290,7 @@ TEST_F(OpConformance, linear_gemv_RejectsBadShapes) {
 
 // ------------------------------------------------------------------------------------------------ argmax_rows
 
-// Against greedy_token (its CPU twin) on rows with ties, NaN, -inf, +inf, all-NaN/-inf rows (-1), one-hot and
+// Against greedy_token (its CPU twin) on rows with ties, NaN, -inf, +inf (each of those rows -1), one-hot and
 // flat rows, values near f32's max and a real vocabulary size (the maximum in the last and first slot).
 TEST_F(OpConformance, argmax_rows) {
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
@@ -300,10 +302,10 @@ TEST_F(OpConformance, argmax_rows) {
     for (int64_t k = 0; k < V; ++k) row(2)[k] = k % 2 ? -inf : nan;           // -1
     std::fill(row(3), row(3) + V, 0.5f);                                     // flat: index 0
     std::fill(row(4), row(4) + V, -1e30f), row(4)[V - 1] = 3.0e38f;          // one-hot at the end
-    if (V > 1) row(5)[V / 2] = inf, row(5)[V - 1] = inf;                     // first +inf
+    if (V > 1) row(5)[V / 2] = inf, row(5)[V - 1] = inf;                     // +inf: -1 as well
     for (int64_t k = 0; k < V; ++k) row(6)[k] = float(k % 3);                 // ties to the lowest index
     row(7)[0] = 1e38f;                                                        // one-hot at the start
-    for (int64_t k = 0; k < V; k += 2) row(8)[k] = nan;                       // NaN mixed in
+    for (int64_t k = 0; k < V; k += 2) row(8)[k] = nan;                       // NaN mixed in: -1
     Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
     d.upload(h);
     cuda::argmax_rows(d, ids, stream_);
@@ -317,6 +319,71 @@ TEST_F(OpConformance, argmax_rows) {
     EXPECT_EQ(got[4], V - 1);
     expect_guards_intact({&d, &ids});
   }
+}
+
+// The NaN guard's sentinel (checklist 24): ONE NaN, +inf or -inf anywhere in a row gives -1, whichever of the
+// block's 1024 threads and 32 warps reads it (first and last lane of a warp, warp and block-stride boundaries,
+// the row's ends), beside a large finite maximum elsewhere; the clean row keeps its token. Vocabularies of
+// Qwen2 (151936), just over one block stride (1025) and under one warp; then more rows than the grid has blocks
+// (65535), so a block reuses its shared flags for a second row.
+TEST_F(OpConformance, argmax_rows_OneNonFiniteValueAnywhereGivesMinusOne) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float neg_nan = std::bit_cast<float>(0xffc00000u), signaling_nan = std::bit_cast<float>(0x7f800001u);
+  for (int64_t V : {int64_t(151936), int64_t(1025), int64_t(20)}) {
+    const int64_t max_at = V * 2 / 3;
+    std::vector<int64_t> at;
+    for (int64_t p : {int64_t(0), int64_t(1), int64_t(31), int64_t(32), int64_t(33), int64_t(63), int64_t(511),
+                      int64_t(512), int64_t(992), int64_t(1023), int64_t(1024), int64_t(1025), int64_t(2047),
+                      int64_t(2048), V / 2, max_at - 1, max_at, max_at + 1, V - 1025, V - 1024, V - 1023, V - 33,
+                      V - 32, V - 2, V - 1})
+      if (p >= 0 && p < V && std::find(at.begin(), at.end(), p) == at.end()) at.push_back(p);
+    // Row 0 clean; then NaN at each of `at`; then +inf, -inf and other NaN encodings at a few of them.
+    std::vector<std::pair<int64_t, float>> poison;
+    for (int64_t p : at) poison.push_back({p, nan});
+    for (int64_t p : {int64_t(0), max_at, V - 1}) {
+      poison.push_back({p, inf});
+      poison.push_back({p, -inf});
+    }
+    poison.push_back({V / 3, neg_nan});
+    poison.push_back({(V * 5) / 7, signaling_nan});
+    const int64_t R = 1 + int64_t(poison.size());
+    std::vector<float> h = randn(R * V, DType::F32, uint32_t(V) + 7);
+    auto row = [&](int64_t r) { return h.data() + r * V; };
+    for (int64_t r = 0; r < R; ++r) row(r)[max_at] = 1e30f;  // a clear winner the poison must override
+    for (size_t i = 0; i < poison.size(); ++i) row(int64_t(i) + 1)[poison[i].first] = poison[i].second;
+    Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
+    d.upload(h);
+    cuda::argmax_rows(d, ids, stream_);
+    sync();
+    std::vector<int32_t> got(static_cast<size_t>(R));
+    TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(got[0], max_at) << "V " << V << ": the clean row";
+    for (int64_t r = 1; r < R; ++r) {
+      const auto& [p, v] = poison[size_t(r - 1)];
+      EXPECT_EQ(got[size_t(r)], -1) << "V " << V << ": " << v << " at " << p << " (thread " << p % 1024 << ", warp "
+                                    << (p % 1024) / 32 << ", lane " << p % 32 << ")";
+      EXPECT_EQ(greedy_token({row(r), size_t(V)}), -1) << "the CPU twin disagrees: V " << V << ", " << v << " at " << p;
+    }
+    expect_guards_intact({&d, &ids});
+  }
+  // More rows than blocks: every third row holds one NaN, at a position that moves from row to row.
+  const int64_t V = 40, R = 65535 + 301;
+  std::vector<float> h = randn(R * V, DType::F32, 99);
+  for (int64_t r = 0; r < R; r += 3) h[size_t(r * V + (r * 7) % V)] = nan;
+  Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
+  d.upload(h);
+  cuda::argmax_rows(d, ids, stream_);
+  sync();
+  std::vector<int32_t> got(static_cast<size_t>(R));
+  TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+  int64_t wrong = 0, first_wrong = -1;
+  for (int64_t r = 0; r < R; ++r) {
+    const int32_t want = r % 3 == 0 ? -1 : greedy_token({h.data() + r * V, size_t(V)});
+    if (want < 0 && r % 3 != 0) ADD_FAILURE() << "test bug: clean row " << r << " gave -1 on the CPU";
+    if (got[size_t(r)] != want && wrong++ == 0) first_wrong = r;
+  }
+  EXPECT_EQ(wrong, 0) << "first at row " << first_wrong << ": got " << got[size_t(std::max<int64_t>(first_wrong, 0))];
+  expect_guards_intact({&d, &ids});
 }
 
 TEST_F(OpConformance, gate_up_silu_RejectsTooManyRows) {

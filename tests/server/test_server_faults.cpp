@@ -90,13 +90,12 @@ TEST(ServerFaults, NanLogitsFailOnlyThatRequestAndNameTheTap) {
     EXPECT_NE(msg.find(part), std::string::npos) << part << " missing from: " << msg;
   EXPECT_EQ(text_of(running.get()), alone);
 
-  // Streamed and alone (a greedy-only step: the device's argmax of an all-NaN row is -1): an error chunk, then
-  // [DONE].
+  // Streamed and alone (a greedy-only step: the argmax of a row holding NaN is -1): an error chunk, then [DONE].
   json streamed = poisoned;
   streamed["stream"] = true;
   const std::string st = streamed_text(s.post("/v1/completions", streamed));
   EXPECT_EQ(st.rfind("<error: the logits for output token 1", 0), 0u) << st;
-  EXPECT_NE(st.find("are all NaN or -inf"), std::string::npos) << st;
+  EXPECT_NE(st.find("hold NaN or Inf among 49152 values"), std::string::npos) << st;
   EXPECT_NE(st.find("L3.attention"), std::string::npos) << st;
   EXPECT_EQ(st.find("<no [DONE]>"), std::string::npos) << st;
 
@@ -110,8 +109,8 @@ TEST(ServerFaults, NanLogitsFailOnlyThatRequestAndNameTheTap) {
   EXPECT_EQ(s.srv->engine().failure(), "");
 }
 
-// --check-logits: a greedy request's rows come to the host too, so the scan counts the NaN (without it the device's
-// argmax says only that the row is all NaN), and healthy greedy output is unchanged.
+// --check-logits: a greedy request's rows come to the host too, so the scan counts the NaN (without it the argmax
+// says only that the row holds one), and healthy greedy output is unchanged.
 TEST(ServerFaults, CheckLogitsScansGreedyRows) {
   REQUIRE_MODEL();
   ServerOptions o;
@@ -152,6 +151,89 @@ TEST(ServerFaults, GenerateThrowsOnNanLogits) {
   q.sampling.temperature = 0.7f;  // the sampler's path: the row on the host is scanned
   EXPECT_THROW(generate(*runner, {q}), Error);
   q.prompt = {1, 2, 3, 5};  // a clean prompt on the same runner: every sequence was released
+  EXPECT_EQ(generate(*runner, {q})[0].tokens.size(), 3u);
+}
+
+// Checklist 24, one NaN: a logits row that is finite but for one NaN (logits.test_one_nan_on_marker) fails its
+// request like an all-NaN row. Greedy, the argmax of a greedy-only step (run beside a greedy request, so the step
+// stays greedy-only) gives its sentinel instead of skipping the NaN; sampled, the host scan counts it; streamed,
+// an error chunk then [DONE]. The request beside it keeps its exact output; the server goes on serving.
+TEST(ServerFaults, OneNanLogitFailsOnlyThatRequestGreedyOrSampled) {
+  REQUIRE_MODEL();
+  TestServer s({}, with_variant("logits=test_one_nan_on_marker"));
+  const int32_t marker = nan_marker(s.runner->config().vocab_size);
+  // No logit_bias, no penalty: every step it runs in alone or with other greedy requests is greedy-only.
+  const json healthy = {
+      {"prompt", "Count from one to fifty: one, two, three,"}, {"max_tokens", 48}, {"temperature", 0}};
+  const std::string alone = text_of(s.post("/v1/completions", healthy));
+  ASSERT_EQ(alone.find('<'), std::string::npos) << alone;
+  const json poisoned = {{"prompt", {1, 2, marker}}, {"max_tokens", 4}, {"temperature", 0}};
+  const int64_t failed_before = s.srv->engine().counters().failed;
+
+  auto running = std::async(std::launch::async, [&] { return s.post("/v1/completions", healthy); });
+  wait_until([&] { return s.srv->engine().counters().running > 0; });
+  auto r = s.post("/v1/completions", poisoned);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 500) << r->body;
+  std::string msg = json::parse(r->body)["error"]["message"];
+  for (const char* part : {"logits for output token 1 (position 2", "hold NaN or Inf among 49152 values",
+                           "first non-finite tap is logits (by logits.test_one_nan_on_marker): 1 NaN and 0 Inf of "
+                           "49152 values",
+                           "its input final_norm was finite"})
+    EXPECT_NE(msg.find(part), std::string::npos) << part << " missing from: " << msg;
+  EXPECT_EQ(text_of(running.get()), alone);
+
+  // Sampled: the row comes to the host, whose scan counts the one NaN.
+  json sampled = poisoned;
+  sampled["temperature"] = 0.7;
+  r = s.post("/v1/completions", sampled);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 500) << r->body;
+  msg = json::parse(r->body)["error"]["message"];
+  EXPECT_NE(msg.find("hold 1 NaN and 0 Inf of 49152 values"), std::string::npos) << msg;
+
+  json streamed = poisoned;
+  streamed["stream"] = true;
+  const std::string st = streamed_text(s.post("/v1/completions", streamed));
+  EXPECT_EQ(st.rfind("<error: the logits for output token 1", 0), 0u) << st;
+  EXPECT_NE(st.find("hold NaN or Inf among 49152 values"), std::string::npos) << st;
+  EXPECT_EQ(st.find("<no [DONE]>"), std::string::npos) << st;
+
+  EXPECT_EQ(s.client().Get("/health")->status, 200);
+  EXPECT_EQ(text_of(s.post("/v1/completions", healthy)), alone);
+  ASSERT_TRUE(s.srv->engine().drain(10));
+  const EngineCounters c = s.srv->engine().counters();
+  EXPECT_EQ(c.failed, failed_before + 3);
+  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+  EXPECT_EQ(s.srv->engine().failure(), "");
+}
+
+// The same in generate(): greedy (a greedy-only step, the CPU host's argmax) and sampled, one NaN is enough.
+TEST(ServerFaults, GenerateThrowsOnOneNanLogit) {
+  REQUIRE_MODEL();
+  const ModelBundle bundle = open_model_bundle(*default_model());
+  RunnerOptions o = with_variant("logits=test_one_nan_on_marker");
+  o.device = "cpu";
+  o.path = "reference";
+  auto runner = make_runner(bundle, o);
+  GenerationRequest q;
+  q.prompt = {1, 2, nan_marker(runner->config().vocab_size)};
+  q.max_new_tokens = 3;
+  for (float temperature : {0.0f, 0.7f}) {
+    q.sampling.temperature = temperature;
+    try {
+      generate(*runner, {q});
+      ADD_FAILURE() << "no error at temperature " << temperature;
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("request 0: the logits of step 0 (prefill, position 2)"), std::string::npos) << m;
+      EXPECT_NE(m.find(temperature == 0 ? "hold NaN or Inf among 49152 values" : "hold 1 NaN and 0 Inf of 49152"),
+                std::string::npos)
+          << m;
+      EXPECT_NE(m.find("first non-finite tap is logits (by logits.test_one_nan_on_marker)"), std::string::npos) << m;
+    }
+  }
+  q.prompt = {1, 2, 3};  // a clean prompt on the same runner: every sequence was released
   EXPECT_EQ(generate(*runner, {q})[0].tokens.size(), 3u);
 }
 

@@ -141,30 +141,66 @@ TEST(SamplerGreedy, IgnoresNaNAndNegInf) {
   EXPECT_EQ(s.sample(std::vector<float>{1.0f, kInf, kNaN}, {}), 1);
 }
 
-// greedy_token (exec/step.h, the device argmax's twin) is the sampler's greedy rule on every row, extremes included.
+// greedy_token (exec/step.h, the device argmax's twin) is the sampler's greedy rule on every finite row; a row with
+// any NaN or Inf gives the guard's sentinel, -1 (the runtime scans a row before the sampler sees it).
 TEST(SamplerGreedy, GreedyTokenIsTheSamplersRule) {
   Sampler s(plain(0.0f));
   EXPECT_EQ(greedy_token(std::vector<float>{kNaN, kNaN}), -1);
   EXPECT_EQ(greedy_token(std::vector<float>{-kInf, kNaN}), -1);
-  EXPECT_EQ(greedy_token(std::vector<float>{1.0f, kInf, kInf}), 1);
+  EXPECT_EQ(greedy_token(std::vector<float>{1.0f, kInf, kInf}), -1);
   uint64_t x = 12345;
   auto next = [&] {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     return x;
   };
+  int finite_rows = 0;
   for (int row = 0; row < 500; ++row) {
     std::vector<float> v(size_t(1 + next() % 300));
     for (float& f : v) {
-      const uint64_t k = next() % 20;
-      f = k == 0 ? kNaN : k == 1 ? -kInf : k == 2 && row % 7 == 0 ? kInf : float(int(next() % 9) - 4);  // ties
+      const uint64_t k = row % 2 ? 99 : next() % 400;  // odd rows finite; even ones mostly hold a NaN/Inf
+      f = k == 0 ? kNaN : k == 1 ? -kInf : k == 2 ? kInf : float(int(next() % 9) - 4);  // ties
     }
     const int32_t g = greedy_token(v);
-    if (g < 0) {
-      EXPECT_THROW(s.sample(v, {}), Error);
+    bool finite = true;
+    for (float f : v) finite = finite && std::isfinite(f);
+    if (!finite) {
+      EXPECT_EQ(g, -1) << "row " << row;
     } else {
+      ++finite_rows;
       EXPECT_EQ(g, s.sample(v, {})) << "row " << row;
     }
   }
+  EXPECT_GT(finite_rows, 250);
+}
+
+// The greedy pick's NaN guard (checklist 24): one NaN, +inf or -inf anywhere poisons the row (-1, kNonFiniteRow),
+// however large the finite values beside it; the runtime turns -1 into the request's error (ServerFaults).
+TEST(GreedyToken, OneNonFiniteValueAnywhereGivesTheSentinel) {
+  EXPECT_EQ(kNonFiniteRow, -1);
+  std::vector<float> row(1000);
+  for (size_t i = 0; i < row.size(); ++i) row[i] = float(i % 97) * 0.25f - 3.0f;
+  row[400] = 50.0f;
+  ASSERT_EQ(greedy_token(row), 400);
+  for (size_t at : {size_t(0), size_t(1), size_t(399), size_t(400), size_t(401), size_t(500), size_t(998),
+                    size_t(999)}) {
+    for (float bad : {kNaN, -kNaN, kInf, -kInf}) {
+      std::vector<float> v = row;
+      v[at] = bad;
+      EXPECT_EQ(greedy_token(v), kNonFiniteRow) << "value " << bad << " at " << at;
+    }
+  }
+  // +inf is not a legitimate maximum: raw logits are finite, so it is an overflow upstream.
+  EXPECT_EQ(greedy_token(std::vector<float>{1.0f, kInf, 2.0f}), -1);
+  EXPECT_EQ(greedy_token(std::vector<float>{kInf, kInf}), -1);
+  // Nor is -inf a masked entry to skip: nothing masks logits before this pick.
+  EXPECT_EQ(greedy_token(std::vector<float>{-kInf, -kInf, 7.0f, -kInf}), -1);
+  EXPECT_EQ(greedy_token(std::vector<float>{-kInf, -kInf}), -1);
+  EXPECT_EQ(greedy_token(std::vector<float>{kNaN}), -1);
+  // Finite extremes and ties are still ordinary values.
+  EXPECT_EQ(greedy_token(std::vector<float>{-3.4e38f, 3.4e38f, 3.4e38f}), 1);
+  EXPECT_EQ(greedy_token(std::vector<float>{-3.4e38f}), 0);
+  EXPECT_EQ(greedy_token(std::vector<float>{0.0f, -0.0f}), 0);
+  EXPECT_EQ(greedy_token(std::vector<float>{}), -1);
 }
 
 TEST(SamplerErrors, AllNaNOrNegInfThrows) {
