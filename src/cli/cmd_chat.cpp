@@ -116,7 +116,7 @@ GenerationResult assistant_turn(Loaded& l, const ChatTemplate& chat, std::vector
   fit_context(l, sa.ctx_size, req);
   req.stop_ids = stop_ids(l, &chat);
   StreamDecoder stream = tok.stream_decoder(true);
-  TextStops stops(sa.stops);
+  StopStrings stops(sa.stops);
   std::string reply;
   bool interrupted = false;
   auto emit = [&](const std::string& piece) {
@@ -131,9 +131,9 @@ GenerationResult assistant_turn(Loaded& l, const ChatTemplate& chat, std::vector
     }
     if (std::find(req.stop_ids.begin(), req.stop_ids.end(), t) != req.stop_ids.end()) return true;
     emit(stops.push(stream.push(t)));
-    return !stops.hit();
+    return !stops.stopped();
   }, st);
-  if (!stops.hit() && !interrupted) emit(stops.push(stream.flush()) + stops.flush());
+  if (!stops.stopped() && !interrupted) emit(stops.push(stream.flush()) + stops.flush());
   std::fputs("\n", stdout);
   std::fflush(stdout);  // before anything on stderr
   // The partial answer stays in the conversation, as the user saw it.

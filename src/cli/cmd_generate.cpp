@@ -56,7 +56,7 @@ void run(GenerateArgs& a) {
   const bool stream_out = !a.no_stream && !a.json;
   std::optional<StreamDecoder> stream;
   if (tok) stream.emplace(tok->stream_decoder(true));
-  TextStops stops(a.sampling.stops);
+  StopStrings stops(a.sampling.stops);
   std::string out_text;
   auto emit = [&](const std::string& piece) {
     if (stream_out) {
@@ -72,13 +72,13 @@ void run(GenerateArgs& a) {
       [&](int32_t t) {
         if (as_text) {
           emit(stops.push(stream->push(t)));
-          return !stops.hit();
+          return !stops.stopped();
         }
         if (!a.json) emit(std::to_string(t) + " ");
         return true;
       },
       st, taps.get());
-  if (as_text && !stops.hit()) emit(stops.push(stream->flush()) + stops.flush());
+  if (as_text && !stops.stopped()) emit(stops.push(stream->flush()) + stops.flush());
   if (a.json) {
     if (tok && !as_text) {  // --print-ids --json: the text too
       StreamDecoder d = tok->stream_decoder(true);
@@ -95,7 +95,7 @@ void run(GenerateArgs& a) {
                      {"decode_seconds", st.decode_seconds},
                      {"model", model_path(a.model).string()},
                      {"path", std::string(l.runner->path_name())}};
-    if (stops.hit()) j["stop"] = stops.which();
+    if (stops.stopped()) j["stop"] = stops.which();
     // Replace, not throw, if a sampled token sequence ends inside a UTF-8 character.
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
@@ -109,7 +109,7 @@ void run(GenerateArgs& a) {
                  a.dump_taps.c_str());
   }
   std::fprintf(stderr, "finish: %s%s, seed %llu\n", res.finish_reason.c_str(),
-               stops.hit() ? (" (--stop \"" + stops.which() + "\")").c_str() : "", (unsigned long long)res.seed);
+               stops.stopped() ? (" (--stop \"" + stops.which() + "\")").c_str() : "", (unsigned long long)res.seed);
   print_stats(st);
 }
 }  // namespace

@@ -12,6 +12,7 @@
 #include "runtime/generate.h"
 #include "runtime/model_bundle.h"
 #include "runtime/executor.h"
+#include "runtime/stop_strings.h"
 
 namespace tandem::cli {
 
@@ -74,23 +75,6 @@ void print_stats(const GenerationStats& st);
 // Resident memory of this process (VmRSS of /proc/self/status) and its peak (VmHWM), in bytes; 0 if unknown.
 int64_t resident_bytes();
 int64_t peak_resident_bytes();
-
-// Streamed text with stop strings (--stop): text is held back while it could still be the start of a stop
-// string; a complete stop string ends the text before it.
-class TextStops {
- public:
-  explicit TextStops(std::vector<std::string> stops) : stops_(std::move(stops)) {}
-  // Appends decoded text; returns what can be printed now.
-  std::string push(const std::string& piece);
-  // The text still held back (the generation ended without a stop string).
-  std::string flush();
-  bool hit() const { return !which_.empty(); }
-  const std::string& which() const { return which_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string pending_, which_;
-};
 
 // One request through generate(); on_token returns false to end the generation early (a stop string, Ctrl-C):
 // the result then has the tokens so far and finish_reason "stop", the stats cover them.

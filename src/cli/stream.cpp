@@ -8,41 +8,6 @@
 
 namespace tandem::cli {
 
-std::string TextStops::push(const std::string& piece) {
-  if (hit()) return {};
-  pending_ += piece;
-  size_t first = std::string::npos;
-  for (const std::string& s : stops_) {
-    const size_t at = pending_.find(s);
-    if (at < first) {
-      first = at;
-      which_ = s;
-    }
-  }
-  if (first != std::string::npos) {
-    std::string out = pending_.substr(0, first);
-    pending_.clear();
-    return out;
-  }
-  // Hold back the longest tail of the text that a stop string begins with.
-  size_t hold = 0;
-  for (const std::string& s : stops_)
-    for (size_t k = std::min(s.size() - 1, pending_.size()); k > hold; --k)
-      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
-        hold = k;
-        break;
-      }
-  std::string out = pending_.substr(0, pending_.size() - hold);
-  pending_.erase(0, pending_.size() - hold);
-  return out;
-}
-
-std::string TextStops::flush() {
-  std::string out;
-  out.swap(pending_);
-  return out;
-}
-
 PrefillProgress prefill_progress() {
   if (!isatty(fileno(stderr))) return {};
   return [](int64_t done, int64_t total) {

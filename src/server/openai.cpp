@@ -189,35 +189,4 @@ CompletionRequest parse_request(const std::string& body, bool chat, int32_t voca
   return r;
 }
 
-std::string StopMatcher::push(const std::string& piece) {
-  if (stopped_) return {};
-  pending_ += piece;
-  // The earliest complete stop string ends the text there.
-  size_t cut = std::string::npos;
-  for (const std::string& s : stops_) cut = std::min(cut, pending_.find(s));
-  if (cut != std::string::npos) {
-    stopped_ = true;
-    std::string out = pending_.substr(0, cut);
-    pending_.clear();
-    return out;
-  }
-  // Hold back the longest tail that is a proper prefix of a stop string.
-  size_t hold = 0;
-  for (const std::string& s : stops_)
-    for (size_t k = std::min(s.size() - 1, pending_.size()); k > hold; --k)
-      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
-        hold = k;
-        break;
-      }
-  std::string out = pending_.substr(0, pending_.size() - hold);
-  pending_.erase(0, pending_.size() - hold);
-  return out;
-}
-
-std::string StopMatcher::flush() {
-  std::string out;
-  if (!stopped_) out.swap(pending_);
-  return out;
-}
-
 }  // namespace tandem::server

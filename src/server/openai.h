@@ -44,20 +44,4 @@ struct CompletionRequest {
 // Parses and validates a request body; `vocab_size` bounds token ids and logit_bias keys. Throws ApiError.
 CompletionRequest parse_request(const std::string& body, bool chat, int32_t vocab_size);
 
-// Text a choice has produced, with stop strings applied across token boundaries: push() returns the text that
-// may be sent now, holding back a tail that could still begin a stop string; stopped() once one matched (the
-// text before it was returned, the stop string and anything after are dropped).
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {}
-  std::string push(const std::string& piece);
-  std::string flush();  // the held-back tail when generation ended without a stop string
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string pending_;
-  bool stopped_ = false;
-};
-
 }  // namespace tandem::server

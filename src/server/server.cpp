@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "server/metrics.h"
+#include "runtime/stop_strings.h"
 #include "server/openai.h"
 
 namespace tandem::server {
@@ -28,7 +29,7 @@ int64_t unix_now() {
 struct Choice {
   uint64_t engine_id = 0;
   std::optional<StreamDecoder> decoder;  // none without a tokenizer (token-id prompts): no text
-  StopMatcher stop;
+  StopStrings stop;
   std::string text;
   std::vector<TokenEvent> events;    // with logprobs only
   std::vector<std::string> pieces;   // the text of each token (logprobs)

@@ -1,13 +1,14 @@
 // The OpenAI request parser/validator (/v1/chat/completions and /v1/completions bodies) on arbitrary bytes. Every
 // rejection is an ApiError with a 4xx status whose error_body() is valid JSON; no other exception escapes (the
 // server would answer 500). An accepted request holds only in-range values. Then the stop strings it carries are
-// run through StopMatcher over the body text: the text let through never contains a stop string.
+// run through StopStrings over the body text: the text let through never contains a stop string.
 #include <cmath>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "runtime/stop_strings.h"
 #include "server/openai.h"
 
 using namespace tandem;
@@ -39,7 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   if (chat) (void)ChatTemplate::from_name("chatml").render(r.messages);
 
-  StopMatcher m(r.stop);
+  StopStrings m(r.stop);
   std::string out;
   for (size_t k = 0; k < body.size() && !m.stopped(); k += 3) out += m.push(body.substr(k, 3));
   if (!m.stopped()) out += m.flush();

@@ -558,19 +558,5 @@ TEST(ServeLoadTest, CountsEveryTokenAndMeasuresLatency) {
   EXPECT_EQ(engine.counters().kv_pages_free, engine.counters().kv_pages_total);
 }
 
-TEST(StopMatcherTest, HoldsBackOnlyWhatCouldStartAStopString) {
-  StopMatcher m({"END", "xyz"});
-  EXPECT_EQ(m.push("hello E"), "hello ");
-  EXPECT_EQ(m.push("N"), "");
-  EXPECT_EQ(m.push("d"), "EN" "d");  // "ENd" is no stop: released
-  EXPECT_EQ(m.push(" x"), " ");
-  EXPECT_EQ(m.push("yz and more"), "");
-  EXPECT_TRUE(m.stopped());
-  EXPECT_EQ(m.flush(), "");
-  StopMatcher n({"abc"});
-  EXPECT_EQ(n.push("ab"), "");
-  EXPECT_EQ(n.flush(), "ab");
-}
-
 }  // namespace
 }  // namespace tandem::server
