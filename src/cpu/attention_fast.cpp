@@ -99,21 +99,11 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* const* qs, int
       for (auto& x : row) x = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
       const float* k = kt + d * kC;
-      const __m256 k0 = _mm256_loadu_ps(k), k1 = _mm256_loadu_ps(k + 8), k2 = _mm256_loadu_ps(k + 16),
-                   k3 = _mm256_loadu_ps(k + 24);
-      const __m256 b0 = _mm256_broadcast_ss(q0 + d), b1 = _mm256_broadcast_ss(q1 + d), b2 = _mm256_broadcast_ss(q2 + d);
-      a[0][0] = _mm256_fmadd_ps(b0, k0, a[0][0]);
-      a[0][1] = _mm256_fmadd_ps(b0, k1, a[0][1]);
-      a[0][2] = _mm256_fmadd_ps(b0, k2, a[0][2]);
-      a[0][3] = _mm256_fmadd_ps(b0, k3, a[0][3]);
-      a[1][0] = _mm256_fmadd_ps(b1, k0, a[1][0]);
-      a[1][1] = _mm256_fmadd_ps(b1, k1, a[1][1]);
-      a[1][2] = _mm256_fmadd_ps(b1, k2, a[1][2]);
-      a[1][3] = _mm256_fmadd_ps(b1, k3, a[1][3]);
-      a[2][0] = _mm256_fmadd_ps(b2, k0, a[2][0]);
-      a[2][1] = _mm256_fmadd_ps(b2, k1, a[2][1]);
-      a[2][2] = _mm256_fmadd_ps(b2, k2, a[2][2]);
-      a[2][3] = _mm256_fmadd_ps(b2, k3, a[2][3]);
+      const __m256 kc[4] = {_mm256_loadu_ps(k), _mm256_loadu_ps(k + 8), _mm256_loadu_ps(k + 16),
+                            _mm256_loadu_ps(k + 24)};
+      const __m256 b[3] = {_mm256_broadcast_ss(q0 + d), _mm256_broadcast_ss(q1 + d), _mm256_broadcast_ss(q2 + d)};
+      for (int i = 0; i < 3; ++i)
+        for (int c = 0; c < 4; ++c) a[i][c] = _mm256_fmadd_ps(b[i], kc[c], a[i][c]);
     }
     for (int i = 0; i < ni; ++i)
       for (int c = 0; c < 4; ++c) _mm256_storeu_ps(s + (i0 + i) * kC + 8 * c, _mm256_mul_ps(a[i][c], sc));
@@ -247,19 +237,29 @@ Kernels kernels(bool simd) {
   return {transpose_keys_portable, scores_portable, softmax_portable, values_portable};
 }
 
-// The partial of one chunk of n keys (offsets `offs` into the pools) for the G query vectors at q (one kv-head
-// group of one row): part = {m[G], l[G], acc[G][D]}. kt: D * 32 floats, s: G * 32 floats of scratch.
+// A row's partial of one chunk from its G score rows (s, 32 floats each, overwritten by p): part = {m[G], l[G],
+// acc[G][D]}; n value rows at offsets `offs` into vbase. accs: G pointers of scratch.
+void partial_from_scores(const Kernels& kn, float* s, int G, int64_t D, const float* vbase, const int64_t* offs,
+                         int64_t n, std::vector<float*>& accs, float* part) {
+  accs.resize(size_t(G));
+  for (int g = 0; g < G; ++g) {
+    kn.softmax(s + g * kC, n, part + g, part + G + g);
+    accs[size_t(g)] = part + 2 * G + g * D;
+  }
+  std::fill(part + 2 * G, part + 2 * G + G * D, 0.0f);
+  kn.values(s, G, D, vbase, offs, n, accs.data());
+}
+
+// The partial of one chunk of n keys for the G query vectors at q (one kv-head group of one row): the keys
+// transposed into kt (D * 32 floats), scored into s (G * 32 floats), then partial_from_scores.
 void chunk_partial(const Kernels& kn, const float* q, int G, int64_t D, const float* kbase, const float* vbase,
                    const int64_t* offs, int64_t n, float scale, float* kt, float* s, std::vector<const float*>& qs,
                    std::vector<float*>& accs, float* part) {
   kn.transpose(kbase, offs, n, D, kt);
   qs.resize(size_t(G));
-  accs.resize(size_t(G));
-  for (int g = 0; g < G; ++g) qs[size_t(g)] = q + g * D, accs[size_t(g)] = part + 2 * G + g * D;
+  for (int g = 0; g < G; ++g) qs[size_t(g)] = q + g * D;
   kn.scores(qs.data(), G, D, kt, scale, s);
-  for (int g = 0; g < G; ++g) kn.softmax(s + g * kC, n, part + g, part + G + g);
-  std::fill(part + 2 * G, part + 2 * G + G * D, 0.0f);
-  kn.values(s, G, D, vbase, offs, n, accs.data());
+  partial_from_scores(kn, s, G, D, vbase, offs, n, accs, part);
 }
 
 // Folds chunk partial `part` into the running state `run` (same layout); `first` copies.
@@ -368,7 +368,7 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
       std::vector<float> kt(static_cast<size_t>(D * kC)), sc(static_cast<size_t>(kRowBlock * G * kC)),
           part(static_cast<size_t>(P)), run(static_cast<size_t>(kRowBlock * P));
       std::vector<const float*> qs;
-      std::vector<float*> accs(static_cast<size_t>(G));
+      std::vector<float*> accs;
       for (int64_t u = b; u < e; ++u) {
         const int64_t blk = u % 2 == 0 ? u / 2 : blocks - 1 - u / 2;
         const int64_t t0 = blk * kRowBlock, t1 = std::min(T, t0 + kRowBlock);
@@ -411,13 +411,8 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
               const int64_t r = group[gi];
               const auto& o = offs[size_t(r - t0)];
               const int64_t n = std::min(kC, int64_t(o.size()) - c0);
-              float* sr = sc.data() + int64_t(gi) * G * kC;
-              for (int g = 0; g < G; ++g) {
-                kn.softmax(sr + g * kC, n, part.data() + g, part.data() + G + g);
-                accs[size_t(g)] = part.data() + 2 * G + g * D;
-              }
-              std::fill(part.begin() + 2 * G, part.end(), 0.0f);
-              kn.values(sr, G, D, vh, o.data() + c0, n, accs.data());
+              partial_from_scores(kn, sc.data() + int64_t(gi) * G * kC, G, D, vh, o.data() + c0, n, accs,
+                                  part.data());
               fold(G, D, part.data(), run.data() + (r - t0) * P, c0 == 0);
             }
           }

@@ -292,6 +292,18 @@ TEST_F(OpConformance, linear_gemv_RejectsBadShapes) {
 
 // Against greedy_token (its CPU twin) on rows with ties, NaN, -inf, +inf (each of those rows -1), one-hot and
 // flat rows, values near f32's max and a real vocabulary size (the maximum in the last and first slot).
+// cuda::argmax_rows over the [R, V] rows of h, in guarded buffers (checked intact afterwards).
+std::vector<int32_t> argmax_rows_on_gpu(const std::vector<float>& h, int64_t R, int64_t V, cudaStream_t stream) {
+  Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
+  d.upload(h);
+  cuda::argmax_rows(d, ids, stream);
+  TD_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<int32_t> got(static_cast<size_t>(R));
+  TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+  expect_guards_intact({&d, &ids});
+  return got;
+}
+
 TEST_F(OpConformance, argmax_rows) {
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
   for (int64_t V : {int64_t(1), int64_t(7), int64_t(1025), int64_t(128256)}) {
@@ -306,18 +318,12 @@ TEST_F(OpConformance, argmax_rows) {
     for (int64_t k = 0; k < V; ++k) row(6)[k] = float(k % 3);                 // ties to the lowest index
     row(7)[0] = 1e38f;                                                        // one-hot at the start
     for (int64_t k = 0; k < V; k += 2) row(8)[k] = nan;                       // NaN mixed in: -1
-    Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
-    d.upload(h);
-    cuda::argmax_rows(d, ids, stream_);
-    sync();
-    std::vector<int32_t> got(static_cast<size_t>(R));
-    TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+    const std::vector<int32_t> got = argmax_rows_on_gpu(h, R, V, stream_);
     for (int64_t r = 0; r < R; ++r)
       EXPECT_EQ(got[size_t(r)], greedy_token({row(r), size_t(V)})) << "V " << V << " row " << r;
     EXPECT_EQ(got[1], -1);
     EXPECT_EQ(got[3], 0);
     EXPECT_EQ(got[4], V - 1);
-    expect_guards_intact({&d, &ids});
   }
 }
 
@@ -351,12 +357,7 @@ TEST_F(OpConformance, argmax_rows_OneNonFiniteValueAnywhereGivesMinusOne) {
     auto row = [&](int64_t r) { return h.data() + r * V; };
     for (int64_t r = 0; r < R; ++r) row(r)[max_at] = 1e30f;  // a clear winner the poison must override
     for (size_t i = 0; i < poison.size(); ++i) row(int64_t(i) + 1)[poison[i].first] = poison[i].second;
-    Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
-    d.upload(h);
-    cuda::argmax_rows(d, ids, stream_);
-    sync();
-    std::vector<int32_t> got(static_cast<size_t>(R));
-    TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+    const std::vector<int32_t> got = argmax_rows_on_gpu(h, R, V, stream_);
     EXPECT_EQ(got[0], max_at) << "V " << V << ": the clean row";
     for (int64_t r = 1; r < R; ++r) {
       const auto& [p, v] = poison[size_t(r - 1)];
@@ -364,18 +365,12 @@ TEST_F(OpConformance, argmax_rows_OneNonFiniteValueAnywhereGivesMinusOne) {
                                     << (p % 1024) / 32 << ", lane " << p % 32 << ")";
       EXPECT_EQ(greedy_token({row(r), size_t(V)}), -1) << "the CPU twin disagrees: V " << V << ", " << v << " at " << p;
     }
-    expect_guards_intact({&d, &ids});
   }
   // More rows than blocks: every third row holds one NaN, at a position that moves from row to row.
   const int64_t V = 40, R = 65535 + 301;
   std::vector<float> h = randn(R * V, DType::F32, 99);
   for (int64_t r = 0; r < R; r += 3) h[size_t(r * V + (r * 7) % V)] = nan;
-  Guarded d(DType::F32, {R, V}), ids(DType::I32, {R});
-  d.upload(h);
-  cuda::argmax_rows(d, ids, stream_);
-  sync();
-  std::vector<int32_t> got(static_cast<size_t>(R));
-  TD_CUDA_CHECK(cudaMemcpy(got.data(), ids.view().data, size_t(R) * 4, cudaMemcpyDeviceToHost));
+  const std::vector<int32_t> got = argmax_rows_on_gpu(h, R, V, stream_);
   int64_t wrong = 0, first_wrong = -1;
   for (int64_t r = 0; r < R; ++r) {
     const int32_t want = r % 3 == 0 ? -1 : greedy_token({h.data() + r * V, size_t(V)});
@@ -383,7 +378,6 @@ TEST_F(OpConformance, argmax_rows_OneNonFiniteValueAnywhereGivesMinusOne) {
     if (got[size_t(r)] != want && wrong++ == 0) first_wrong = r;
   }
   EXPECT_EQ(wrong, 0) << "first at row " << first_wrong << ": got " << got[size_t(std::max<int64_t>(first_wrong, 0))];
-  expect_guards_intact({&d, &ids});
 }
 
 TEST_F(OpConformance, gate_up_silu_RejectsTooManyRows) {

@@ -64,6 +64,37 @@ void wait_until(const std::function<bool()>& cond, int ms = 10000) {
   for (int i = 0; i < ms / 10 && !cond(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
 }
 
+// `poisoned`, streamed and alone: an error chunk naming the bad logits row (and `also`, when given), then [DONE].
+void expect_error_chunk_then_done(TestServer& s, json poisoned, const std::string& also = "") {
+  poisoned["stream"] = true;
+  const std::string st = streamed_text(s.post("/v1/completions", poisoned));
+  EXPECT_EQ(st.rfind("<error: the logits for output token 1", 0), 0u) << st;
+  EXPECT_NE(st.find("hold NaN or Inf among 49152 values"), std::string::npos) << st;
+  if (!also.empty()) {
+    EXPECT_NE(st.find(also), std::string::npos) << st;
+  }
+  EXPECT_EQ(st.find("<no [DONE]>"), std::string::npos) << st;
+}
+
+// Not engine death: healthy, the same greedy output again, every page back, `failed` requests failed in all.
+void expect_still_serving(TestServer& s, const json& healthy, const std::string& alone, int64_t failed) {
+  EXPECT_EQ(s.client().Get("/health")->status, 200);
+  EXPECT_EQ(text_of(s.post("/v1/completions", healthy)), alone);
+  ASSERT_TRUE(s.srv->engine().drain(10));
+  const EngineCounters c = s.srv->engine().counters();
+  EXPECT_EQ(c.failed, failed);
+  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
+  EXPECT_EQ(s.srv->engine().failure(), "");
+}
+
+// generate() on the CPU reference path with one test variant planted.
+std::unique_ptr<Executor> reference_runner_with(const ModelBundle& bundle, const std::string& variant) {
+  RunnerOptions o = with_variant(variant);
+  o.device = "cpu";
+  o.path = "reference";
+  return make_runner(bundle, o);
+}
+
 // Checklist 24: a sequence whose logits go NaN fails alone, with the step and the first non-finite tap named;
 // a request running beside it keeps its exact greedy output, and the server goes on serving.
 TEST(ServerFaults, NanLogitsFailOnlyThatRequestAndNameTheTap) {
@@ -91,22 +122,8 @@ TEST(ServerFaults, NanLogitsFailOnlyThatRequestAndNameTheTap) {
   EXPECT_EQ(text_of(running.get()), alone);
 
   // Streamed and alone (a greedy-only step: the argmax of a row holding NaN is -1): an error chunk, then [DONE].
-  json streamed = poisoned;
-  streamed["stream"] = true;
-  const std::string st = streamed_text(s.post("/v1/completions", streamed));
-  EXPECT_EQ(st.rfind("<error: the logits for output token 1", 0), 0u) << st;
-  EXPECT_NE(st.find("hold NaN or Inf among 49152 values"), std::string::npos) << st;
-  EXPECT_NE(st.find("L3.attention"), std::string::npos) << st;
-  EXPECT_EQ(st.find("<no [DONE]>"), std::string::npos) << st;
-
-  // Not engine death: healthy, the same greedy output again, every page back.
-  EXPECT_EQ(s.client().Get("/health")->status, 200);
-  EXPECT_EQ(text_of(s.post("/v1/completions", healthy)), alone);
-  ASSERT_TRUE(s.srv->engine().drain(10));
-  const EngineCounters c = s.srv->engine().counters();
-  EXPECT_EQ(c.failed, failed_before + 2);
-  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
-  EXPECT_EQ(s.srv->engine().failure(), "");
+  expect_error_chunk_then_done(s, poisoned, "L3.attention");
+  expect_still_serving(s, healthy, alone, failed_before + 2);
 }
 
 // --check-logits: a greedy request's rows come to the host too, so the scan counts the NaN (without it the argmax
@@ -132,10 +149,7 @@ TEST(ServerFaults, CheckLogitsScansGreedyRows) {
 TEST(ServerFaults, GenerateThrowsOnNanLogits) {
   REQUIRE_MODEL();
   const ModelBundle bundle = open_model_bundle(*default_model());
-  RunnerOptions o = with_variant("attention=test_nan_on_marker");
-  o.device = "cpu";
-  o.path = "reference";
-  auto runner = make_runner(bundle, o);
+  auto runner = reference_runner_with(bundle, "attention=test_nan_on_marker");
   GenerationRequest q;
   q.prompt = {1, 2, nan_marker(runner->config().vocab_size), 5};
   q.max_new_tokens = 3;
@@ -192,30 +206,15 @@ TEST(ServerFaults, OneNanLogitFailsOnlyThatRequestGreedyOrSampled) {
   msg = json::parse(r->body)["error"]["message"];
   EXPECT_NE(msg.find("hold 1 NaN and 0 Inf of 49152 values"), std::string::npos) << msg;
 
-  json streamed = poisoned;
-  streamed["stream"] = true;
-  const std::string st = streamed_text(s.post("/v1/completions", streamed));
-  EXPECT_EQ(st.rfind("<error: the logits for output token 1", 0), 0u) << st;
-  EXPECT_NE(st.find("hold NaN or Inf among 49152 values"), std::string::npos) << st;
-  EXPECT_EQ(st.find("<no [DONE]>"), std::string::npos) << st;
-
-  EXPECT_EQ(s.client().Get("/health")->status, 200);
-  EXPECT_EQ(text_of(s.post("/v1/completions", healthy)), alone);
-  ASSERT_TRUE(s.srv->engine().drain(10));
-  const EngineCounters c = s.srv->engine().counters();
-  EXPECT_EQ(c.failed, failed_before + 3);
-  EXPECT_EQ(c.kv_pages_free, c.kv_pages_total);
-  EXPECT_EQ(s.srv->engine().failure(), "");
+  expect_error_chunk_then_done(s, poisoned);
+  expect_still_serving(s, healthy, alone, failed_before + 3);
 }
 
 // The same in generate(): greedy (a greedy-only step, the CPU host's argmax) and sampled, one NaN is enough.
 TEST(ServerFaults, GenerateThrowsOnOneNanLogit) {
   REQUIRE_MODEL();
   const ModelBundle bundle = open_model_bundle(*default_model());
-  RunnerOptions o = with_variant("logits=test_one_nan_on_marker");
-  o.device = "cpu";
-  o.path = "reference";
-  auto runner = make_runner(bundle, o);
+  auto runner = reference_runner_with(bundle, "logits=test_one_nan_on_marker");
   GenerationRequest q;
   q.prompt = {1, 2, nan_marker(runner->config().vocab_size)};
   q.max_new_tokens = 3;
