@@ -2,20 +2,28 @@
 // with fewer kernels than the standard path and the same rounding points, so every tap it publishes (its last
 // stage's) stays within the standard path's tolerance, and the elementwise fusions are bit-identical.
 //
-//   qkv..kv_write     GEMV (T <= 8, cuda/gemv.cuh) or cuBLASLt GEMM, then one kernel: bias + RoPE + paged K/V
-//                     append (cuda/attention.cuh)
-//   o_proj, down      GEMV for T <= 8, else cuBLASLt GEMM
-//   attention         decode steps of few sequences with short histories: the split-KV decode kernel
-//                     (cuda/attention.cuh attention_decode); others: FlashInfer batch prefill over the paged
-//                     cache, one plan per step (cuda/flashinfer.cuh)
-//   attn_residual..mlp_norm   one kernel: x += o_proj; h = rmsnorm(x) (cuda/norm.cuh add_rmsnorm)
-//   gate_up..act      T <= 8: one GEMV kernel gate/up + SiLU*mul (cuda/gemv.cuh); more rows: GEMM + silu_mul
-//   mlp_residual      one kernel: x += down; h = the *next* norm of x (layer l+1's attn_norm, or final_norm)
-//   attn_norm, final_norm   layer 0: the RMSNorm kernel; after a fused mlp_residual: nothing (h holds the norm)
+// Two regimes per step, chosen by gemv_fuses(rows) (cuda/gemv.cuh) the same way in every variant below:
+// decode of few rows runs GEMV kernels that RMSNorm their input in a prologue and add their output to the
+// residual stream in an epilogue, so a layer is six launches (qkv, RoPE + append, attention, o_proj, gate_up,
+// down) and h never holds a norm; more rows run cuBLASLt GEMMs, with each residual add and the norm after it in
+// one add_rmsnorm kernel that leaves the norm in h for the next variant.
 //
-// The last two need each other (Variant::needs): a plan that swaps mlp_residual.fused for the standard add must
-// swap attn_norm and final_norm too, and build_plan says so. The preset falls back to `standard`, stage by stage,
-// where a variant cannot run the model (FlashInfer's head dims and dtypes, cuda/flashinfer.cuh).
+//   attn_norm..kv_write    GEMV: rmsnorm + qkv GEMV in one kernel; GEMM: layer 0's RMSNorm kernel (later layers:
+//                          h holds it), GEMM; then one kernel: bias + RoPE + paged K/V append (cuda/attention.cuh)
+//   attention              decode steps of few sequences with short histories: the split-KV decode kernel
+//                          (cuda/attention.cuh attention_decode); others: FlashInfer batch prefill over the paged
+//                          cache, one plan per step (cuda/flashinfer.cuh)
+//   o_proj..attn_residual  GEMV: x += o_proj (+ bias) in the GEMV's epilogue; GEMM: GEMM (+ bias), then
+//                          x += o_proj; h = mlp_norm(x) in one kernel (cuda/norm.cuh add_rmsnorm)
+//   mlp_norm..act          GEMV: rmsnorm + gate/up GEMV + SiLU*mul in one kernel; GEMM: GEMM (h) + silu_mul
+//   down..mlp_residual     GEMV: x += down in the GEMV's epilogue; GEMM: GEMM, then x += down; h = the *next*
+//                          norm (layer l+1's attn_norm, or final_norm) in one add_rmsnorm kernel
+//   final_norm             GEMV: the RMSNorm kernel; GEMM: nothing (h holds it)
+//
+// mlp_norm..act needs o_proj..attn_residual, attn_norm..kv_write and final_norm need down..mlp_residual
+// (Variant::needs: in the GEMM regime they read the norm those left in h); build_plan rejects a plan with one and
+// not the other, and bisect swaps them together. The preset falls back to `standard`, stage by stage, where a
+// variant cannot run the model (FlashInfer's head dims and dtypes, cuda/flashinfer.cuh).
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -38,14 +46,17 @@ CudaContext& ctx(const VariantArgs& a) { return static_cast<CudaContext&>(a.devi
 cudaStream_t stream(const VariantArgs& a) { return ctx(a).stream; }
 
 const std::vector<KvLayout> kBothLayouts{KvLayout::NHD, KvLayout::HND};
-// Up to kGemvMaxRows rows (decode): the weight-streaming GEMV; more: cuBLASLt.
-void linear_auto(const VariantArgs& a, const Tensor& x, const Tensor& w, const Tensor& out) {
-  if (gemv_tuning(x.shape[0], w.shape[0], w.shape[1]) != GemvTuning::cublas) linear_gemv(x, w, out, stream(a));
-  else ctx(a).gemm->linear(x, w, out, stream(a));
+// Decode of few rows: the GEMV kernels with the RMSNorm prologue and residual epilogue (same answer in every
+// variant of a step).
+bool gemv_regime(const VariantArgs& a) {
+  return gemv_fuses(a.step.tokens, a.config.hidden_size, a.slots.x.dtype);
 }
 
-const char* const kNormNeeds =
-    "mlp_residual.fused leaves the next layer's attn_norm (or final_norm) in h, and this variant uses it";
+float eps(const VariantArgs& a) { return float(a.config.rms_eps); }
+
+// `why` for the variants that read the norm a residual variant leaves in h (the GEMM regime).
+const char* const kNormInH =
+    "in the GEMM regime (prefill, larger batches) the residual variant's add_rmsnorm leaves this norm in h";
 
 Variant fused(Stage first, Stage last, std::string impl, std::string summary,
               std::function<void(const VariantArgs&)> run, std::vector<KvLayout> layouts = {}) {
@@ -60,28 +71,27 @@ Variant fused(Stage first, Stage last, std::string impl, std::string summary,
   return v;
 }
 
-Variant norm_after_fused_residual(Stage s) {
-  Variant v = fused(s, s, "fused", "RMSNorm kernel at layer 0; after mlp_residual.fused nothing (h holds it)",
-                    [s](const VariantArgs& a) {
-                      if (s == Stage::attn_norm && a.layer == 0)
-                        rmsnorm(a.slots.x, a.lw->attn_norm, float(a.config.rms_eps), a.slots.h, stream(a));
-                    });
-  v.needs = {"mlp_residual.fused"};
-  v.needs_why = kNormNeeds;
+Variant needing(Variant v, std::string need) {
+  v.needs = {std::move(need)};
+  v.needs_why = kNormInH;
   return v;
 }
-TD_REGISTER_VARIANT(norm_after_fused_residual(Stage::attn_norm));
-TD_REGISTER_VARIANT(norm_after_fused_residual(Stage::final_norm));
 
-TD_REGISTER_VARIANT(fused(
-    Stage::qkv, Stage::kv_write, "fused",
-    "GEMV (up to 8 rows) or cuBLASLt GEMM, then bias + RoPE + paged K/V append in one kernel",
+TD_REGISTER_VARIANT(needing(fused(
+    Stage::attn_norm, Stage::kv_write, "fused",
+    "decode: RMSNorm + qkv GEMV in one kernel; else (layer 0) RMSNorm, cuBLASLt GEMM; then bias + RoPE + paged "
+    "K/V append in one kernel",
     [](const VariantArgs& a) {
-      linear_auto(a, a.slots.h, a.lw->wqkv, a.slots.qkv);
+      if (gemv_regime(a)) {
+        rmsnorm_linear_gemv(a.slots.x, a.lw->attn_norm, eps(a), a.lw->wqkv, a.slots.qkv, stream(a));
+      } else {
+        if (a.layer == 0) rmsnorm(a.slots.x, a.lw->attn_norm, eps(a), a.slots.h, stream(a));
+        ctx(a).gemm->linear(a.slots.h, a.lw->wqkv, a.slots.qkv, stream(a));
+      }
       qkv_rope_kv_write(a.slots.qkv, a.lw->bqkv, a.step.positions, a.device.rope_inv_freq, *a.kv,
                         attention_shape(a.config), stream(a));
     },
-    kBothLayouts));
+    kBothLayouts), "down..mlp_residual.fused"));
 
 Variant flashinfer_attention() {
   Variant v = fused(
@@ -172,50 +182,56 @@ Variant fused_attention() {
 }
 TD_REGISTER_VARIANT(fused_attention());
 
-TD_REGISTER_VARIANT(fused(Stage::o_proj, Stage::o_proj, "fused",
-                          "up to 8 rows: GEMV kernel; more: cuBLASLt GEMM (+ bias kernel)", [](const VariantArgs& a) {
-                            linear_auto(a, a.slots.attn, a.lw->wo, a.slots.h);
-                            if (a.lw->bo.data) add_bias(a.slots.h, a.lw->bo, stream(a));
-                          }));
+TD_REGISTER_VARIANT(fused(
+    Stage::o_proj, Stage::attn_residual, "fused",
+    "decode: o_proj GEMV with x += o_proj (+ bias) in its epilogue; else cuBLASLt GEMM (+ bias kernel), then x += "
+    "o_proj and h = mlp_norm(x) in one kernel",
+    [](const VariantArgs& a) {
+      if (gemv_regime(a)) return linear_gemv_residual(a.slots.attn, a.lw->wo, a.lw->bo, a.slots.x, stream(a));
+      ctx(a).gemm->linear(a.slots.attn, a.lw->wo, a.slots.h, stream(a));
+      if (a.lw->bo.data) add_bias(a.slots.h, a.lw->bo, stream(a));
+      add_rmsnorm(a.slots.x, a.slots.h, a.lw->mlp_norm, eps(a), a.slots.h, stream(a));
+    }));
 
-TD_REGISTER_VARIANT(fused(Stage::down, Stage::down, "fused", "up to 8 rows: GEMV kernel; more: cuBLASLt GEMM",
-                          [](const VariantArgs& a) { linear_auto(a, a.slots.act, a.lw->w_down, a.slots.h); }));
+TD_REGISTER_VARIANT(needing(fused(
+    Stage::mlp_norm, Stage::act, "fused",
+    "decode: RMSNorm + gate/up GEMV + SiLU*mul in one kernel; else cuBLASLt GEMM of h (the norm) + silu_mul",
+    [](const VariantArgs& a) {
+      if (gemv_regime(a))
+        return rmsnorm_gate_up_silu(a.slots.x, a.lw->mlp_norm, eps(a), a.lw->w_gate_up, a.slots.act, stream(a));
+      ctx(a).gemm->linear(a.slots.h, a.lw->w_gate_up, a.slots.gate_up, stream(a));
+      silu_mul(a.slots.gate_up, a.slots.act, stream(a));
+    }), "o_proj..attn_residual.fused"));
 
-TD_REGISTER_VARIANT(fused(Stage::attn_residual, Stage::mlp_norm, "fused",
-                          "residual add + RMSNorm in one kernel", [](const VariantArgs& a) {
-                            add_rmsnorm(a.slots.x, a.slots.h, a.lw->mlp_norm, float(a.config.rms_eps), a.slots.h,
-                                        stream(a));
-                          }));
+const Tensor& next_norm(const VariantArgs& a) {
+  const bool last = a.layer + 1 == int(a.config.n_layers);
+  return last ? a.weights.final_norm : a.weights.layers[size_t(a.layer) + 1].attn_norm;
+}
 
-TD_REGISTER_VARIANT(fused(Stage::gate_up, Stage::act, "fused",
-                          "up to 8 rows: one GEMV kernel (gate, up, SiLU*mul); more: cuBLASLt GEMM + silu_mul",
-                          [](const VariantArgs& a) {
-                            const Tensor& w = a.lw->w_gate_up;
-                            if (gemv_tuning(a.step.tokens, w.shape[0], w.shape[1]) != GemvTuning::cublas) {
-                              gate_up_silu(a.slots.h, a.lw->w_gate_up, a.slots.act, stream(a));
-                            } else {
-                              ctx(a).gemm->linear(a.slots.h, a.lw->w_gate_up, a.slots.gate_up, stream(a));
-                              silu_mul(a.slots.gate_up, a.slots.act, stream(a));
-                            }
-                          }));
+TD_REGISTER_VARIANT(fused(
+    Stage::down, Stage::mlp_residual, "fused",
+    "decode: down GEMV with x += down in its epilogue; else cuBLASLt GEMM, then x += down and h = the next "
+    "RMSNorm (next layer's attn_norm, or final_norm) in one kernel",
+    [](const VariantArgs& a) {
+      if (gemv_regime(a)) return linear_gemv_residual(a.slots.act, a.lw->w_down, Tensor(), a.slots.x, stream(a));
+      ctx(a).gemm->linear(a.slots.act, a.lw->w_down, a.slots.h, stream(a));
+      add_rmsnorm(a.slots.x, a.slots.h, next_norm(a), eps(a), a.slots.h, stream(a));
+    }));
 
-TD_REGISTER_VARIANT(fused(Stage::mlp_residual, Stage::mlp_residual, "fused",
-                          "residual add + the next RMSNorm (next layer's attn_norm, or final_norm) in one kernel",
-                          [](const VariantArgs& a) {
-                            const bool last = a.layer + 1 == int(a.config.n_layers);
-                            const Tensor& next_norm =
-                                last ? a.weights.final_norm : a.weights.layers[size_t(a.layer) + 1].attn_norm;
-                            add_rmsnorm(a.slots.x, a.slots.h, next_norm, float(a.config.rms_eps), a.slots.h,
-                                        stream(a));
-                          }));
+TD_REGISTER_VARIANT(needing(fused(Stage::final_norm, Stage::final_norm, "fused",
+                                  "decode: the RMSNorm kernel; else nothing (down..mlp_residual.fused left it in h)",
+                                  [](const VariantArgs& a) {
+                                    if (gemv_regime(a))
+                                      rmsnorm(a.slots.x, a.weights.final_norm, eps(a), a.slots.h, stream(a));
+                                  }),
+                            "down..mlp_residual.fused"));
 
 TD_REGISTER_PATH(PathPreset{
     "fused", Device::CUDA,
     "CUDA, fused kernels + FlashInfer attention over the paged cache: the GPU default (falls back to standard "
     "per stage where a model is outside what is instantiated)",
-    {"embed.standard", "attn_norm.fused", "qkv..kv_write.fused", "attention.fused", "o_proj.fused",
-     "attn_residual..mlp_norm.fused", "gate_up..act.fused", "down.fused", "mlp_residual.fused",
-     "final_norm.fused", "logits.standard"},
+    {"embed.standard", "attn_norm..kv_write.fused", "attention.fused", "o_proj..attn_residual.fused",
+     "mlp_norm..act.fused", "down..mlp_residual.fused", "final_norm.fused", "logits.standard"},
     "standard"});
 
 }  // namespace

@@ -35,7 +35,8 @@ inline constexpr int kMinBlocks = TUNE == GemvTuning::occupancy && R == 1 ? 8 : 
 // acc[n][r] += x[r] . w_n over H for the NW weight rows `w[n]` and R rows of x: lanes stride by 32 * VEC
 // elements, kUnroll chunks per trip with every weight load issued first (weight bandwidth is the limit, so the
 // loads must be in flight together). Partial sums stay per lane; the caller reduces over the warp.
-template <GemvTuning TUNE, typename T, int R, int VEC, int NW>
+// X_SHARED: x is the block's normalized copy in shared memory (plain loads; __ldg is for global memory only).
+template <GemvTuning TUNE, typename T, int R, int VEC, int NW, bool X_SHARED = false>
 __device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* const (&w)[NW], int64_t k_begin,
                                           int64_t k_end, int64_t H, float (&acc)[NW][R]) {
   const int lane = threadIdx.x & 31;
@@ -63,8 +64,13 @@ __device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* cons
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         T xv[VEC];
-        if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = __ldg(reinterpret_cast<const uint4*>(x + r * H + k));
-        else xv[0] = x[r * H + k];
+        if constexpr (X_SHARED) {
+          if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + r * H + k);
+          else xv[0] = x[r * H + k];
+        } else {
+          if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = __ldg(reinterpret_cast<const uint4*>(x + r * H + k));
+          else xv[0] = x[r * H + k];
+        }
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const float xf = to_f32(xv[e]);
@@ -118,20 +124,128 @@ __device__ __forceinline__ void reduce_slices(float (&v)[NV], int slice, int col
   }
 }
 
-// out[:, i] = silu(gate row i . x) * (up row I + i . x) for all R rows.
-template <GemvTuning TUNE, typename T, int R, int VEC, int SPLIT>
+// What a kernel does around its dot products (gemv.cuh): nothing, RMSNorm x first (prologue), or add the result
+// (and a bias) to `out`, the residual stream (epilogue).
+enum class Fuse { none, rmsnorm, residual };
+
+// The fused operands: the RMSNorm weight and eps (Fuse::rmsnorm), the bias added before the residual or null
+// (Fuse::residual).
+template <typename T>
+struct Fused {
+  const T* norm_w = nullptr;
+  float eps = 0.0f;
+  const T* bias = nullptr;
+};
+
+// The block's R rows of x, RMSNorm'ed with g into shared memory xs [R][K]: inv = rsqrtf(sum(x^2) / K + eps),
+// normed = round(x * inv), xs = round(g * normed): rmsnorm's rounding points (norm.cuh), and its sum order too:
+// thread t adds the chunks t, t + 256, ... (VEC elements each) in turn, then the warps' sums are added in warp
+// order, as rmsnorm_regs_kernel (VEC > 1) and rmsnorm_kernel (VEC = 1) do with their 256 threads; so xs holds
+// exactly the bits the rmsnorm kernel would have written to h. Every thread of the block takes part; the last
+// barrier makes xs visible to all warps.
+template <typename T, int R, int VEC>
+__device__ __forceinline__ void rmsnorm_rows_to_shared(const T* __restrict__ x, const T* __restrict__ g, float eps,
+                                                       int64_t K, T* xs) {
+  static_assert(32 * kWarps == 256, "the sum order mirrors the rmsnorm kernels' 256 threads");
+  __shared__ float red[R][kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n_chunks = K / VEC;
+  float ss[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) ss[r] = 0.0f;
+  for (int64_t c = threadIdx.x; c < n_chunks; c += blockDim.x)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      T v[VEC];
+      if constexpr (VEC > 1) *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * K + c * VEC);
+      else v[0] = x[r * K + c];
+      if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xs + r * K + c * VEC) = *reinterpret_cast<const uint4*>(v);
+      else xs[r * K + c] = v[0];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) ss[r] += to_f32(v[e]) * to_f32(v[e]);
+    }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    ss[r] = warp_sum(ss[r]);
+    if (lane == 0) red[r][warp] = ss[r];
+  }
+  __syncthreads();
+  float inv[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float total = 0.0f;
+    for (int w = 0; w < kWarps; ++w) total += red[r][w];
+    inv[r] = rsqrtf(total / float(K) + eps);
+  }
+  // Each thread rewrites only the chunks it stored above: no barrier needed between the two passes.
+  for (int64_t c = threadIdx.x; c < n_chunks; c += blockDim.x) {
+    T gv[VEC];
+    if constexpr (VEC > 1) *reinterpret_cast<uint4*>(gv) = __ldg(reinterpret_cast<const uint4*>(g + c * VEC));
+    else gv[0] = g[c];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      T v[VEC];
+      if constexpr (VEC > 1) *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(xs + r * K + c * VEC);
+      else v[0] = xs[r * K + c];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float normed = to_f32(from_f32<T>(to_f32(v[e]) * inv[r]));
+        v[e] = from_f32<T>(to_f32(gv[e]) * normed);
+      }
+      if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xs + r * K + c * VEC) = *reinterpret_cast<const uint4*>(v);
+      else xs[r * K + c] = v[0];
+    }
+  }
+  __syncthreads();
+}
+
+// Before the prologue's wait: ask L2 for the first weight chunks this lane will read, so that weight traffic is in
+// flight while the block normalizes x (the unfused kernels load them into registers before their wait instead).
+template <GemvTuning TUNE, typename T, int VEC, int NW>
+__device__ __forceinline__ void prefetch_first_weights(const T* const (&w)[NW], int64_t k_begin, int64_t k_end) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int u = 0; u < kUnroll<TUNE, NW>; ++u) {
+    const int64_t k = k_begin + int64_t(lane) * VEC + int64_t(u) * 32 * VEC;
+    if (k < k_end)
+#pragma unroll
+      for (int n = 0; n < NW; ++n) asm volatile("prefetch.global.L2 [%0];" ::"l"(w[n] + k));
+  }
+}
+
+// Fuse::rmsnorm: waits for x, normalizes the block's rows into dynamic shared memory and returns them; otherwise x.
+template <Fuse F, GemvTuning TUNE, typename T, int R, int VEC, int NW>
+__device__ __forceinline__ const T* gemv_input(const T* x, const T* const (&w)[NW], bool live, int64_t k_begin,
+                                               int64_t k_end, int64_t K, const Fused<T>& f) {
+  if constexpr (F == Fuse::rmsnorm) {
+    extern __shared__ uint4 normed_x[];  // [R][K] of T (16-byte aligned)
+    if (live) prefetch_first_weights<TUNE, T, VEC, NW>(w, k_begin, k_end);
+    pdl_wait();  // x comes from the kernel before
+    T* xs = reinterpret_cast<T*>(normed_x);
+    rmsnorm_rows_to_shared<T, R, VEC>(x, f.norm_w, f.eps, K, xs);
+    return xs;
+  } else {
+    return x;
+  }
+}
+
+// out[:, i] = silu(gate row i . x) * (up row I + i . x) for all R rows (x RMSNorm'ed first with Fuse::rmsnorm).
+template <GemvTuning TUNE, typename T, int R, int VEC, int SPLIT, Fuse F>
 __global__ void __launch_bounds__(32 * kWarps, kMinBlocks<TUNE, R>)
-    gate_up_silu_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t I, int64_t H) {
+    gate_up_silu_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t I, int64_t H,
+                        Fused<T> f) {
+  static_assert(F != Fuse::residual, "gate_up_silu has no residual epilogue");
   pdl_launch_dependents();
   __shared__ float red[SPLIT > 1 ? SPLIT : 1][kWarps][2 * R];
   const Split<SPLIT> sp(H, VEC);
-  const bool live = sp.col < I;  // dead warps still meet the barrier
+  const bool live = sp.col < I;  // dead warps still meet the barriers
   const int64_t i = live ? sp.col : 0;
   const T* const rows[2] = {w + i * H, w + (I + i) * H};
+  const T* xin = gemv_input<F, TUNE, T, R, VEC, 2>(x, rows, live, sp.k_begin, sp.k_end, H, f);
   float acc[2][R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = 0.0f;
-  if (live) warp_dots<TUNE, T, R, VEC, 2>(x, rows, sp.k_begin, sp.k_end, H, acc);
+  if (live) warp_dots<TUNE, T, R, VEC, 2, F == Fuse::rmsnorm>(xin, rows, sp.k_begin, sp.k_end, H, acc);
   pdl_wait();  // (again, for warps with no slice: out may still be read by the kernel before)
   float v[2 * R];
 #pragma unroll
@@ -147,25 +261,37 @@ __global__ void __launch_bounds__(32 * kWarps, kMinBlocks<TUNE, R>)
   }
 }
 
-// out[:, n] = w row n . x for all R rows.
-template <GemvTuning TUNE, typename T, int R, int VEC, int SPLIT>
+// out[:, n] = w row n . x for all R rows; Fuse::rmsnorm: of RMSNorm'ed x; Fuse::residual: out[:, n] += that (after
+// the bias), with the add kernel's rounding.
+template <GemvTuning TUNE, typename T, int R, int VEC, int SPLIT, Fuse F>
 __global__ void __launch_bounds__(32 * kWarps, kMinBlocks<TUNE, R>)
-    linear_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t N, int64_t K) {
+    linear_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t N, int64_t K,
+                       Fused<T> f) {
   pdl_launch_dependents();
   __shared__ float red[SPLIT > 1 ? SPLIT : 1][kWarps][R];
   const Split<SPLIT> sp(K, VEC);
   const bool live = sp.col < N;
   const int64_t n = live ? sp.col : 0;
   const T* const rows[1] = {w + n * K};
+  const T* xin = gemv_input<F, TUNE, T, R, VEC, 1>(x, rows, live, sp.k_begin, sp.k_end, K, f);
   float acc[1][R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[0][r] = 0.0f;
-  if (live) warp_dots<TUNE, T, R, VEC, 1>(x, rows, sp.k_begin, sp.k_end, K, acc);
+  if (live) warp_dots<TUNE, T, R, VEC, 1, F == Fuse::rmsnorm>(xin, rows, sp.k_begin, sp.k_end, K, acc);
   pdl_wait();  // (again, for warps with no slice: out may still be read by the kernel before)
   reduce_slices<SPLIT, R>(acc[0], sp.slice, int((threadIdx.x >> 5) % Split<SPLIT>::kCols), red);
   if (!live || sp.slice != 0 || (threadIdx.x & 31) != 0) return;
 #pragma unroll
-  for (int r = 0; r < R; ++r) out[r * N + n] = from_f32<T>(acc[0][r]);
+  for (int r = 0; r < R; ++r) {
+    if constexpr (F == Fuse::residual) {
+      // The standard path: h = linear (rounded), h = round(h + bias), x = round(x + h).
+      float v = to_f32(from_f32<T>(acc[0][r]));
+      if (f.bias) v = to_f32(from_f32<T>(v + to_f32(f.bias[n])));
+      out[r * N + n] = from_f32<T>(to_f32(out[r * N + n]) + v);
+    } else {
+      out[r * N + n] = from_f32<T>(acc[0][r]);
+    }
+  }
 }
 
 // Slices per column: at least two (measured: 5% faster than one even for the 128k-row logits), more until there
@@ -178,34 +304,47 @@ int split_for(int64_t N, int64_t K) {
 
 enum class Kernel { gate_up_silu, linear };
 
-template <GemvTuning TUNE, typename T, int R, int SPLIT>
-void launch_split(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K, bool vec,
-                  cudaStream_t stream) {
+template <typename T>
+struct Launch {
+  Kernel kernel;
+  Fuse fuse;
+  const Tensor& x;
+  const Tensor& w;
+  const Tensor& out;
+  int64_t N, K;
+  bool vec;
+  Fused<T> f;
+};
+
+template <GemvTuning TUNE, typename T, int R, int SPLIT, Fuse F>
+void launch_split(const Launch<T>& l, cudaStream_t stream) {
   constexpr int kVec = int(16 / sizeof(T));
-  const unsigned blocks = unsigned((N + Split<SPLIT>::kCols - 1) / Split<SPLIT>::kCols);
-  const T* xp = x.ptr<const T>();
-  const T* wp = w.ptr<const T>();
-  T* op = out.ptr<T>();
+  const unsigned blocks = unsigned((l.N + Split<SPLIT>::kCols - 1) / Split<SPLIT>::kCols);
+  const T* xp = l.x.template ptr<const T>();
+  const T* wp = l.w.template ptr<const T>();
+  T* op = l.out.template ptr<T>();
   const dim3 block(32 * kWarps);
-  if (k == Kernel::gate_up_silu) {
-    if (vec) launch_pdl(gate_up_silu_kernel<TUNE, T, R, kVec, SPLIT>, blocks, block, 0, stream, xp, wp, op, N, K);
-    else launch_pdl(gate_up_silu_kernel<TUNE, T, R, 1, SPLIT>, blocks, block, 0, stream, xp, wp, op, N, K);
+  const size_t smem = F == Fuse::rmsnorm ? size_t(R * l.K) * sizeof(T) : 0;
+  if (l.kernel == Kernel::gate_up_silu) {
+    if constexpr (F != Fuse::residual) {
+      if (l.vec) launch_pdl(gate_up_silu_kernel<TUNE, T, R, kVec, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
+      else launch_pdl(gate_up_silu_kernel<TUNE, T, R, 1, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
+    }
   } else {
-    if (vec) launch_pdl(linear_gemv_kernel<TUNE, T, R, kVec, SPLIT>, blocks, block, 0, stream, xp, wp, op, N, K);
-    else launch_pdl(linear_gemv_kernel<TUNE, T, R, 1, SPLIT>, blocks, block, 0, stream, xp, wp, op, N, K);
+    if (l.vec) launch_pdl(linear_gemv_kernel<TUNE, T, R, kVec, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
+    else launch_pdl(linear_gemv_kernel<TUNE, T, R, 1, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
   }
 }
 
-template <typename T, int R>
-void launch_rows(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K, bool vec,
-                 GemvTuning tuning, cudaStream_t stream) {
+template <typename T, int R, Fuse F>
+void launch_rows(const Launch<T>& l, GemvTuning tuning, cudaStream_t stream) {
   const auto go = [&](auto tune) {
     constexpr GemvTuning U = decltype(tune)::value;
-    switch (split_for(N, K)) {
-      case 1: return launch_split<U, T, R, 1>(k, x, w, out, N, K, vec, stream);
-      case 2: return launch_split<U, T, R, 2>(k, x, w, out, N, K, vec, stream);
-      case 4: return launch_split<U, T, R, 4>(k, x, w, out, N, K, vec, stream);
-      default: return launch_split<U, T, R, 8>(k, x, w, out, N, K, vec, stream);
+    switch (split_for(l.N, l.K)) {
+      case 1: return launch_split<U, T, R, 1, F>(l, stream);
+      case 2: return launch_split<U, T, R, 2, F>(l, stream);
+      case 4: return launch_split<U, T, R, 4, F>(l, stream);
+      default: return launch_split<U, T, R, 8, F>(l, stream);
     }
   };
   if (tuning == GemvTuning::deep)
@@ -214,31 +353,56 @@ void launch_rows(Kernel k, const Tensor& x, const Tensor& w, const Tensor& out, 
     go(std::integral_constant<GemvTuning, GemvTuning::occupancy>{});
 }
 
+// The fused kernels are instantiated for up to kGemvFusedMaxRows rows only (what decode uses; compile time).
 template <typename T, int R = 1>
-void dispatch_rows(Kernel k, int64_t rows, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N, int64_t K,
-                   bool vec, GemvTuning tuning, cudaStream_t stream) {
+void dispatch_rows(const Launch<T>& l, int64_t rows, GemvTuning tuning, cudaStream_t stream) {
   if constexpr (R <= kGemvMaxRows) {
-    if (rows == R) return launch_rows<T, R>(k, x, w, out, N, K, vec, tuning, stream);
-    dispatch_rows<T, R + 1>(k, rows, x, w, out, N, K, vec, tuning, stream);
+    if (rows == R) {
+      if constexpr (R <= kGemvFusedMaxRows) {
+        if (l.fuse == Fuse::rmsnorm) return launch_rows<T, R, Fuse::rmsnorm>(l, tuning, stream);
+        if (l.fuse == Fuse::residual) return launch_rows<T, R, Fuse::residual>(l, tuning, stream);
+      }
+      TD_CHECK(l.fuse == Fuse::none, "gemv: fused epilogues take up to {} rows, got {}", kGemvFusedMaxRows, rows);
+      return launch_rows<T, R, Fuse::none>(l, tuning, stream);
+    }
+    dispatch_rows<T, R + 1>(l, rows, tuning, stream);
   }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// What the fused launchers add to the plain ones (checked by them).
+struct FuseArgs {
+  Fuse fuse = Fuse::none;
+  const Tensor* norm_w = nullptr;
+  float eps = 0.0f;
+  const Tensor* bias = nullptr;  // may be an empty view
+};
+
 void run(Kernel k, const char* op, const Tensor& x, const Tensor& w, const Tensor& out, int64_t N,
-         std::optional<GemvTuning> tuning, cudaStream_t stream) {
+         std::optional<GemvTuning> tuning, cudaStream_t stream, const FuseArgs& fa = {}) {
   const int64_t T = x.shape[0], K = x.shape[1];
   TD_CHECK(T <= kGemvMaxRows, "{}: {} rows; the GEMV kernel takes 1..{} (use the GEMM for more)", op, T,
            kGemvMaxRows);
   if (T == 0) return;
   TD_CHECK(K > 0, "{}: empty rows in {}", op, x.describe());
   check_data(op, {&x, &w, &out});
+  if (fa.fuse == Fuse::rmsnorm) {
+    check_data(op, {fa.norm_w});
+    TD_CHECK(gemv_norm_fits(T, K, x.dtype), "{}: {} rows of {} {} values do not fit the block's shared memory "
+             "(gemv_norm_fits)", op, T, K, dtype_name(x.dtype));
+  }
   const int64_t elem = int64_t(dtype_block_bytes(x.dtype));
-  const bool vec = (K * elem) % 16 == 0 && aligned16(x.data) && aligned16(w.data);
+  bool vec = (K * elem) % 16 == 0 && aligned16(x.data) && aligned16(w.data);
+  if (fa.fuse == Fuse::rmsnorm) vec = vec && aligned16(fa.norm_w->data);
   dispatch_float(x.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
+    Fused<D> f;
+    if (fa.norm_w) f.norm_w = fa.norm_w->ptr<const D>(), f.eps = fa.eps;
+    if (fa.bias && fa.bias->data) f.bias = fa.bias->ptr<const D>();
     const GemvTuning t = tuning ? *tuning : gemv_tuning(T, k == Kernel::gate_up_silu ? 2 * N : N, K);
-    dispatch_rows<D>(k, T, x, w, out, N, K, vec, t == GemvTuning::deep ? t : GemvTuning::occupancy, stream);
+    const Launch<D> l{k, fa.fuse, x, w, out, N, K, vec, f};
+    dispatch_rows<D>(l, T, t == GemvTuning::deep ? t : GemvTuning::occupancy, stream);
   });
 }
 
@@ -271,9 +435,17 @@ GemvTuning gemv_tuning(int64_t rows, int64_t N, int64_t K) {
   return K <= N ? GemvTuning::deep : GemvTuning::occupancy;
 }
 
-void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
-                  std::optional<GemvTuning> tuning) {
-  const char* op = "gate_up_silu";
+bool gemv_norm_fits(int64_t rows, int64_t K, DType dtype) {
+  return rows >= 1 && K >= 1 && rows * K * int64_t(dtype_block_bytes(dtype)) <= 48 * 1024;
+}
+
+bool gemv_fuses(int64_t rows, int64_t K, DType dtype) {
+  return rows >= 1 && rows <= kGemvFusedMaxRows && gemv_tuning(rows, 1, 1) != GemvTuning::cublas &&
+         gemv_norm_fits(rows, K, dtype);
+}
+
+namespace {
+void check_gate_up(const char* op, const Tensor& x, const Tensor& w, const Tensor& out) {
   check_float_tensor(op, "x", x, Device::CUDA, 2);
   const int64_t T = x.shape[0], H = x.shape[1];
   check_float_tensor(op, "w (gate | up)", w, Device::CUDA, 2);
@@ -285,12 +457,9 @@ void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStrea
   check_float_tensor(op, "out", out, Device::CUDA, 2);
   check_dtype(op, "out (x's dtype)", out, x.dtype);
   check_shape(op, "out ([T, I])", out, {T, I});
-  run(Kernel::gate_up_silu, op, x, w, out, I, tuning, stream);
 }
 
-void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
-                 std::optional<GemvTuning> tuning) {
-  const char* op = "linear_gemv";
+void check_linear(const char* op, const Tensor& x, const Tensor& w, const Tensor& out) {
   check_float_tensor(op, "x", x, Device::CUDA, 2);
   const int64_t T = x.shape[0], K = x.shape[1];
   check_float_tensor(op, "w", w, Device::CUDA, 2);
@@ -301,7 +470,61 @@ void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream
   check_float_tensor(op, "out", out, Device::CUDA, 2);
   check_dtype(op, "out (x's dtype)", out, x.dtype);
   check_shape(op, "out ([T, N])", out, {T, N});
-  run(Kernel::linear, op, x, w, out, N, tuning, stream);
+}
+
+FuseArgs norm_args(const char* op, const Tensor& x, const Tensor& norm_w, float eps) {
+  check_float_tensor(op, "norm weight", norm_w, Device::CUDA, 1);
+  check_dtype(op, "norm weight (x's dtype)", norm_w, x.dtype);
+  check_shape(op, "norm weight ([x's features])", norm_w, {x.shape[1]});
+  TD_CHECK(eps >= 0.0f, "{}: eps must not be negative, got {}", op, eps);
+  FuseArgs fa;
+  fa.fuse = Fuse::rmsnorm;
+  fa.norm_w = &norm_w;
+  fa.eps = eps;
+  return fa;
+}
+}  // namespace
+
+void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
+                  std::optional<GemvTuning> tuning) {
+  check_gate_up("gate_up_silu", x, w, out);
+  run(Kernel::gate_up_silu, "gate_up_silu", x, w, out, w.shape[0] / 2, tuning, stream);
+}
+
+void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
+                 std::optional<GemvTuning> tuning) {
+  check_linear("linear_gemv", x, w, out);
+  run(Kernel::linear, "linear_gemv", x, w, out, w.shape[0], tuning, stream);
+}
+
+void rmsnorm_gate_up_silu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& out,
+                          cudaStream_t stream, std::optional<GemvTuning> tuning) {
+  const char* op = "rmsnorm_gate_up_silu";
+  check_gate_up(op, x, w, out);
+  run(Kernel::gate_up_silu, op, x, w, out, w.shape[0] / 2, tuning, stream, norm_args(op, x, norm_w, eps));
+}
+
+void rmsnorm_linear_gemv(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& out,
+                         cudaStream_t stream, std::optional<GemvTuning> tuning) {
+  const char* op = "rmsnorm_linear_gemv";
+  check_linear(op, x, w, out);
+  run(Kernel::linear, op, x, w, out, w.shape[0], tuning, stream, norm_args(op, x, norm_w, eps));
+}
+
+void linear_gemv_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                          cudaStream_t stream, std::optional<GemvTuning> tuning) {
+  const char* op = "linear_gemv_residual";
+  check_linear(op, x, w, residual);
+  FuseArgs fa;
+  fa.fuse = Fuse::residual;
+  if (bias.data) {
+    check_float_tensor(op, "bias", bias, Device::CUDA, 1);
+    check_dtype(op, "bias (x's dtype)", bias, x.dtype);
+    check_shape(op, "bias ([N])", bias, {w.shape[0]});
+    check_data(op, {&bias});
+    fa.bias = &bias;
+  }
+  run(Kernel::linear, op, x, w, residual, w.shape[0], tuning, stream, fa);
 }
 
 }  // namespace tandem::cuda

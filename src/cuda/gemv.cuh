@@ -13,6 +13,15 @@
 // rounding to the dtype: the standard path's linear (cuBLASLt, fp32 accumulate) up to the order of the sums. No
 // bias (callers add it, as the standard path does). CPU twin: cpu::linear.
 //
+// The fused forms, for decode steps of up to kGemvFusedMaxRows rows, take the launch of the kernel on either side:
+// rmsnorm_linear_gemv / rmsnorm_gate_up_silu: x is RMSNorm'ed (norm_w, eps) by every block into its shared memory
+// first, with rmsnorm's rounding points *and sum order* (norm.cuh), so the result is bit for bit rmsnorm -> the
+// plain kernel (where rmsnorm takes its register path or its one-element loop: K a multiple of 16 bytes with
+// 16-byte-aligned pointers and K / (16 bytes' worth) <= 2048, or any K with unaligned rows). Needs R * K * dtype
+// bytes of shared memory (gemv_norm_fits). CPU twins: cpu::rmsnorm then cpu::linear / cpu::gate_up_silu.
+// linear_gemv_residual: residual = round(residual + round(round(x . w) + bias)) (bias optional): bit for bit
+// linear_gemv -> add_bias -> add, the standard path's rounding points.
+//
 // Both: one warp per output column (or SPLIT warps, each a slice) reads that weight row once for all T rows;
 // x rows come through L1.
 #pragma once
@@ -30,6 +39,8 @@ inline constexpr int64_t kGemvMaxRows = 8;
 // either way and the GEMV's per-row registers cost it occupancy. H200, decode ctx 128, step ms GEMV vs cuBLASLt:
 // 8B b2 5.06 vs 5.11, b3 5.52 vs 5.13, b8 9.00 vs 5.32; 1B b2 1.16 vs 1.31, b3 1.29 vs 1.32, b8 1.97 vs 1.38.
 inline constexpr int64_t kGemvFasterRows = 2;
+// The fused forms (rmsnorm_*, *_residual) are instantiated up to this many rows (decode; compile time).
+inline constexpr int64_t kGemvFusedMaxRows = kGemvFasterRows;
 
 // How a projection of `rows` rows and an [N, K] weight runs (gate_up: N = 2I): the GEMV with many resident warps
 // and two loads each in flight (occupancy), with four loads per weight row in flight (deep), or cuBLASLt (more
@@ -38,11 +49,25 @@ inline constexpr int64_t kGemvFasterRows = 2;
 // the GEMV's own tuning (cublas there means occupancy). Both tunings compute the same sums in the same order.
 enum class GemvTuning { occupancy, deep, cublas };
 GemvTuning gemv_tuning(int64_t rows, int64_t N, int64_t K);
+// Whether a step of `rows` rows runs the GEMV kernels with the RMSNorm prologue and residual epilogue: rows <=
+// kGemvFusedMaxRows that gemv_tuning() gives to the GEMV (not cuBLASLt), and R rows of K values fit 48 KiB of shared
+// memory. One answer per (rows, K, dtype), so the fused variants that hand the residual stream to each other agree.
+bool gemv_fuses(int64_t rows, int64_t K, DType dtype);
+bool gemv_norm_fits(int64_t rows, int64_t K, DType dtype);
 
 // `tuning` (tests): that tuning instead of gemv_tuning()'s choice (cublas there means occupancy).
 void gate_up_silu(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
                   std::optional<GemvTuning> tuning = std::nullopt);
 void linear_gemv(const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t stream,
                  std::optional<GemvTuning> tuning = std::nullopt);
+
+// out = linear_gemv(rmsnorm(x, norm_w, eps), w) / gate_up_silu(rmsnorm(x, norm_w, eps), w) in one kernel.
+void rmsnorm_linear_gemv(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& out,
+                         cudaStream_t stream, std::optional<GemvTuning> tuning = std::nullopt);
+void rmsnorm_gate_up_silu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& out,
+                          cudaStream_t stream, std::optional<GemvTuning> tuning = std::nullopt);
+// residual += linear_gemv(x, w) (+ bias, an empty view for none), in one kernel; residual: [T, N].
+void linear_gemv_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                          cudaStream_t stream, std::optional<GemvTuning> tuning = std::nullopt);
 
 }  // namespace tandem::cuda

@@ -153,8 +153,9 @@ std::string Tracer::table() const {
     }
   if (bad && bad->tap.rfind('L', 0) != 0) out += fmt::format("first NaN/Inf: {} at step {}\n", bad->tap, bad->step);
   if (logit_max_.empty())
-    out += "max q.k: n/a (this plan publishes no L*.rope tap: a fused qkv..kv_write run; trace --path reference or "
-           "--variant qkv=standard --variant rope=standard --variant kv_write=standard)\n";
+    out += "max q.k: n/a (this plan publishes no L*.rope tap: a fused attn_norm..kv_write run; trace --path reference "
+           "or --variant attn_norm=standard --variant qkv=standard --variant rope=standard --variant "
+           "kv_write=standard)\n";
   return out;
 }
 

@@ -288,6 +288,153 @@ TEST_F(OpConformance, linear_gemv_RejectsBadShapes) {
   EXPECT_THROW(cuda::linear_gemv(x1, w1, out1, stream_), Error);
 }
 
+// ---------------------------------------------------- rmsnorm_linear_gemv, rmsnorm_gate_up_silu, linear_gemv_residual
+
+// The decode-regime fusions take the kernel on either side, with the same bits as the two launches they replace
+// (rmsnorm -> GEMV, GEMV -> add_bias -> add: the prologue adds the squares in rmsnorm's order), on rows of ordinary
+// size, near zero and near the top of the dtype's range (extreme_rows' scales), in both tunings.
+struct FusedGemvCase {
+  DType dt;
+  int64_t T, N, K;
+  cuda::GemvTuning tuning;
+  float scale;
+  std::string name() const {
+    return case_name({{"dtype", str(dt)}, {"T", str(T)}, {"N", str(N)}, {"K", str(K)}, {"tuning", tuning_name(tuning)},
+                      {"scale", fmt::format("{:g}", scale)}});
+  }
+};
+
+// N x K: 16-byte loads; the scalar path (K odd); the 1B qkv shape; the 8B hidden size; the most shared memory a
+// bf16 row pair may take (2 x 12288 x 2 bytes = 48 KiB, gemv_norm_fits).
+const std::pair<int64_t, int64_t> kFusedGemvShapes[] = {{64, 576}, {300, 1001}, {3072, 2048}, {96, 4096}, {40, 12288}};
+
+template <typename F>
+void for_each_fused_gemv_case(uint32_t& seed, F&& f) {
+  for (DType dt : kFloatTypes)
+    for (auto [N, K] : kFusedGemvShapes)
+      for (int64_t T = 1; T <= cuda::kGemvFusedMaxRows; ++T)
+        for (cuda::GemvTuning tuning : kTunings)
+          for (float scale : {1.0f, dt == DType::F16 ? 1e-3f : 1e-20f, dt == DType::F16 ? 5e3f : 1e15f}) {
+            if (!cuda::gemv_norm_fits(T, K, dt)) continue;
+            const FusedGemvCase c{dt, T, N, K, tuning, scale};
+            SCOPED_TRACE(c.name());
+            f(c, seed);
+            seed += 4;
+          }
+}
+
+std::vector<float> scaled(std::vector<float> v, float s, DType dt) {
+  for (float& e : v) e = round_to(e * s, dt);
+  return v;
+}
+
+std::vector<float> norm_weight(int64_t K, DType dt, uint32_t seed) {
+  std::vector<float> g = randn(K, dt, seed);
+  for (float& e : g) e = round_to(1.0f + 0.1f * e, dt);
+  return g;
+}
+
+TEST_F(OpConformance, rmsnorm_linear_gemv) {
+  uint32_t seed = 2900;
+  const float eps = 1e-5f;
+  for_each_fused_gemv_case(seed, [&](const FusedGemvCase& c, uint32_t s) {
+    const std::vector<float> x = scaled(randn(c.T * c.K, c.dt, s), c.scale, c.dt);
+    const std::vector<float> g = norm_weight(c.K, c.dt, s + 1), w = randn(c.N * c.K, c.dt, s + 2);
+    Guarded d_x(c.dt, {c.T, c.K}), d_g(c.dt, {c.K}), d_w(c.dt, {c.N, c.K}), d_out(c.dt, {c.T, c.N});
+    Guarded d_h(c.dt, {c.T, c.K}), d_std(c.dt, {c.T, c.N});
+    d_x.upload(x);
+    d_g.upload(g);
+    d_w.upload(w);
+    cuda::rmsnorm_linear_gemv(d_x, d_g, eps, d_w, d_out, stream_, c.tuning);
+    cuda::rmsnorm(d_x, d_g, eps, d_h, stream_);
+    cuda::linear_gemv(d_h, d_w, d_std, stream_, c.tuning);
+    sync();
+    const std::vector<float> got = d_out.download();
+    EXPECT_TRUE(exact(got, d_std.download())) << "vs rmsnorm -> linear_gemv";
+    EXPECT_TRUE(exact(d_x.download(), x)) << "x must stay as it was";
+    HostTensor h = HostTensor::empty(DType::F32, {c.T, c.K}), out = HostTensor::empty(DType::F32, {c.T, c.N});
+    cpu::rmsnorm(host_f32(x, {c.T, c.K}), host_f32(g, {c.K}), eps, h);
+    cpu::linear(h, host_f32(w, {c.N, c.K}), out);
+    EXPECT_TRUE(close(got, to_vector(out), nmse_bound(c.dt))) << "vs CPU twin";
+    expect_guards_intact({&d_x, &d_g, &d_w, &d_out, &d_h, &d_std});
+  });
+}
+
+TEST_F(OpConformance, rmsnorm_gate_up_silu) {
+  uint32_t seed = 3100;
+  const float eps = 1e-6f;
+  for_each_fused_gemv_case(seed, [&](const FusedGemvCase& c, uint32_t s) {
+    const int64_t I = c.N;
+    const std::vector<float> x = scaled(randn(c.T * c.K, c.dt, s), c.scale, c.dt);
+    const std::vector<float> g = norm_weight(c.K, c.dt, s + 1), w = randn(2 * I * c.K, c.dt, s + 2);
+    Guarded d_x(c.dt, {c.T, c.K}), d_g(c.dt, {c.K}), d_w(c.dt, {2 * I, c.K}), d_out(c.dt, {c.T, I});
+    Guarded d_h(c.dt, {c.T, c.K}), d_std(c.dt, {c.T, I});
+    d_x.upload(x);
+    d_g.upload(g);
+    d_w.upload(w);
+    cuda::rmsnorm_gate_up_silu(d_x, d_g, eps, d_w, d_out, stream_, c.tuning);
+    cuda::rmsnorm(d_x, d_g, eps, d_h, stream_);
+    cuda::gate_up_silu(d_h, d_w, d_std, stream_, c.tuning);
+    sync();
+    const std::vector<float> got = d_out.download();
+    EXPECT_TRUE(exact(got, d_std.download())) << "vs rmsnorm -> gate_up_silu";
+    HostTensor h = HostTensor::empty(DType::F32, {c.T, c.K}), out = HostTensor::empty(DType::F32, {c.T, I});
+    cpu::rmsnorm(host_f32(x, {c.T, c.K}), host_f32(g, {c.K}), eps, h);
+    cpu::gate_up_silu(h, host_f32(w, {2 * I, c.K}), out);
+    EXPECT_TRUE(close(got, to_vector(out), nmse_bound(c.dt))) << "vs CPU twin";
+    expect_guards_intact({&d_x, &d_g, &d_w, &d_out, &d_h, &d_std});
+  });
+}
+
+TEST_F(OpConformance, linear_gemv_residual) {
+  uint32_t seed = 3300;
+  for_each_fused_gemv_case(seed, [&](const FusedGemvCase& c, uint32_t s) {
+    for (bool with_bias : {false, true}) {
+      SCOPED_TRACE(with_bias ? "bias" : "no bias");
+      // The residual at the case's scale (near zero / near the top), the projection's input ordinary.
+      const std::vector<float> x = randn(c.T * c.K, c.dt, s), w = randn(c.N * c.K, c.dt, s + 1);
+      const std::vector<float> res = scaled(randn(c.T * c.N, c.dt, s + 2), c.scale, c.dt);
+      const std::vector<float> bias = randn(c.N, c.dt, s + 3);
+      Guarded d_x(c.dt, {c.T, c.K}), d_w(c.dt, {c.N, c.K}), d_b(c.dt, {c.N}), d_res(c.dt, {c.T, c.N});
+      Guarded d_h(c.dt, {c.T, c.N}), d_std(c.dt, {c.T, c.N});
+      d_x.upload(x);
+      d_w.upload(w);
+      d_b.upload(bias);
+      d_res.upload(res);
+      d_std.upload(res);
+      const Tensor no_bias;
+      cuda::linear_gemv_residual(d_x, d_w, with_bias ? d_b.view() : no_bias, d_res, stream_, c.tuning);
+      cuda::linear_gemv(d_x, d_w, d_h, stream_, c.tuning);
+      if (with_bias) cuda::add_bias(d_h, d_b, stream_);
+      cuda::add(d_std, d_h, d_std, stream_);
+      sync();
+      const std::vector<float> got = d_res.download();
+      EXPECT_TRUE(exact(got, d_std.download())) << "vs linear_gemv -> add_bias -> add";
+      HostTensor h = HostTensor::empty(DType::F32, {c.T, c.N});
+      HostTensor r = host_f32(res, {c.T, c.N});
+      cpu::linear(host_f32(x, {c.T, c.K}), host_f32(w, {c.N, c.K}), h);
+      if (with_bias) cpu::add_bias(h, host_f32(bias, {c.N}));
+      cpu::add(r, h, r);
+      EXPECT_TRUE(close(got, to_vector(r), nmse_bound(c.dt))) << "vs CPU twin";
+      expect_guards_intact({&d_x, &d_w, &d_b, &d_res, &d_h, &d_std});
+    }
+  });
+}
+
+TEST_F(OpConformance, FusedGemvRejectsWhatItCannotTake) {
+  const int64_t T = cuda::kGemvFusedMaxRows + 1;
+  Guarded x(DType::BF16, {T, 64}), g(DType::BF16, {64}), w(DType::BF16, {32, 64}), out(DType::BF16, {T, 32});
+  EXPECT_THROW(cuda::rmsnorm_linear_gemv(x, g, 1e-6f, w, out, stream_), Error);  // rows past the fused instances
+  EXPECT_THROW(cuda::linear_gemv_residual(x, w, Tensor(), out, stream_), Error);
+  Guarded x1(DType::BF16, {1, 64}), g1(DType::BF16, {63}), out1(DType::BF16, {1, 32});
+  EXPECT_THROW(cuda::rmsnorm_linear_gemv(x1, g1, 1e-6f, w, out1, stream_), Error);  // norm weight of another width
+  Guarded b1(DType::BF16, {31});
+  EXPECT_THROW(cuda::linear_gemv_residual(x1, w, b1, out1, stream_), Error);  // bias of another width
+  EXPECT_FALSE(cuda::gemv_norm_fits(2, 12289, DType::BF16));
+  Guarded xl(DType::F32, {2, 12288}), gl(DType::F32, {12288}), wl(DType::F32, {8, 12288}), ol(DType::F32, {2, 8});
+  EXPECT_THROW(cuda::rmsnorm_linear_gemv(xl, gl, 1e-6f, wl, ol, stream_), Error);  // 96 KiB of shared memory
+}
+
 // ------------------------------------------------------------------------------------------------ argmax_rows
 
 // Against greedy_token (its CPU twin) on rows with ties, NaN, -inf, +inf (each of those rows -1), one-hot and

@@ -11,7 +11,7 @@
 //   attention.test_batch1_index      at batch 1 token t reads batch entry t (shows only at batch 1)
 //   attention.test_f16_scores        scores through f16: NaN rows where |q.k|/sqrt(d) passes 65504
 //   rope.test_decode_offset          decode steps rotate at position + 1 (prefill equal)
-//   qkv..kv_write.test_skip_layer1   the fused path's QKV epilogue without layer 1's K/V append
+//   attn_norm..kv_write.test_skip_layer1   the fused path's QKV epilogue without layer 1's K/V append
 // (kv_write.test_skip_layer1 and attention.test_drop_last_key, the standard path's, are in cuda/standard_variants.cpp.)
 // None is graph_safe except the fused skip: they copy host-made tables to the device in run().
 #include <algorithm>
@@ -22,6 +22,7 @@
 #include "cuda/cuda_host.h"
 #include "cuda/elementwise.cuh"
 #include "cuda/gemv.cuh"
+#include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
 #include "exec/variant.h"
 #include "planted_gpu.h"
@@ -149,18 +150,21 @@ TD_REGISTER_VARIANT(planted(
     },
     {}));
 
-// The fused path's qkv..kv_write (GEMV or cuBLASLt, then bias + RoPE + append in one kernel), except that layer 1
-// runs bias and RoPE alone (the standard kernels: the same bits) and never appends its K/V.
+// The fused path's attn_norm..kv_write (decode: RMSNorm + qkv GEMV in one kernel; else layer 0's RMSNorm and
+// cuBLASLt; then bias + RoPE + append in one kernel), except that layer 1 runs bias and RoPE alone (the standard
+// kernels: the same bits) and never appends its K/V.
 Variant fused_skip_layer1() {
   Variant v = planted(
-      Stage::qkv, Stage::kv_write, "test_skip_layer1", "the fused QKV epilogue without layer 1's K/V append",
+      Stage::attn_norm, Stage::kv_write, "test_skip_layer1", "the fused QKV epilogue without layer 1's K/V append",
       [](const VariantArgs& a) {
-        const Tensor &x = a.slots.h, &w = a.lw->wqkv;
-        if (cuda::gemv_tuning(x.shape[0], w.shape[0], w.shape[1]) != cuda::GemvTuning::cublas)
-          cuda::linear_gemv(x, w, a.slots.qkv, stream(a));
-        else
-          ctx(a).gemm->linear(x, w, a.slots.qkv, stream(a));
         const ModelConfig& c = a.config;
+        const float eps = float(c.rms_eps);
+        if (cuda::gemv_fuses(a.step.tokens, c.hidden_size, a.slots.x.dtype)) {
+          cuda::rmsnorm_linear_gemv(a.slots.x, a.lw->attn_norm, eps, a.lw->wqkv, a.slots.qkv, stream(a));
+        } else {
+          if (a.layer == 0) cuda::rmsnorm(a.slots.x, a.lw->attn_norm, eps, a.slots.h, stream(a));
+          ctx(a).gemm->linear(a.slots.h, a.lw->wqkv, a.slots.qkv, stream(a));
+        }
         if (a.layer != 1) {
           cuda::qkv_rope_kv_write(a.slots.qkv, a.lw->bqkv, a.step.positions, a.device.rope_inv_freq, *a.kv,
                                   attention_shape(c), stream(a));
@@ -170,7 +174,9 @@ Variant fused_skip_layer1() {
         cuda::rope(a.slots.qkv, a.step.positions, a.device.rope_inv_freq, int(c.n_heads), int(c.n_kv_heads),
                    int(c.head_dim), stream(a));
       });
-  v.graph_safe = true;  // device work on the stream only, like qkv..kv_write.fused
+  v.graph_safe = true;  // device work on the stream only, like attn_norm..kv_write.fused
+  v.needs = {"down..mlp_residual.fused"};  // as attn_norm..kv_write.fused: h holds the norm in the GEMM regime
+  v.needs_why = "it reads the norm that variant leaves in h, as attn_norm..kv_write.fused does";
   return v;
 }
 TD_REGISTER_VARIANT(fused_skip_layer1());

@@ -151,7 +151,7 @@ TEST(PlantedFlashInfer, LastPageLongReadsTheNeverWrittenSlotUnderKvPoison) {
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, ContainsRegex("L0.attention: [0-9]+ of 2880 values are NaN with --kv-poison \\(first in step "
                                       "row [0-4]\\): attention read a KV slot that was never written; check "
-                                      "L0.kv_write \\(variant qkv..kv_write.fused\\)"))
+                                      "L0.kv_write \\(variant attn_norm..kv_write.fused\\)"))
       << r.output;
   r = run_tandem(
       diff_cmd(model, "--split-kv-a on --split-kv-b on --variant-a attention=test_flashinfer_last_page_long"));

@@ -122,8 +122,8 @@ const Planted kPlanted[] = {
      "L0.kv_write"},
     {"fused", "bf16", "attention=test_batch1_index", "attention.test_batch1_index",
      "step 0 (prefill), tap L0.attention", "L0.kv_write"},
-    {"fused", "bf16", "qkv=test_skip_layer1", "qkv..kv_write.test_skip_layer1", "step 0 (prefill), tap L1.kv_write",
-     "L1.attn_norm"},
+    {"fused", "bf16", "attn_norm=test_skip_layer1", "attn_norm..kv_write.test_skip_layer1",
+     "step 0 (prefill), tap L1.kv_write", "L0.mlp_residual"},
 };
 
 // Without a GPU too: each planted variant is registered on the CUDA device, marked test-only, and its --variant
@@ -196,7 +196,7 @@ TEST(PlantedGpu, NhdReadAsHndReadsNeverWrittenSlotsUnderKvPoison) {
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_THAT(r.output, HasSubstr("L0.attention: ")) << r.output;
     EXPECT_THAT(r.output, HasSubstr("attention read a KV slot that was never written; check L0.kv_write (variant " +
-                                    std::string(std::string(path) == "fused" ? "qkv..kv_write.fused" : "kv_write.standard") +
+                                    std::string(std::string(path) == "fused" ? "attn_norm..kv_write.fused" : "kv_write.standard") +
                                     ")"))
         << r.output;
   }
@@ -326,7 +326,7 @@ TEST(PlantedGpu, KvPoisonStopsAtTheLayerWhoseAppendWasSkipped) {
     const char* variant;
     const char* name;
   } cases[] = {{"standard", "kv_write=test_skip_layer1", "kv_write.test_skip_layer1"},
-               {"fused", "qkv=test_skip_layer1", "qkv..kv_write.test_skip_layer1"}};
+               {"fused", "attn_norm=test_skip_layer1", "attn_norm..kv_write.test_skip_layer1"}};
   for (const auto& k : cases) {
     SCOPED_TRACE(k.path);
     const RunResult r = run_tandem("trace -m " + kModel + " --prompt-ids 1,5,9 -n 1 --kv-poison --path " + k.path +

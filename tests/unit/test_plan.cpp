@@ -132,18 +132,21 @@ TEST(Plan, FusedPresetIsWholeAndFallsBackStageByStage) {
   EXPECT_EQ(p.device, Device::CUDA);
   EXPECT_TRUE(p.notices.empty()) << p.notices.front();
   EXPECT_EQ(p.by_stage[size_t(Stage::attention)]->name, "attention.fused");
-  EXPECT_EQ(p.by_stage[size_t(Stage::rope)]->name, "qkv..kv_write.fused");
-  EXPECT_EQ(p.by_stage[size_t(Stage::mlp_norm)]->name, "attn_residual..mlp_norm.fused");
-  EXPECT_EQ(p.by_stage[size_t(Stage::act)]->name, "gate_up..act.fused");
-  EXPECT_EQ(p.by_stage[size_t(Stage::mlp_residual)]->name, "mlp_residual.fused");
-  EXPECT_EQ(p.segments.size(), size_t(kNumStages - 2 - 1 - 1));  // three fused runs of 3, 2 and 2 stages
+  EXPECT_EQ(p.by_stage[size_t(Stage::attn_norm)]->name, "attn_norm..kv_write.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::rope)]->name, "attn_norm..kv_write.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::attn_residual)]->name, "o_proj..attn_residual.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::mlp_norm)]->name, "mlp_norm..act.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::act)]->name, "mlp_norm..act.fused");
+  EXPECT_EQ(p.by_stage[size_t(Stage::mlp_residual)]->name, "down..mlp_residual.fused");
+  // embed, four fused per-layer runs (of 4, 2, 3 and 2 stages), attention, final_norm, logits
+  EXPECT_EQ(p.segments.size(), size_t(8));
 
   // head_dim 32 (and f32) are outside FlashInfer's instantiations: attention falls back alone, with a notice.
   const ModelConfig c32 = gpu_config(32);
   for (const auto& [cfg, dt] : {std::pair{&c32, DType::BF16}, std::pair{&c64, DType::F32}}) {
     const Plan f = build_plan({"fused", {}, KvLayout::HND, cfg, dt});
     EXPECT_EQ(f.by_stage[size_t(Stage::attention)]->name, "attention.standard");
-    EXPECT_EQ(f.by_stage[size_t(Stage::rope)]->name, "qkv..kv_write.fused");
+    EXPECT_EQ(f.by_stage[size_t(Stage::rope)]->name, "attn_norm..kv_write.fused");
     ASSERT_EQ(f.notices.size(), 1u);
     EXPECT_THAT(f.notices[0], HasSubstr("path fused: attention.fused cannot run this model ("));
     EXPECT_THAT(f.notices[0], HasSubstr("); attention.standard instead"));
@@ -155,20 +158,38 @@ TEST(Plan, FusedPresetIsWholeAndFallsBackStageByStage) {
 
 TEST(Plan, FusedNormsNeedTheFusedResidual) {
   const ModelConfig c = gpu_config(64);
-  // Swapping the fused residual: the preset's norms that relied on it follow it to standard, each with a notice.
-  const Plan p = build_plan({"fused", {"mlp_residual=standard"}, KvLayout::NHD, &c, DType::BF16});
+  const std::vector<std::string> standard_down = {"down=standard", "mlp_residual=standard"};
+  // Swapping the fused down + residual: the preset's variants that read the norm it leaves in h follow it to
+  // standard, each with a notice.
+  const Plan p = build_plan({"fused", standard_down, KvLayout::NHD, &c, DType::BF16});
   EXPECT_EQ(p.by_stage[size_t(Stage::attn_norm)]->name, "attn_norm.standard");
+  EXPECT_EQ(p.by_stage[size_t(Stage::kv_write)]->name, "kv_write.standard");
   EXPECT_EQ(p.by_stage[size_t(Stage::final_norm)]->name, "final_norm.standard");
+  EXPECT_EQ(p.by_stage[size_t(Stage::act)]->name, "mlp_norm..act.fused");  // its residual variant is still there
   ASSERT_EQ(p.notices.size(), 2u);
-  EXPECT_THAT(p.notices[0], HasSubstr("attn_norm.fused cannot run this model (it needs mlp_residual.fused, which "
-                                      "is not in the plan); attn_norm.standard instead"));
-  // Chosen by name, the dependent norm cannot be swapped: the plan fails and says why.
-  EXPECT_THAT(error_of({"fused", {"mlp_residual=standard", "attn_norm=fused"}, KvLayout::NHD, &c, DType::BF16}),
-              HasSubstr("attn_norm.fused needs mlp_residual.fused in the same plan (mlp_residual.fused leaves"));
-  EXPECT_THAT(error_of({"fused", {"mlp_residual=standard"}}), HasSubstr("attn_norm.fused needs mlp_residual.fused"));
-  // The standard norms do not need the fused residual: recomputing the norm is redundant, not wrong.
-  EXPECT_NO_THROW(build_plan({"fused", {"attn_norm=standard", "final_norm=standard"}, KvLayout::NHD, &c,
-                              DType::BF16}));
+  EXPECT_THAT(p.notices[0], HasSubstr("attn_norm..kv_write.fused cannot run this model (it needs "
+                                      "down..mlp_residual.fused, which is not in the plan); attn_norm.standard + "));
+  // The same for the MLP's norm and the attention residual.
+  const Plan q = build_plan({"fused", {"o_proj=standard", "attn_residual=standard"}, KvLayout::NHD, &c, DType::BF16});
+  EXPECT_EQ(q.by_stage[size_t(Stage::mlp_norm)]->name, "mlp_norm.standard");
+  EXPECT_EQ(q.by_stage[size_t(Stage::act)]->name, "act.standard");
+  ASSERT_EQ(q.notices.size(), 1u);
+  EXPECT_THAT(q.notices[0], HasSubstr("mlp_norm..act.fused cannot run this model (it needs o_proj..attn_residual.fused"));
+  // Chosen by name, the dependent variant cannot be swapped: the plan fails and says why.
+  std::vector<std::string> both = standard_down;
+  both.push_back("attn_norm=fused");
+  EXPECT_THAT(error_of({"fused", both, KvLayout::NHD, &c, DType::BF16}),
+              HasSubstr("attn_norm..kv_write.fused needs down..mlp_residual.fused in the same plan (in the GEMM "
+                        "regime"));
+  EXPECT_THAT(error_of({"fused", standard_down}), HasSubstr("attn_norm..kv_write.fused needs down..mlp_residual.fused"));
+  // A fused residual split in two: named.
+  EXPECT_THAT(error_of({"fused", {"mlp_residual=standard"}, KvLayout::NHD, &c, DType::BF16}),
+              HasSubstr("down..mlp_residual.fused covers down..mlp_residual as one kernel and cannot be split"));
+  // The standard variants do not need the fused residual: recomputing the norm is redundant, not wrong.
+  EXPECT_NO_THROW(build_plan({"fused",
+                              {"attn_norm=standard", "qkv=standard", "rope=standard", "kv_write=standard",
+                               "mlp_norm=standard", "gate_up=standard", "act=standard", "final_norm=standard"},
+                              KvLayout::NHD, &c, DType::BF16}));
 }
 
 TEST(Plan, RegistryRejectsMalformedVariants) {
