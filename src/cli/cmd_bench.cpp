@@ -42,6 +42,7 @@ struct BenchArgs {
   int reps = 5;
   std::string json;
   bool logits_to_host = false;
+  bool sample = false;  // decode: sample every row (SamplingParams' defaults) instead of taking its argmax
   // --phase serve: a closed-loop load through the serving engine at each concurrency.
   int64_t requests = 512, prompt_len = 128, output_len = 128;
   std::string concurrency = "1,8,64";
@@ -330,7 +331,7 @@ void run(const BenchArgs& a) {
     bool broke_down = false;
     // Decode steps replay CUDA graphs when the plan allows (captured in the second warm-up step).
     const bool graphs = ropt.cuda_graphs && runner->plan_graph_safe();
-    const bool greedy_only = !a.logits_to_host;
+    const bool ids_only = !a.logits_to_host;  // token ids come back, not logits rows
     for (int64_t c : contexts) {
       for (int64_t b : batches) {
         if (b * paged_tokens(c + a.steps + 4) > kv_pool_tokens || c + a.steps + 4 > cfg.max_positions) {
@@ -345,13 +346,30 @@ void run(const BenchArgs& a) {
           runner->assume_cached(seqs.back(), c);
         }
         std::vector<double> times;
+        std::vector<Sampler> samplers;  // --sample: SamplingParams' defaults (top-k 40, top-p 0.95, min-p 0.05)
+        if (a.sample)
+          for (size_t i = 0; i < seqs.size(); ++i) {
+            SamplingParams sp;
+            sp.seed = i;
+            samplers.emplace_back(sp);
+          }
         for (int s = 0; s < a.steps + 2; ++s) {
           Step step;
           for (size_t i = 0; i < seqs.size(); ++i)
             step.add(int32_t((i * 31 + s) % cfg.vocab_size), seqs[i], int32_t(runner->sequence_length(seqs[i])), true);
-          step.greedy_only = greedy_only;  // token ids come back, not logits rows (a greedy server's decode)
+          // Token ids come back, not logits rows (a server's decode): each row's argmax, or sampled on the device.
+          step.greedy_only = ids_only && !a.sample;
+          if (ids_only && a.sample)
+            for (Sampler& sm : samplers) step.sampling.push_back(sm.peek_draw({}));
           const double s0 = now_s();
-          runner->forward(step, nullptr);
+          const StepOutput out = runner->forward(step, nullptr);
+          for (size_t i = 0; i < samplers.size(); ++i) {
+            if (ids_only) {
+              samplers[i].accept_draw();
+            } else {  // --logits-to-host: the host samples the rows it was sent
+              samplers[i].sample({out.logits.f32() + int64_t(i) * cfg.vocab_size, size_t(cfg.vocab_size)}, {});
+            }
+          }
           if (s >= 2) times.push_back(now_s() - s0);  // two warm-up steps
         }
         if (!broke_down) {  // per-op breakdown of one more step, at the first configuration
@@ -405,7 +423,8 @@ void run(const BenchArgs& a) {
                                {"pct_copy_bw", 100 * gbps / lim.copy_bw_GBps}, {"tflops", nullptr},
                                {"pct_gemm_peak", nullptr}, {"step_ms_median", st.median * 1e3},
                                {"step_ms_min", st.min * 1e3}, {"step_ms_max", st.max * 1e3}, {"reps", a.steps},
-                               {"cuda_graphs", graphs}, {"logits_to_host", !greedy_only}});
+                               {"cuda_graphs", graphs}, {"logits_to_host", !ids_only},
+                               {"sampled", a.sample}});
       }
     }
   }
@@ -456,6 +475,9 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--reps", a->reps, "timed prefills per length")->capture_default_str();
   cmd->add_flag("--logits-to-host", a->logits_to_host,
                 "decode steps copy every logits row to the host (default: greedy tokens chosen on the GPU, ids copied)");
+  cmd->add_flag("--sample", a->sample,
+                "decode steps sample every row (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05): on the GPU, or on "
+                "the host with --logits-to-host");
   cmd->add_option("--json", a->json, "result file (default bench/results/<date>-<card>.json; appended if it exists)");
   cmd->callback([a] { run(*a); });
 }

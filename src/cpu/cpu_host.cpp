@@ -184,6 +184,16 @@ class CpuHost final : public DeviceHost {
     for (int64_t r = 0; r < R; ++r) (*argmax)[size_t(r)] = greedy_token({logits_.f32() + r * V, size_t(V)});
     return HostTensor::empty(DType::F32, {0, V});
   }
+  void finish_step_sampled(std::span<const RowSampling> rows, std::vector<int32_t>* tokens) override {
+    const int64_t R = logits_.numel() > 0 ? logits_.view().shape[0] : 0, V = config_.vocab_size;
+    TD_CHECK(int64_t(rows.size()) == R, "finish_step_sampled: {} rows of sampling parameters for {} logits rows",
+             rows.size(), R);
+    tokens->resize(size_t(R));
+    for (int64_t r = 0; r < R; ++r) {
+      const RowSampling& s = rows[size_t(r)];
+      (*tokens)[size_t(r)] = sample_token({logits_.f32() + r * V, size_t(V)}, s.penalized, s.params, s.u, &scratch_);
+    }
+  }
 
   void timing_reset() override { marks_.clear(); }
   void timing_mark() override { marks_.push_back(std::chrono::steady_clock::now()); }
@@ -231,6 +241,7 @@ class CpuHost final : public DeviceHost {
   KvStepTables tables_;
   PagedKv kv_tables_;
   std::vector<std::chrono::steady_clock::time_point> marks_;
+  SampleScratch scratch_;  // finish_step_sampled
 };
 
 }  // namespace

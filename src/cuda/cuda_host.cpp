@@ -42,6 +42,7 @@ class CudaHost final : public DeviceHost {
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     if (staging_) cudaFreeHost(staging_);
     if (argmax_host_) cudaFreeHost(argmax_host_);
+    if (sample_staging_) cudaFreeHost(sample_staging_);
     if (gate_flag_) cudaFreeHost(gate_flag_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -257,6 +258,61 @@ class CudaHost final : public DeviceHost {
     return std::move(out_logits_);
   }
 
+  void finish_step_sampled(std::span<const RowSampling> rows, std::vector<int32_t>* tokens) override {
+    open_gate();
+    const int64_t R = slots_.logits.shape[0], V = config_.vocab_size;
+    TD_CHECK(int64_t(rows.size()) == R, "finish_step_sampled: {} rows of sampling parameters for {} logits rows",
+             rows.size(), R);
+    tokens->resize(size_t(R));
+    if (R == 0) {
+      TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    // The rows' knobs and penalty windows in one pinned buffer and one copy: params | penalized ids.
+    sample_ids_.clear();
+    const std::vector<SampleRowParams> params = pack_sample_rows(rows, V, &sample_ids_);
+    const size_t param_bytes = params.size() * sizeof(SampleRowParams);
+    const size_t ids_at = (param_bytes + 15) / 16 * 16, bytes = ids_at + sample_ids_.size() * sizeof(int32_t);
+    if (bytes > sample_bytes_) {
+      TD_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the old buffers may still be read
+      if (sample_staging_) TD_CUDA_CHECK(cudaFreeHost(sample_staging_));
+      sample_staging_ = nullptr;
+      sample_bytes_ = size_t(grow_to(int64_t(sample_bytes_), int64_t(bytes)));
+      TD_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&sample_staging_), sample_bytes_));
+      sample_dev_ = DeviceTensor::empty(DType::U8, {int64_t(sample_bytes_)});
+    }
+    std::memcpy(sample_staging_, params.data(), param_bytes);
+    if (!sample_ids_.empty())
+      std::memcpy(sample_staging_ + ids_at, sample_ids_.data(), sample_ids_.size() * sizeof(int32_t));
+    char* dev = static_cast<char*>(sample_dev_.view().data);
+    TD_CUDA_CHECK(cudaMemcpyAsync(dev, sample_staging_, bytes, cudaMemcpyHostToDevice, stream_));
+    const Tensor params_t = Tensor::contiguous(dev, DType::U8, {R, int64_t(sizeof(SampleRowParams))}, Device::CUDA);
+    const Tensor ids_t = Tensor::contiguous(dev + ids_at, DType::I32, {int64_t(sample_ids_.size())}, Device::CUDA);
+    const Tensor out = argmax_.view().slice_rows(0, R);
+    sample_rows(slots_.logits, params_t, ids_t, out, stream_);
+    TD_CUDA_CHECK(
+        cudaMemcpyAsync(argmax_host_, out.data, size_t(R) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(tokens->data(), argmax_host_, size_t(R) * sizeof(int32_t));
+
+    // Rows the device handed back (a candidate set over kMaxDeviceCandidates): their logits alone come to the host.
+    std::vector<int64_t> on_host;
+    for (int64_t r = 0; r < R; ++r)
+      if ((*tokens)[size_t(r)] == kSampleOnHost) on_host.push_back(r);
+    if (on_host.empty()) return;
+    const size_t row_bytes = size_t(V) * sizeof(float);
+    const float* logits = slots_.logits.ptr<const float>();
+    for (int64_t r : on_host)
+      TD_CUDA_CHECK(cudaMemcpyAsync(out_logits_.f32() + r * V, logits + r * slots_.logits.strides[0], row_bytes,
+                                    cudaMemcpyDeviceToHost, stream_));
+    TD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (int64_t r : on_host) {
+      const RowSampling& s = rows[size_t(r)];
+      (*tokens)[size_t(r)] =
+          sample_token({out_logits_.f32() + r * V, size_t(V)}, s.penalized, s.params, s.u, &sample_scratch_);
+    }
+  }
+
   GraphRun graph_begin(uint64_t key) override {
     TD_CHECK(view_.graphable, "graph_begin: the step was not begun graphable");
     auto it = graphs_.find(key);
@@ -447,6 +503,12 @@ class CudaHost final : public DeviceHost {
   std::vector<int32_t> host_positions_;
   std::shared_ptr<PinnedPool> pinned_ = std::make_shared<PinnedPool>();
   HostTensor out_logits_;
+  // finish_step_sampled: the packed rows (pinned, and their device copy) and the host sampler's scratch.
+  std::vector<int32_t> sample_ids_;
+  char* sample_staging_ = nullptr;
+  size_t sample_bytes_ = 0;
+  DeviceTensor sample_dev_;
+  SampleScratch sample_scratch_;
   std::vector<cudaEvent_t> events_;  // pool of boundary events, reused every timed step
   size_t marks_ = 0;
   int32_t* gate_flag_ = nullptr;  // mapped pinned: the timing gate's flag (host side)

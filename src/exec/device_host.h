@@ -83,6 +83,10 @@ class DeviceHost {
   // Waits for the step and returns its logits [R, V] fp32 on the host; with `argmax`, fills it with each row's
   // greedy_token() instead (chosen on the device) and returns [0, V]: the logits are not copied.
   virtual HostTensor finish_step(std::vector<int32_t>* argmax) = 0;
+  // Waits for the step and fills `tokens` with sample_token() (exec/sampling.h) of each logits row r under rows[r]
+  // (rows in this host's row order), without returning the logits. The GPU chooses on the device and copies ids;
+  // a row it cannot sample there (cuda/sampling.cuh kSampleOnHost) comes to the host alone and is sampled here.
+  virtual void finish_step_sampled(std::span<const RowSampling> rows, std::vector<int32_t>* tokens) = 0;
 
   // CUDA graphs, for steps begun graphable, after the variants' prepare(): `key` names the step's shape (tokens,
   // logits rows, batch, the context's graph_salt). replayed: a graph captured for this key over the host's

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "exec/sampling.h"
 
 namespace tandem {
 
@@ -22,6 +23,10 @@ struct Step {
   // The caller needs only each logits row's greedy token (StepOutput::argmax): it is chosen on the device and
   // the logits stay there (StepOutput::logits is empty), unless a tap asks for them.
   bool greedy_only = false;
+  // Sampling on the device: one RowSampling per logits row, in the order of the tokens that want logits (not with
+  // greedy_only). StepOutput::sampled gets sample_token() of each row (exec/sampling.h) and the logits stay on the
+  // device (StepOutput::logits is empty), unless a tap asks for them.
+  std::vector<RowSampling> sampling;
 
   void add(int32_t token, int32_t seq, int32_t pos, bool logits) {
     tokens.push_back(token);
@@ -47,6 +52,7 @@ struct StepOutput {
   HostTensor logits;                // [tokens that asked for logits, vocab] fp32 ([0, V] for a greedy_only step)
   std::vector<int32_t> logit_rows;  // index into the step's tokens for each logits row
   std::vector<int32_t> argmax;      // greedy_only: greedy_token() of each logits row
+  std::vector<int32_t> sampled;     // Step::sampling: sample_token() of each logits row under its RowSampling
 };
 
 // The greedy token of a logits row: the index of the largest value, ties to the lowest index; -1 (the NaN guard's
@@ -54,8 +60,7 @@ struct StepOutput {
 // penalty) is applied before this pick, so one non-finite value means a fault upstream: the runtime fails the
 // request as the host scan of a row does (runtime/generate.h count_non_finite_row), whichever path chose the
 // token. On a finite row it is the CPU sampler's greedy rule (runtime/sampler.h); the device's twin is
-// cuda/sampling.cuh argmax_rows.
-inline constexpr int32_t kNonFiniteRow = -1;
+// cuda/sampling.cuh argmax_rows. (kNonFiniteRow: exec/sampling.h.)
 int32_t greedy_token(std::span<const float> row);
 
 }  // namespace tandem

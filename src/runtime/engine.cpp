@@ -308,7 +308,8 @@ bool Engine::step_once() {
     std::vector<std::pair<Seq*, int64_t>> fed;  // sequence, tokens fed this step
     std::vector<Seq*> sampled;                   // sequences whose logits row comes back, in step order
     int64_t budget = options_.max_num_batched_tokens;
-    bool greedy_only = true;
+    bool greedy_only = true;  // every sampled row needs only its argmax
+    bool on_device = !options_.check_logits;  // every sampled row can be sampled by the runner (no host-side logits)
     for (int pass = 0; pass < 2; ++pass)
       for (auto& sp : running_) {
         Seq& s = *sp;
@@ -325,12 +326,17 @@ bool Engine::step_once() {
         fed.push_back({&s, n});
         if (s.computed + n == int64_t(s.tokens.size())) {
           sampled.push_back(&s);
-          greedy_only = greedy_only && s.req.sampling.greedy() && s.req.top_logprobs < 0 && s.req.logit_bias.empty() &&
-                        s.req.presence_penalty == 0.0f && s.req.frequency_penalty == 0.0f &&
+          on_device = on_device && s.req.top_logprobs < 0 && s.req.logit_bias.empty() &&
+                      s.req.presence_penalty == 0.0f && s.req.frequency_penalty == 0.0f;
+          greedy_only = greedy_only && s.req.sampling.greedy() &&
                         (s.req.sampling.repeat_penalty == 1.0f || s.req.sampling.repeat_last_n == 0);
         }
       }
-    step.greedy_only = greedy_only && !sampled.empty() && !options_.check_logits;
+    // Token ids come back instead of logits rows when no sampled row needs its logits on the host: the argmax of
+    // each, or the runner samples each with its sampler's draw (committed below once the token is taken).
+    step.greedy_only = on_device && greedy_only && !sampled.empty();
+    if (on_device && !greedy_only)
+      for (Seq* s : sampled) step.sampling.push_back(s->sampler.peek_draw(s->tokens));
     StepOutput out;
     try {
       out = runner_.forward(step, nullptr);
@@ -354,11 +360,11 @@ bool Engine::step_once() {
     // The NaN guard, before the step's pages are offered to the prefix cache: a poisoned sequence's are not.
     std::vector<std::string> non_finite(sampled.size());
     for (size_t i = 0; i < sampled.size(); ++i) {
-      if (!out.argmax.empty()) {
-        // The greedy pick's sentinel: one NaN/Inf anywhere in the row (exec/step.h greedy_token), not counted.
-        if (out.argmax[i] < 0)
-          non_finite[i] =
-              fmt::format("hold NaN or Inf among {} values (the greedy pick found one; --check-logits counts them)", V);
+      if (!out.argmax.empty() || !out.sampled.empty()) {
+        // The device pick's sentinel: one NaN/Inf anywhere in the row (exec/step.h greedy_token), not counted.
+        if ((out.argmax.empty() ? out.sampled[i] : out.argmax[i]) == kNonFiniteRow)
+          non_finite[i] = fmt::format("hold NaN or Inf among {} values (the {} found one; --check-logits counts them)",
+                                      V, out.argmax.empty() ? "sampler" : "greedy pick");
       } else {
         const NonFiniteRow nf = count_non_finite_row({out.logits.f32() + int64_t(i) * V, size_t(V)});
         if (nf.any()) non_finite[i] = fmt::format("hold {} NaN and {} Inf of {} values", nf.nan, nf.inf, V);
@@ -380,7 +386,8 @@ bool Engine::step_once() {
       }
       std::span<const float> row;
       std::vector<float> biased;
-      if (out.argmax.empty()) row = std::span<const float>(out.logits.f32() + int64_t(i) * V, size_t(V));
+      if (out.argmax.empty() && out.sampled.empty())
+        row = std::span<const float>(out.logits.f32() + int64_t(i) * V, size_t(V));
       const bool penalties = s.req.presence_penalty != 0.0f || s.req.frequency_penalty != 0.0f;
       if (!row.empty() && (!s.req.logit_bias.empty() || (penalties && !s.result.tokens.empty()))) {
         biased.assign(row.begin(), row.end());
@@ -395,8 +402,17 @@ bool Engine::step_once() {
       }
       int32_t tok = -1;
       try {
-        // greedy_only steps chose on the device (the sampler's greedy rule); otherwise the sampler draws.
-        tok = out.argmax.empty() ? s.sampler.sample(row, s.tokens) : out.argmax[i];
+        // greedy_only steps chose on the device (the sampler's greedy rule), sampled steps with the sampler's draw;
+        // otherwise the sampler draws here.
+        if (!out.argmax.empty()) {
+          tok = out.argmax[i];
+        } else if (!out.sampled.empty()) {
+          tok = out.sampled[i];
+          TD_CHECK(tok >= 0, "sampler: all {} logits are NaN/-inf after the repetition penalty", V);
+          s.sampler.accept_draw();
+        } else {
+          tok = s.sampler.sample(row, s.tokens);
+        }
       } catch (const Error& e) {
         finish(s, "error", e.what());
         done.push_back(&s);

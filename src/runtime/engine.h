@@ -13,8 +13,8 @@
 // Requests are independent: a request's callbacks run on the engine thread, in the order of its tokens.
 //
 // Faults. A sampled row whose logits hold a NaN or Inf, one value or all, fails that request alone whichever way
-// its token is chosen (the host scans the rows it samples; a greedy-only step's argmax gives its sentinel for such
-// a row): "error", naming the step and the first non-finite tap found by rerunning the sequence alone with taps
+// its token is chosen (the host scans the rows it samples; the device's argmax or sampler gives its sentinel for
+// such a row): "error", naming the step and the first non-finite tap found by rerunning the sequence alone with taps
 // on (generate.h locate_non_finite); the others go on. An exception from the executor's forward()
 // other than KvOutOfPages kills the engine: its state (and a CUDA context after a kernel fault) can no longer be
 // trusted, so every running and waiting request fails with the error, submit() throws Failed from then on, and
@@ -41,9 +41,11 @@ struct EngineOptions {
   int max_queue = 256;                  // requests waiting beyond those (submit() refuses more)
   int64_t max_num_batched_tokens = 512; // tokens per step (prefill chunks + decodes)
   int64_t max_model_len = 0;            // prompt + new tokens per sequence (0: the model's context)
-  // Every sampled logits row comes back to the host and is scanned for NaN/Inf, greedy ones too (steps are never
-  // greedy_only). Without it the same rows fail (a greedy-only step's argmax, exec/step.h greedy_token, gives no
-  // token for a row with any NaN/Inf), but the logits stay on the device and the error cannot count them.
+  // Every sampled logits row comes back to the host and is scanned for NaN/Inf, and the host samples it (steps are
+  // never greedy_only nor Step::sampling). Without it the same rows fail (the device's argmax or sampler,
+  // exec/sampling.h sample_token, gives no token for a row with any NaN/Inf), but the logits stay on the device and
+  // the error cannot count them. Requests with logprobs, logit_bias or presence/frequency penalties always have
+  // their step's rows copied to the host.
   bool check_logits = false;
 };
 

@@ -297,6 +297,17 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
     if (it == seqs_.end()) return std::nullopt;
     return SequenceExtent{it->second.length, it->second.capacity};
   });
+  const bool sampled = !caller_step.sampling.empty();
+  if (sampled) {
+    TD_CHECK(!caller_step.greedy_only, "a step is greedy_only or sampled (Step::sampling), not both");
+    const auto rows = std::count(caller_step.want_logits.begin(), caller_step.want_logits.end(), uint8_t(1));
+    TD_CHECK(int64_t(caller_step.sampling.size()) == int64_t(rows),
+             "step: {} rows of sampling parameters for {} tokens that want logits", caller_step.sampling.size(), rows);
+    for (size_t r = 0; r < caller_step.sampling.size(); ++r)  // before any work: nothing runs for a bad step
+      for (int32_t id : caller_step.sampling[r].penalized)
+        TD_CHECK(id >= 0 && id < config().vocab_size, "step: sampling row {}: penalized token {} is outside the "
+                 "vocabulary (size {})", r, id, config().vocab_size);
+  }
   order_ = grouped_order(caller_step.seq_ids);
   Step regrouped;
   if (!order_.empty())
@@ -349,9 +360,30 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
     }
     if (mode == DeviceHost::GraphRun::capturing) host_->graph_end(true);
   }
-  // Logits stay on the device for a greedy_only step, unless a tap wants them.
-  const bool argmax_only = step.greedy_only && !(taps && taps->wants(Stage::logits, -1));
-  out.logits = host_->finish_step(argmax_only ? &out.argmax : nullptr);
+  // Logits rows in ascending caller token order, as an ungrouped run would give them: device row r is caller row
+  // dest[r].
+  std::vector<int32_t> dest(out.logit_rows.size()), by_caller;
+  for (size_t r = 0; r < dest.size(); ++r) dest[r] = int32_t(r);
+  if (!order_.empty()) {
+    by_caller.resize(out.logit_rows.size());
+    for (size_t r = 0; r < by_caller.size(); ++r) by_caller[r] = order_[size_t(out.logit_rows[r])];
+    std::vector<int32_t> rank(by_caller.size());
+    for (size_t r = 0; r < rank.size(); ++r) rank[r] = int32_t(r);
+    std::sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return by_caller[size_t(a)] < by_caller[size_t(b)]; });
+    for (size_t k = 0; k < rank.size(); ++k) dest[size_t(rank[k])] = int32_t(k);
+  }
+  // Logits stay on the device for a greedy_only or sampled step, unless a tap wants them.
+  const bool logits_tap = taps && taps->wants(Stage::logits, -1);
+  const bool argmax_only = step.greedy_only && !logits_tap;
+  const bool sample_only = sampled && !logits_tap;
+  if (sample_only) {
+    std::vector<RowSampling> rows(dest.size());
+    for (size_t r = 0; r < rows.size(); ++r) rows[r] = caller_step.sampling[size_t(dest[r])];
+    host_->finish_step_sampled(rows, &out.sampled);
+    out.logits = HostTensor::empty(DType::F32, {0, config().vocab_size});
+  } else {
+    out.logits = host_->finish_step(argmax_only ? &out.argmax : nullptr);
+  }
 
   for (const auto& [seq, len] : length_after) seqs_.at(seq).length = len;
   if (timing_) {
@@ -365,27 +397,27 @@ StepOutput Executor::forward(const Step& caller_step, TapSink* taps) {
     }
   }
   if (!order_.empty()) {
-    // Logits rows in ascending caller token order, as an ungrouped run would give them.
-    std::vector<int32_t> by_caller(out.logit_rows.size());
-    for (size_t r = 0; r < by_caller.size(); ++r) by_caller[r] = order_[size_t(out.logit_rows[r])];
-    std::vector<int32_t> rank(by_caller.size());
-    for (size_t r = 0; r < rank.size(); ++r) rank[r] = int32_t(r);
-    std::sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return by_caller[size_t(a)] < by_caller[size_t(b)]; });
-    std::vector<int32_t> dest(rank.size());
-    for (size_t k = 0; k < rank.size(); ++k) dest[size_t(rank[k])] = int32_t(k);
     if (out.logits.numel() > 0) out.logits = scatter_rows(out.logits, dest);
-    if (!out.argmax.empty()) {
-      std::vector<int32_t> a(out.argmax.size());
-      for (size_t r = 0; r < a.size(); ++r) a[size_t(dest[r])] = out.argmax[r];
-      out.argmax = std::move(a);
+    for (std::vector<int32_t>* ids : {&out.argmax, &out.sampled}) {
+      if (ids->empty()) continue;
+      std::vector<int32_t> a(ids->size());
+      for (size_t r = 0; r < a.size(); ++r) a[size_t(dest[r])] = (*ids)[r];
+      *ids = std::move(a);
     }
     std::sort(by_caller.begin(), by_caller.end());
     out.logit_rows = by_caller;
   }
+  const int64_t V = config().vocab_size;
   if (step.greedy_only && !argmax_only) {  // the logits came to the host for a tap: choose here, same rule
-    const int64_t V = config().vocab_size;
     for (size_t r = 0; r < out.logit_rows.size(); ++r)
       out.argmax.push_back(greedy_token({out.logits.f32() + int64_t(r) * V, size_t(V)}));
+  }
+  if (sampled && !sample_only) {  // likewise: the same function the hosts run
+    for (size_t r = 0; r < out.logit_rows.size(); ++r) {
+      const RowSampling& s = caller_step.sampling[r];
+      out.sampled.push_back(
+          sample_token({out.logits.f32() + int64_t(r) * V, size_t(V)}, s.penalized, s.params, s.u, &scratch_));
+    }
   }
   if (taps && taps->wants(Stage::logits, -1)) taps->publish(Stage::logits, -1, out.logits);
   order_.clear();

@@ -113,6 +113,7 @@ class Executor final : public ModelRunner {
   std::string nan_prev_;               // --nan-check: the previous tap's statistics, "" at the start of a step
   std::vector<Perturbation> perturb_;
   bool graph_safe_plan_ = false;
+  SampleScratch scratch_;              // a sampled step whose logits came to the host for a tap
 };
 
 }  // namespace tandem

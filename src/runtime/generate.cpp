@@ -179,6 +179,12 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
         tok = out.argmax[i];
         // The greedy pick's sentinel: one NaN/Inf anywhere in the row (exec/step.h greedy_token).
         if (tok < 0) fail_non_finite(r, fmt::format("hold NaN or Inf among {} values (the greedy pick found one)", V));
+      } else if (!out.sampled.empty()) {  // chosen by the runner with this sampler's draw (exec/sampling.h)
+        tok = out.sampled[i];
+        if (tok == kNonFiniteRow)
+          fail_non_finite(r, fmt::format("hold NaN or Inf among {} values (the sampler found one)", V));
+        TD_CHECK(tok >= 0, "request {}: sampler: all {} logits are NaN/-inf after the repetition penalty", r, V);
+        samplers[r].accept_draw();
       } else {
         const std::span<const float> row(out.logits.f32() + int64_t(i) * V, size_t(V));
         if (const NonFiniteRow nf = count_non_finite_row(row); nf.any())
@@ -204,11 +210,24 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
   };
 
   auto t0 = std::chrono::steady_clock::now();
-  // Greedy requests without a repetition penalty need only each row's argmax: the logits stay on the device.
-  const bool greedy_only = std::all_of(requests.begin(), requests.end(), [](const GenerationRequest& q) {
+  // Token ids come back, not logits rows: greedy requests without a repetition penalty need only each row's argmax;
+  // others are sampled by the runner with each sampler's draw. The logits stay on the device.
+  const bool on_device = std::none_of(requests.begin(), requests.end(),
+                                      [](const GenerationRequest& q) { return q.logits_to_host; });
+  const bool greedy_only = on_device && std::all_of(requests.begin(), requests.end(), [](const GenerationRequest& q) {
     return q.sampling.greedy() && (q.sampling.repeat_penalty == 1.0f || q.sampling.repeat_last_n == 0);
   });
-  prefill.greedy_only = greedy_only;
+  // Each logits row's sampling, from the sequence (seq id = request) of the token that wants it.
+  auto ask_for_tokens = [&](Step& s) {
+    s.greedy_only = greedy_only;
+    if (!on_device || greedy_only) return;
+    for (int64_t t = 0; t < s.size(); ++t)
+      if (s.want_logits[size_t(t)]) {
+        const auto r = size_t(s.seq_ids[size_t(t)]);
+        s.sampling.push_back(samplers[r].peek_draw(history[r]));
+      }
+  };
+  ask_for_tokens(prefill);
   // Every token but each history's newest (just sampled) has its K/V cached after a step.
   auto publish = [&] {
     for (size_t r = 0; r < requests.size(); ++r)
@@ -220,10 +239,10 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
     for (int64_t at = 0; at < total; at += kPrefillProgressChunk) {
       const int64_t end = std::min(total, at + kPrefillProgressChunk);
       Step part;
-      part.greedy_only = greedy_only;
       for (int64_t i = at; i < end; ++i)
         part.add(prefill.tokens[size_t(i)], prefill.seq_ids[size_t(i)], prefill.positions[size_t(i)],
                  prefill.want_logits[size_t(i)] != 0);
+      ask_for_tokens(part);
       StepOutput out = runner.forward(part, nullptr);
       on_prefill(end, total);
       if (end == total) take(out);
@@ -238,7 +257,7 @@ std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<Ge
   while (!active.empty()) {
     Step step;
     for (size_t r : active) step.add(history[r].back(), int32_t(r), int32_t(history[r].size() - 1), true);
-    step.greedy_only = greedy_only;
+    ask_for_tokens(step);
     ++step_no;
     take(runner.forward(step, nullptr));
     publish();

@@ -19,6 +19,9 @@ struct GenerationRequest {
   SamplingParams sampling;
   bool stop_at_eos = true;           // stop at the model's eos ids and at stop_ids
   std::vector<int32_t> stop_ids;     // more end-of-turn ids (the tokenizer's eos/eot, the chat format's end)
+  // Sample from logits rows copied to the host (the host sampler) instead of on the device (Step::sampling: token
+  // ids come back). Same tokens either way (exec/sampling.h); for checking that, and for timing the copy.
+  bool logits_to_host = false;
 };
 
 struct GenerationResult {
@@ -44,8 +47,10 @@ inline constexpr int64_t kPrefillProgressChunk = 256;
 
 // Throws before running anything if a prompt is empty, has ids outside the vocabulary, or prompt +
 // max_new_tokens exceeds the model's context. prefill_taps (may be null) sees the prefill step.
-// A logits row that holds a NaN or Inf, one value or all, is never sampled (a greedy-only step's argmax gives no
-// token for it): generate() throws a tandem::Error naming the request, the step and the first non-finite tap
+// Unless a request asks for logits_to_host, every step asks the runner for token ids (Step::greedy_only when all
+// requests are greedy without a penalty, else Step::sampling with each sampler's draw), not logits rows.
+// A logits row that holds a NaN or Inf, one value or all, is never sampled (the device's pick gives no token for
+// it): generate() throws a tandem::Error naming the request, the step and the first non-finite tap
 // (locate_non_finite). on_prefill: see PrefillProgress (unused when prefill_taps is given: the taps see the
 // prefill as one step).
 std::vector<GenerationResult> generate(ModelRunner& runner, const std::vector<GenerationRequest>& requests,

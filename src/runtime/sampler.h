@@ -1,26 +1,14 @@
 // Token sampling: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
 // Chain order follows llama.cpp: repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw.
+// The chain itself is exec/sampling.h sample_row(), a pure function of the row and one uniform draw; this class
+// adds the seeded RNG that makes the draws, so a device that samples (Step::sampling) gets the same stream.
 #pragma once
 #include <cstdint>
-#include <optional>
 #include <span>
-#include <vector>
+
+#include "exec/sampling.h"
 
 namespace tandem {
-
-struct SamplingParams {
-  float temperature = 0.8f;    // <= 0: greedy (argmax, ties -> lowest id)
-  int top_k = 40;              // <= 0: disabled
-  float top_p = 0.95f;         // >= 1: disabled
-  float min_p = 0.05f;         // <= 0: disabled; keeps tokens with p >= min_p * p_max
-  float repeat_penalty = 1.0f; // 1: disabled; logit > 0 ? logit / r : logit * r for recent tokens
-  int repeat_last_n = 64;      // window of recent tokens the penalty looks at (0: none, -1: all given)
-  std::optional<uint64_t> seed;  // unset: random, chosen at construction and reported by seed()
-
-  // Throws tandem::Error naming the parameter when a value is out of range or not finite.
-  void validate() const;
-  bool greedy() const { return temperature <= 0.0f; }
-};
 
 class Sampler {
  public:
@@ -28,6 +16,13 @@ class Sampler {
   // logits: one row of vocab size. recent: the sequence's tokens so far (prompt + generated), oldest first.
   // Same seed + same inputs -> same output on every platform (no std:: distributions).
   int32_t sample(std::span<const float> logits, std::span<const int32_t> recent);
+  // The same token chosen elsewhere (a device, Step::sampling): this token's parameters, uniform draw and penalty
+  // window (a view into `recent`); sample_token(row, r.penalized, r.params, r.u) is then the token sample() would
+  // return for a finite row. The draw is not consumed: accept_draw() does that once the token is taken (a step that
+  // did not run asks again and gets the same u), so the stream advances exactly as with sample(): one draw per
+  // sampled token, none for greedy.
+  RowSampling peek_draw(std::span<const int32_t> recent) const;
+  void accept_draw();
   uint64_t seed() const { return seed_; }
   const SamplingParams& params() const { return params_; }
 
@@ -35,8 +30,9 @@ class Sampler {
   SamplingParams params_;
   uint64_t seed_;
   uint64_t state_[4];  // xoshiro256** state
-  double next_uniform();  // [0, 1)
-  std::vector<std::pair<float, int32_t>> scratch_;
+  double next_uniform() { return advance(state_); }  // [0, 1)
+  static double advance(uint64_t (&state)[4]);        // one xoshiro256** step: the next draw
+  SampleScratch scratch_;
 };
 
 }  // namespace tandem

@@ -97,6 +97,59 @@ TEST_P(Executors, GreedyOnlyStepReturnsTheArgmaxOfEachRow) {
   for (size_t r = 0; r < 2; ++r) EXPECT_EQ(c.argmax[r], greedy_token({c.logits.f32() + int64_t(r) * V, size_t(V)}));
 }
 
+// A sampled step (Step::sampling) returns sample_token() of each logits row under its own RowSampling and no logits,
+// in the caller's row order (also for an interleaved step, whose rows the executor regroups); a tap on the logits
+// brings them back with the same tokens.
+TEST_P(Executors, SampledStepReturnsSampleTokenOfEachRow) {
+  auto full = reference_runner(model_), sampled = reference_runner(model_);
+  const int64_t V = model_->config.vocab_size;
+  for (auto* r : {full.get(), sampled.get()}) {
+    r->create_sequence(0, 32);
+    r->create_sequence(1, 32);
+  }
+  Step step;  // interleaved: the executor regroups it
+  for (int i = 0; i < 5; ++i) {
+    step.add(3 + i, 0, i, i >= 3);
+    step.add(7 + 2 * i, 1, i, i == 4);
+  }
+  const StepOutput a = full->forward(step, nullptr);
+  const std::vector<int32_t> window{3, 4, 5, 9, 9};
+  std::vector<RowSampling> rows(a.logit_rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    rows[r].params.temperature = r == 1 ? 0.0f : 0.7f + 0.3f * float(r);
+    rows[r].params.top_k = r == 2 ? 0 : 20;
+    rows[r].params.repeat_penalty = 1.3f;
+    rows[r].u = 0.1 + 0.27 * double(r);
+    rows[r].penalized = std::span<const int32_t>(window).first(r + 2);
+  }
+  step.sampling = rows;
+  const StepOutput b = sampled->forward(step, nullptr);
+  ASSERT_EQ(a.logit_rows, b.logit_rows);
+  EXPECT_EQ(b.logits.numel(), 0);
+  EXPECT_TRUE(b.argmax.empty());
+  ASSERT_EQ(b.sampled.size(), a.logit_rows.size());
+  for (size_t r = 0; r < b.sampled.size(); ++r) {
+    const int32_t want = sample_token({a.logits.f32() + int64_t(r) * V, size_t(V)}, rows[r].penalized, rows[r].params,
+                                      rows[r].u);
+    EXPECT_GE(want, 0);
+    EXPECT_EQ(b.sampled[r], want) << "row " << r;
+  }
+  TapRecorder taps;
+  Step next;
+  next.add(5, 0, 5, true);
+  next.add(6, 1, 5, true);
+  next.sampling = {rows[0], rows[1]};
+  const StepOutput c = sampled->forward(next, &taps);
+  ASSERT_NE(taps.find("logits"), nullptr);
+  ASSERT_EQ(c.logits.numel(), 2 * V);  // a tap wanted them
+  for (size_t r = 0; r < 2; ++r)
+    EXPECT_EQ(c.sampled[r], sample_token({c.logits.f32() + int64_t(r) * V, size_t(V)}, rows[r].penalized,
+                                         rows[r].params, rows[r].u));
+  Step bad = next;
+  bad.sampling.pop_back();  // one row of parameters for two logits rows
+  EXPECT_THROW(sampled->forward(bad, nullptr), Error);
+}
+
 TEST_P(Executors, CachedKvIsTheSameThroughEveryPageTable) {
   const auto ids = ints(*exp_, "p1.prompt");
   std::vector<HostTensor> first;

@@ -170,8 +170,9 @@ TEST(ServerFaults, GenerateThrowsOnNanLogits) {
 
 // Checklist 24, one NaN: a logits row that is finite but for one NaN (logits.test_one_nan_on_marker) fails its
 // request like an all-NaN row. Greedy, the argmax of a greedy-only step (run beside a greedy request, so the step
-// stays greedy-only) gives its sentinel instead of skipping the NaN; sampled, the host scan counts it; streamed,
-// an error chunk then [DONE]. The request beside it keeps its exact output; the server goes on serving.
+// stays greedy-only) gives its sentinel instead of skipping the NaN; sampled, the runner's sampler (Step::sampling)
+// gives the same sentinel; sampled with logprobs, the row comes to the host, whose scan counts it; streamed, an
+// error chunk then [DONE]. The request beside it keeps its exact output; the server goes on serving.
 TEST(ServerFaults, OneNanLogitFailsOnlyThatRequestGreedyOrSampled) {
   REQUIRE_MODEL();
   TestServer s({}, with_variant("logits=test_one_nan_on_marker"));
@@ -197,9 +198,16 @@ TEST(ServerFaults, OneNanLogitFailsOnlyThatRequestGreedyOrSampled) {
     EXPECT_NE(msg.find(part), std::string::npos) << part << " missing from: " << msg;
   EXPECT_EQ(text_of(running.get()), alone);
 
-  // Sampled: the row comes to the host, whose scan counts the one NaN.
+  // Sampled: the runner samples the row (its logits stay where they are) and gives the NaN guard's sentinel.
   json sampled = poisoned;
   sampled["temperature"] = 0.7;
+  r = s.post("/v1/completions", sampled);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 500) << r->body;
+  msg = json::parse(r->body)["error"]["message"];
+  EXPECT_NE(msg.find("hold NaN or Inf among 49152 values (the sampler found one"), std::string::npos) << msg;
+  // Sampled with logprobs: the row comes to the host, whose scan counts the one NaN.
+  sampled["logprobs"] = 1;
   r = s.post("/v1/completions", sampled);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 500) << r->body;
@@ -207,10 +215,11 @@ TEST(ServerFaults, OneNanLogitFailsOnlyThatRequestGreedyOrSampled) {
   EXPECT_NE(msg.find("hold 1 NaN and 0 Inf of 49152 values"), std::string::npos) << msg;
 
   expect_error_chunk_then_done(s, poisoned);
-  expect_still_serving(s, healthy, alone, failed_before + 3);
+  expect_still_serving(s, healthy, alone, failed_before + 4);
 }
 
-// The same in generate(): greedy (a greedy-only step, the CPU host's argmax) and sampled, one NaN is enough.
+// The same in generate(): greedy (a greedy-only step, the CPU host's argmax), sampled by the runner (Step::sampling)
+// and sampled on the host (logits_to_host, whose scan counts), one NaN is enough.
 TEST(ServerFaults, GenerateThrowsOnOneNanLogit) {
   REQUIRE_MODEL();
   const ModelBundle bundle = open_model_bundle(*default_model());
@@ -218,15 +227,16 @@ TEST(ServerFaults, GenerateThrowsOnOneNanLogit) {
   GenerationRequest q;
   q.prompt = {1, 2, nan_marker(runner->config().vocab_size)};
   q.max_new_tokens = 3;
-  for (float temperature : {0.0f, 0.7f}) {
+  for (const auto& [temperature, to_host] : {std::pair{0.0f, false}, std::pair{0.7f, false}, std::pair{0.7f, true}}) {
     q.sampling.temperature = temperature;
+    q.logits_to_host = to_host;
     try {
       generate(*runner, {q});
       ADD_FAILURE() << "no error at temperature " << temperature;
     } catch (const Error& e) {
       const std::string m = e.what();
       EXPECT_NE(m.find("request 0: the logits of step 0 (prefill, position 2)"), std::string::npos) << m;
-      EXPECT_NE(m.find(temperature == 0 ? "hold NaN or Inf among 49152 values" : "hold 1 NaN and 0 Inf of 49152"),
+      EXPECT_NE(m.find(to_host ? "hold 1 NaN and 0 Inf of 49152" : "hold NaN or Inf among 49152 values"),
                 std::string::npos)
           << m;
       EXPECT_NE(m.find("first non-finite tap is logits (by logits.test_one_nan_on_marker)"), std::string::npos) << m;

@@ -18,6 +18,7 @@
 #include "cuda/gemm.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
+#include "cuda/sampling.cuh"
 #include "exec/kv_cache.h"
 
 namespace tandem {
@@ -280,6 +281,35 @@ TEST(CudaLaunchers, GemmRejectsBadArgumentsWithoutCreatingAHandle) {
 }
 
 // Empty batches are valid and return before any CUDA call (so this runs without a GPU too).
+TEST(CudaLaunchers, SampleRowsRejectsBadArguments) {
+  const int64_t pb = int64_t(sizeof(cuda::SampleRowParams));
+  const Tensor logits = dev(DType::F32, {3, 100}), params = dev(DType::U8, {3, pb}), ids = dev(DType::I32, {5}),
+               out = dev(DType::I32, {3});
+  const Tensor cpu_logits = host(DType::F32, {3, 100});
+  EXPECT_THAT(error_of([&] { cuda::sample_rows(cpu_logits, params, ids, out, nullptr); }),
+              names("sample_rows", cpu_logits));
+  const Tensor bf16_logits = dev(DType::BF16, {3, 100});
+  EXPECT_THAT(error_of([&] { cuda::sample_rows(bf16_logits, params, ids, out, nullptr); }),
+              names("sample_rows", bf16_logits));
+  const Tensor short_params = dev(DType::U8, {2, pb}), narrow_params = dev(DType::U8, {3, pb - 8});
+  EXPECT_THAT(error_of([&] { cuda::sample_rows(logits, short_params, ids, out, nullptr); }),
+              names("sample_rows", short_params));
+  EXPECT_THAT(error_of([&] { cuda::sample_rows(logits, narrow_params, ids, out, nullptr); }),
+              names("sample_rows", narrow_params));
+  const Tensor ids64 = dev(DType::I64, {5});
+  EXPECT_THAT(error_of([&] { cuda::sample_rows(logits, params, ids64, out, nullptr); }), names("sample_rows", ids64));
+  const Tensor long_out = dev(DType::I32, {4});
+  EXPECT_THAT(error_of([&] { cuda::sample_rows(logits, params, ids, long_out, nullptr); }),
+              names("sample_rows", long_out));
+  // Penalty ids are checked on the host, where they are packed.
+  std::vector<int32_t> packed;
+  const std::vector<int32_t> outside{3, 100};
+  std::vector<RowSampling> rows(1);
+  rows[0].penalized = outside;
+  EXPECT_THAT(error_of([&] { cuda::pack_sample_rows(rows, 100, &packed); }),
+              AllOf(HasSubstr("sample_rows"), HasSubstr("100"), HasSubstr("vocabulary")));
+}
+
 TEST(CudaLaunchers, EmptyBatchesAreNoOps) {
   const Tensor none = Tensor::contiguous(nullptr, DType::BF16, {0, 64}, Device::CUDA);
   const Tensor no_ids = Tensor::contiguous(nullptr, DType::I32, {0}, Device::CUDA);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace tandem {
 namespace {
@@ -459,6 +460,137 @@ TEST(SamplerRepeatPenalty, AffectsSampledDistribution) {
   auto f = frequencies(s, log_probs({0.5, 0.5}), 20000, recent);
   EXPECT_NEAR(f[0], 1.0 / 3, 0.01);
   EXPECT_NEAR(f[1], 2.0 / 3, 0.01);
+}
+
+// ---------------------------------------------------------------- the pure chain (exec/sampling.h) and its draws
+
+// A fixed workload: 8 parameter sets (every filter, the penalty over windows of 4..all, greedy with a penalty, top_k
+// past the vocabulary, min_p 1), 200 rows each of 50..549 logits, uniform in +-4 or +-20, with ties; each token
+// joins the penalty window.
+struct SamplerWorkload {
+  struct Set {
+    float t;
+    int k;
+    float p, m, r;
+    int n;
+  };
+  static uint64_t next(uint64_t& x) { return splitmix64(x); }
+  // Uniform in [-scale, scale), from 24 random bits.
+  static float value(uint64_t& x, float scale) {
+    return (float(next(x) >> 40) / 16777216.0f * 2.0f - 1.0f) * scale;
+  }
+  // Runs `pick(sampler, row, recent)` over the workload; returns the FNV-1a hash of the tokens.
+  template <typename Pick>
+  static uint64_t run(Pick&& pick, int* count) {
+    const Set sets[] = {{0.8f, 40, 0.95f, 0.05f, 1.0f, 64}, {1.0f, 0, 1.0f, 0.0f, 1.0f, 64},
+                        {0.5f, 5, 0.9f, 0.0f, 1.3f, 8},     {1.7f, 0, 0.7f, 0.1f, 0.8f, -1},
+                        {0.0f, 40, 0.95f, 0.05f, 1.5f, 16}, {3.0f, 300, 1.0f, 0.0f, 1.1f, 32},
+                        {0.2f, 1000, 0.99f, 0.01f, 1.0f, 64}, {1.0f, 3, 1.0f, 1.0f, 2.0f, 4}};
+    uint64_t x = 2024, h = 1469598103934665603ull;
+    *count = 0;
+    for (int si = 0; si < 8; ++si) {
+      SamplingParams p;
+      p.temperature = sets[si].t;
+      p.top_k = sets[si].k;
+      p.top_p = sets[si].p;
+      p.min_p = sets[si].m;
+      p.repeat_penalty = sets[si].r;
+      p.repeat_last_n = sets[si].n;
+      p.seed = uint64_t(100 + si);
+      Sampler s(p);
+      std::vector<int32_t> recent{1, 2, 3};
+      for (int i = 0; i < 200; ++i) {
+        const int V = 50 + int(next(x) % 500);
+        const float scale = (i % 4 == 0) ? 20.0f : 4.0f;
+        std::vector<float> row(size_t(V), 0.0f);
+        for (float& v : row) v = value(x, scale);
+        if (i % 7 == 0) row[size_t(V / 2)] = row[size_t(V / 3)];  // a tie
+        const int32_t t = pick(s, row, recent);
+        recent.push_back(t % 50);
+        h = (h ^ uint64_t(uint32_t(t))) * 1099511628211ull;
+        ++*count;
+      }
+    }
+    return h;
+  }
+};
+
+// Same seed, same tokens as the sampler before its chain became exec/sampling.h sample_row(): the hash was taken
+// from the previous implementation (commit 36243e4) over the same workload.
+TEST(SamplerSeed, SameTokensAsBeforeTheChainWasFactoredOut) {
+  int count = 0;
+  const uint64_t h = SamplerWorkload::run(
+      [](Sampler& s, const std::vector<float>& row, const std::vector<int32_t>& recent) {
+        return s.sample(row, recent);
+      },
+      &count);
+  EXPECT_EQ(count, 1600);
+  EXPECT_EQ(h, 3307667529197679041ull);
+}
+
+// What a device does (Step::sampling): peek_draw, then sample_token with that draw, then accept_draw, gives
+// sample()'s tokens; a peek does not consume the draw.
+TEST(SamplerSeed, PeekSampleTokenAcceptGivesTheSamplersTokens) {
+  int count = 0;
+  const uint64_t h = SamplerWorkload::run(
+      [](Sampler& s, const std::vector<float>& row, const std::vector<int32_t>& recent) {
+        const RowSampling d = s.peek_draw(recent);
+        EXPECT_EQ(d.u, s.peek_draw(recent).u);
+        if (d.params.greedy()) {
+          EXPECT_EQ(d.u, 0.0);
+        }
+        const int32_t t = sample_token(row, d.penalized, d.params, d.u);
+        s.accept_draw();
+        return t;
+      },
+      &count);
+  EXPECT_EQ(count, 1600);
+  EXPECT_EQ(h, 3307667529197679041ull);
+}
+
+TEST(SampleToken, PenaltyWindow) {
+  SamplingParams p = plain(1.0f);
+  const std::vector<int32_t> recent{5, 6, 7, 8};
+  EXPECT_TRUE(penalty_window(recent, p).empty());  // penalty 1: off
+  p.repeat_penalty = 1.2f;
+  p.repeat_last_n = 0;
+  EXPECT_TRUE(penalty_window(recent, p).empty());
+  p.repeat_last_n = 2;
+  EXPECT_EQ(std::vector<int32_t>(penalty_window(recent, p).begin(), penalty_window(recent, p).end()),
+            (std::vector<int32_t>{7, 8}));
+  p.repeat_last_n = 64;
+  EXPECT_EQ(penalty_window(recent, p).size(), 4u);
+  p.repeat_last_n = -1;
+  EXPECT_EQ(penalty_window(recent, p).size(), 4u);
+  EXPECT_TRUE(penalty_window({}, p).empty());
+}
+
+// The step's rule: any raw NaN/+-inf gives kNonFiniteRow (whatever the sampler would do with it); every logit -inf
+// after the penalty gives kNoCandidate where sample_row throws; otherwise sample_row's token.
+TEST(SampleToken, SentinelsForNonFiniteRowsAndNoCandidate) {
+  for (float temp : {0.0f, 1.0f}) {
+    const SamplingParams p = plain(temp);
+    EXPECT_EQ(sample_token(std::vector<float>{1.0f, kNaN}, {}, p, 0.5), kNonFiniteRow);
+    EXPECT_EQ(sample_token(std::vector<float>{1.0f, kInf}, {}, p, 0.5), kNonFiniteRow);
+    EXPECT_EQ(sample_token(std::vector<float>{-kInf, 1.0f}, {}, p, 0.5), kNonFiniteRow);
+    EXPECT_EQ(sample_row(std::vector<float>{1.0f, kInf}, {}, p, 0.5), 1);  // the sampler's own +inf rule
+    SamplingParams pen = p;
+    pen.repeat_penalty = 4.0f;
+    const std::vector<float> huge{-3e38f, -2e38f};
+    const std::vector<int32_t> both{0, 1, 1};
+    EXPECT_EQ(sample_token(huge, both, pen, 0.5), kNoCandidate);  // -3e38 * 4 = -inf
+    EXPECT_THROW(sample_row(huge, both, pen, 0.5), Error);
+    EXPECT_EQ(sample_token(huge, std::vector<int32_t>{0}, pen, 0.5), 1);
+    EXPECT_THROW(sample_token(huge, std::vector<int32_t>{2}, pen, 0.5), Error);  // outside the row
+  }
+  // Overflow to +inf by the penalty: those dominate, uniformly (u picks among them in id order).
+  SamplingParams boost = plain(1.0f);
+  boost.repeat_penalty = 0.25f;
+  const std::vector<float> row{3e38f, 1.0f, 2e38f, 3e38f};
+  const std::vector<int32_t> ids{0, 2, 3};
+  EXPECT_EQ(sample_token(row, ids, boost, 0.1), 0);
+  EXPECT_EQ(sample_token(row, ids, boost, 0.5), 2);
+  EXPECT_EQ(sample_token(row, ids, boost, 0.9), 3);
 }
 
 }  // namespace
