@@ -16,6 +16,7 @@
 #include "cuda/device_math.cuh"
 #include "cuda/dtype_dispatch.h"
 #include "cuda/launch.h"
+#include "cuda/norm.cuh"
 
 namespace tandem::cuda {
 namespace {
@@ -134,6 +135,9 @@ template <typename T>
 struct Fused {
   const T* norm_w = nullptr;
   float eps = 0.0f;
+  // The sum order of the rmsnorm launcher's kernel for these rows (norm.cu use_regs): 16-byte chunks (its register
+  // path: aligned rows of at most 2048 chunks) or one element at a time (its loop), whatever the GEMV's loads are.
+  bool norm_chunks = false;
   const T* bias = nullptr;
 };
 
@@ -222,7 +226,8 @@ __device__ __forceinline__ const T* gemv_input(const T* x, const T* const (&w)[N
     if (live) prefetch_first_weights<TUNE, T, VEC, NW>(w, k_begin, k_end);
     pdl_wait();  // x comes from the kernel before
     T* xs = reinterpret_cast<T*>(normed_x);
-    rmsnorm_rows_to_shared<T, R, VEC>(x, f.norm_w, f.eps, K, xs);
+    if (f.norm_chunks) rmsnorm_rows_to_shared<T, R, int(16 / sizeof(T))>(x, f.norm_w, f.eps, K, xs);
+    else rmsnorm_rows_to_shared<T, R, 1>(x, f.norm_w, f.eps, K, xs);
     return xs;
   } else {
     return x;
@@ -304,6 +309,10 @@ int split_for(int64_t N, int64_t K) {
 
 enum class Kernel { gate_up_silu, linear };
 
+// Dynamic shared memory above which a launch opts in to more than the default 48 KiB per block: the kernels' own
+// static arrays (the slices' sums, the norm's warp sums) take at most a few KiB.
+constexpr size_t kSmemOptInFrom = 40 * 1024;
+
 template <typename T>
 struct Launch {
   Kernel kernel;
@@ -325,14 +334,21 @@ void launch_split(const Launch<T>& l, cudaStream_t stream) {
   T* op = l.out.template ptr<T>();
   const dim3 block(32 * kWarps);
   const size_t smem = F == Fuse::rmsnorm ? size_t(R * l.K) * sizeof(T) : 0;
+  const auto go = [&](auto kernel) {
+    // Static and dynamic shared memory together past 48 KiB need the kernel's opt-in (a host-side attribute, not
+    // a stream operation: allowed while a graph is captured). Only rows near gemv_norm_fits' limit get here.
+    if (smem > kSmemOptInFrom)
+      TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    launch_pdl(kernel, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
+  };
   if (l.kernel == Kernel::gate_up_silu) {
     if constexpr (F != Fuse::residual) {
-      if (l.vec) launch_pdl(gate_up_silu_kernel<TUNE, T, R, kVec, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
-      else launch_pdl(gate_up_silu_kernel<TUNE, T, R, 1, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
+      if (l.vec) go(gate_up_silu_kernel<TUNE, T, R, kVec, SPLIT, F>);
+      else go(gate_up_silu_kernel<TUNE, T, R, 1, SPLIT, F>);
     }
   } else {
-    if (l.vec) launch_pdl(linear_gemv_kernel<TUNE, T, R, kVec, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
-    else launch_pdl(linear_gemv_kernel<TUNE, T, R, 1, SPLIT, F>, blocks, block, smem, stream, xp, wp, op, l.N, l.K, l.f);
+    if (l.vec) go(linear_gemv_kernel<TUNE, T, R, kVec, SPLIT, F>);
+    else go(linear_gemv_kernel<TUNE, T, R, 1, SPLIT, F>);
   }
 }
 
@@ -395,10 +411,13 @@ void run(Kernel k, const char* op, const Tensor& x, const Tensor& w, const Tenso
   const int64_t elem = int64_t(dtype_block_bytes(x.dtype));
   bool vec = (K * elem) % 16 == 0 && aligned16(x.data) && aligned16(w.data);
   if (fa.fuse == Fuse::rmsnorm) vec = vec && aligned16(fa.norm_w->data);
+  // rmsnorm's sum order (norm.cuh kRmsnormMaxChunks); its output buffer's alignment is taken as x's.
+  const bool norm_chunks = fa.fuse == Fuse::rmsnorm && (K * elem) % 16 == 0 && K * elem / 16 <= kRmsnormMaxChunks &&
+                           aligned16(x.data) && aligned16(fa.norm_w->data);
   dispatch_float(x.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
     Fused<D> f;
-    if (fa.norm_w) f.norm_w = fa.norm_w->ptr<const D>(), f.eps = fa.eps;
+    if (fa.norm_w) f.norm_w = fa.norm_w->ptr<const D>(), f.eps = fa.eps, f.norm_chunks = norm_chunks;
     if (fa.bias && fa.bias->data) f.bias = fa.bias->ptr<const D>();
     const GemvTuning t = tuning ? *tuning : gemv_tuning(T, k == Kernel::gate_up_silu ? 2 * N : N, K);
     const Launch<D> l{k, fa.fuse, x, w, out, N, K, vec, f};

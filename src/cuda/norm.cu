@@ -20,6 +20,7 @@ namespace {
 constexpr int kThreads = 256;          // a multiple of 32, at most 1024
 constexpr int64_t kMaxBlocks = 65535;  // rows beyond this are covered by the grid-stride loop
 constexpr int kNormChunks = 8;         // register path: rows up to kThreads * 8 * 16 bytes (16384 bf16 values)
+static_assert(kRmsnormMaxChunks == kThreads * kNormChunks, "norm.cuh states the register path's limit");
 
 // Sum over the block; every thread gets the total (same order in every thread, so deterministic).
 // `red` holds one float per warp. Ends with a barrier, so it can be called again right away.
