@@ -227,7 +227,9 @@ TEST(FusedParity, Matrix) {
                 if (err / bound > worst_tap) worst_tap = err / bound, worst_tap_name = cell + " " + name;
                 ++compared;
               }
-              EXPECT_GE(compared, int(cfg.n_layers) * 6) << "too few shared taps";
+              // The fused preset publishes its variants' last stages: attention, attn_residual, act and
+              // mlp_residual in every layer have an HF truth (kv_write has none), plus embed and final_norm.
+              EXPECT_GE(compared, int(cfg.n_layers) * 4 + 2) << "too few shared taps";
             }
             ASSERT_EQ(out[0].logit_rows, out[1].logit_rows);
             const Comparison lc = compare(out[1].logits, out[0].logits);
