@@ -308,6 +308,10 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
   const float* kbase = kv.k.ptr<const float>();
   const float* vbase = kv.v.ptr<const float>();
   const int32_t* pos_of = positions.ptr<const int32_t>();
+  // The first key a query at `pos` sees: 0, or the start of its sliding window.
+  auto first_visible = [&](int64_t pos) {
+    return s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : int64_t(0);
+  };
 
   // Row t's visible keys [lo, pos], their slot offsets for kv head 0 (slot_offset's checks, once per page); false when
   // the tables do not name every slot.
@@ -320,7 +324,7 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
     offs.clear();
     const int32_t b = token_batch[t];
     if (pos < 0 || b < 0 || b >= kv.batch()) return false;
-    const int64_t lo = s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : 0;
+    const int64_t lo = first_visible(pos);
     offs.reserve(size_t(pos - lo + 1));
     for (int64_t p = lo; p <= pos;) {
       const int64_t page_pos = p / ps, entry = indptr[b] + page_pos;
@@ -344,7 +348,7 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
   std::vector<int64_t> first_chunk(size_t(T) + 1, 0);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t pos = pos_of[t];
-    const int64_t lo = s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : 0;
+    const int64_t lo = first_visible(pos);
     const int64_t n = pos < 0 ? 0 : pos - lo + 1;
     first_chunk[size_t(t) + 1] = first_chunk[size_t(t)] + std::max<int64_t>(1, (n + kAttentionChunk - 1) / kAttentionChunk);
   }
@@ -378,7 +382,7 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
           ok[size_t(t - t0)] = visible(t, o);
           if (ok[size_t(t - t0)]) most = std::max(most, int64_t(o.size()));
           const int64_t pos = pos_of[t];
-          const int64_t lo = s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : 0;
+          const int64_t lo = first_visible(pos);
           seq_lo[size_t(t - t0)] = (int64_t(token_batch[t]) << 32) | lo;
         }
         for (int64_t kvh = 0; kvh < H; ++kvh) {
@@ -440,7 +444,7 @@ void attention_fast(const Tensor& qkv, const Tensor& positions, const PagedKv& k
     std::vector<float*> accs;
     for (int64_t c = b; c < e; ++c) {
       const int64_t t = row_of[size_t(c)], pos = pos_of[t];
-      const int64_t lo = s.sliding_window > 0 ? std::max<int64_t>(0, pos - s.sliding_window + 1) : 0;
+      const int64_t lo = first_visible(pos);
       const int64_t p0 = lo + (c - first_chunk[size_t(t)]) * kAttentionChunk, p1 = std::min(pos + 1, p0 + kAttentionChunk);
       for (int64_t kvh = 0; kvh < H; ++kvh) {
         float* part = parts.data() + (kvh * chunks + c) * P;
