@@ -170,12 +170,6 @@ TEST(Planted, DiffMatrixFailsOnlyTheCellsThatExposeTheBug) {
     EXPECT_THAT(r.output, HasSubstr(std::string(cell) + "    f32   off     FAIL at step 0: L0.attention"));
 }
 
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 // diff --html: one self-contained file; the heat map has a cell per layer and stage, the planted stage and every
 // one after it in that layer marked, and both plans' absmax series drawn.
 TEST(Planted, DiffHtmlReportMarksTheDivergentCells) {
@@ -184,13 +178,14 @@ TEST(Planted, DiffHtmlReportMarksTheDivergentCells) {
   ASSERT_EQ(r.exit_code, 1) << r.output;
   std::ifstream f(path);
   const std::string html((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  EXPECT_EQ(count(html, "<rect class=\"cell"), 24u);       // 2 layers x 12 stages
-  EXPECT_EQ(count(html, "<rect class=\"cell bad\""), 9u);  // L1.kv_write .. L1.mlp_residual
-  EXPECT_EQ(count(html, "<polyline class=\"series\""), 2u);
+  EXPECT_EQ(occurrences(html, "<rect class=\"cell"), 24u);       // 2 layers x 12 stages
+  EXPECT_EQ(occurrences(html, "<rect class=\"cell bad\""), 9u);  // L1.kv_write .. L1.mlp_residual
+  EXPECT_EQ(occurrences(html, "<polyline class=\"series\""), 2u);
   EXPECT_THAT(html, HasSubstr("<title>L1.kv_write: rel_l2 1.000e+00</title>"));
   EXPECT_THAT(html, HasSubstr("FIRST DIVERGENCE: step 0 (prefill), tap L1.kv_write"));
-  EXPECT_EQ(count(html, "<script"), 0u);
-  EXPECT_EQ(count(html, "http://") + count(html, "https://"), count(html, "xmlns=\"http://www.w3.org/2000/svg\""));
+  EXPECT_EQ(occurrences(html, "<script"), 0u);
+  EXPECT_EQ(occurrences(html, "http://") + occurrences(html, "https://"),
+            occurrences(html, "xmlns=\"http://www.w3.org/2000/svg\""));
 }
 
 // --kv-poison turns the skipped append into a stop at the layer that reads it.

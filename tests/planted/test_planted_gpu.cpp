@@ -83,12 +83,6 @@ std::string bisect_cmd(const std::string& good, const std::string& bad, const st
   return "bisect -m " + kModel + kIds + "-n 2 --dtype " + dtype + " --good " + good + " --bad " + bad + " " + extra;
 }
 
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 struct Planted {
   const char* path;     // the good path; the bad one is it plus the variant
   const char* dtype;
@@ -423,7 +417,7 @@ TEST(DiffMatrixGpu, FusedMatchesStandardInEveryCell) {
           EXPECT_THAT(r.output, ContainsRegex(cell + "on      pass \\(logits only; [1-9][0-9]* steps from graphs\\)\n"))
               << cell;
         }
-  EXPECT_EQ(count(r.output, "FAIL"), 0u);
+  EXPECT_EQ(occurrences(r.output, "FAIL"), 0u);
 }
 
 // With a model the fused attention's kernels take (the real-shape SmolLM2 of tools/make_gpu_models.py, head_dim
@@ -449,10 +443,10 @@ TEST(DiffMatrixGpu, DecodeKernelAxisOnARealShapeModel) {
   EXPECT_THAT(r.output, HasSubstr("diff --matrix: a = fused, b = standard; 144 cells\n")) << r.output;
   EXPECT_THAT(r.output, HasSubstr("page   kv    batch dtype graphs  decode      split-kv  result\n")) << r.output;
   EXPECT_THAT(r.output, HasSubstr("144 of 144 cells pass")) << r.output;
-  EXPECT_EQ(count(r.output, " fused       auto      pass"), 48u) << r.output;
-  EXPECT_EQ(count(r.output, " flashinfer  off       pass"), 48u) << r.output;
-  EXPECT_EQ(count(r.output, " flashinfer  on        pass"), 48u) << r.output;
-  EXPECT_EQ(count(r.output, "FAIL"), 0u);
+  EXPECT_EQ(occurrences(r.output, " fused       auto      pass"), 48u) << r.output;
+  EXPECT_EQ(occurrences(r.output, " flashinfer  off       pass"), 48u) << r.output;
+  EXPECT_EQ(occurrences(r.output, " flashinfer  on        pass"), 48u) << r.output;
+  EXPECT_EQ(occurrences(r.output, "FAIL"), 0u);
 }
 
 }  // namespace
