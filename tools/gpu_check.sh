@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, run the gpu-labelled tests, real-shape parity against HF on the same GPU and
 # the fused parity matrix (with TANDEM_GPU_MODELS: ~5 min on an H200),
-# and compute-sanitizer (memcheck, initcheck, synccheck, racecheck) over the gpu tests. Logs go to $OUT (or /tmp/gpu_check).
+# and compute-sanitizer (memcheck, initcheck, synccheck, racecheck) over the gpu tests. Logs go to $OUT (or /tmp/gpu_check),
+# packed into one gpu_check_logs.tar.gz when there are more than the device machine hands back.
 #   tools/gpu_check.sh [build|test|models|sanitize|all|bench]...   (bench: not part of all; BENCH_SHAPES, BENCH_ARGS)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -74,4 +75,11 @@ if has bench; then
     $BUILD/tandem bench --random-weights "$shape" ${BENCH_ARGS:---phase decode --batch 1,64 --context 128,2048} \
         --json "$OUT/bench.json" 2>&1 | grep -vE "^(loading|note:)" | tail -n +1
   done
+fi
+# The device machine hands back at most 8 files from $OUT (/work/.library/device/README.md): the logs (the sanitizer
+# alone writes one per tool and shard) go into one archive, and the JSON results stay files of their own.
+logs=$(cd "$OUT" && find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.txt' \) | sort)
+if [ -n "$logs" ] && [ "$(find "$OUT" -maxdepth 1 -type f | wc -l)" -gt 6 ]; then
+  # shellcheck disable=SC2086
+  (cd "$OUT" && tar czf gpu_check_logs.tar.gz $logs && rm -f $logs) && echo "logs packed into $OUT/gpu_check_logs.tar.gz"
 fi
