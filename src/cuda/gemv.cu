@@ -135,8 +135,8 @@ template <typename T>
 struct Fused {
   const T* norm_w = nullptr;
   float eps = 0.0f;
-  // The sum order of the rmsnorm launcher's kernel for these rows (norm.cu use_regs): 16-byte chunks (its register
-  // path: aligned rows of at most 2048 chunks) or one element at a time (its loop), whatever the GEMV's loads are.
+  // The sum order of the rmsnorm launcher's kernel for these rows (norm.cuh rmsnorm_sums_by_chunks): 16-byte chunks
+  // or one element at a time, whatever the GEMV's loads are.
   bool norm_chunks = false;
   const T* bias = nullptr;
 };
@@ -411,9 +411,9 @@ void run(Kernel k, const char* op, const Tensor& x, const Tensor& w, const Tenso
   const int64_t elem = int64_t(dtype_block_bytes(x.dtype));
   bool vec = (K * elem) % 16 == 0 && aligned16(x.data) && aligned16(w.data);
   if (fa.fuse == Fuse::rmsnorm) vec = vec && aligned16(fa.norm_w->data);
-  // rmsnorm's sum order (norm.cuh kRmsnormMaxChunks); its output buffer's alignment is taken as x's.
-  const bool norm_chunks = fa.fuse == Fuse::rmsnorm && (K * elem) % 16 == 0 && K * elem / 16 <= kRmsnormMaxChunks &&
-                           aligned16(x.data) && aligned16(fa.norm_w->data);
+  // rmsnorm's sum order for these rows (norm.cuh); the unfused rmsnorm's output would sit where x does here.
+  const bool norm_chunks =
+      fa.fuse == Fuse::rmsnorm && rmsnorm_sums_by_chunks(x.dtype, K, {x.data, fa.norm_w->data, x.data});
   dispatch_float(x.dtype, op, [&](auto tag) {
     using D = typename decltype(tag)::type;
     Fused<D> f;

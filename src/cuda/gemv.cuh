@@ -15,10 +15,10 @@
 //
 // The fused forms, for decode steps of up to kGemvFusedMaxRows rows, take the launch of the kernel on either side:
 // rmsnorm_linear_gemv / rmsnorm_gate_up_silu: x is RMSNorm'ed (norm_w, eps) by every block into its shared memory
-// first, with rmsnorm's rounding points *and sum order* (norm.cuh kRmsnormMaxChunks: 16-byte chunks or one element
-// at a time, chosen as rmsnorm chooses), so the result is bit for bit rmsnorm -> the plain kernel. Needs R * K *
-// dtype bytes of shared memory (gemv_norm_fits; past 40 KiB the launch opts in to more than the default 48 KiB).
-// CPU twins: cpu::rmsnorm then cpu::linear / cpu::gate_up_silu.
+// first, with rmsnorm's rounding points *and sum order* (norm.cuh rmsnorm_sums_by_chunks: 16-byte chunks or one
+// element at a time, chosen as rmsnorm chooses), so the result is bit for bit rmsnorm -> the plain kernel. Needs
+// R * K * dtype bytes of shared memory (gemv_norm_fits; past 40 KiB the launch opts in to more than the default
+// 48 KiB). CPU twins: cpu::rmsnorm then cpu::linear / cpu::gate_up_silu.
 // linear_gemv_residual: residual = round(residual + round(round(x . w) + bias)) (bias optional): bit for bit
 // linear_gemv -> add_bias -> add, the standard path's rounding points.
 //

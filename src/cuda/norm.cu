@@ -20,7 +20,6 @@ namespace {
 constexpr int kThreads = 256;          // a multiple of 32, at most 1024
 constexpr int64_t kMaxBlocks = 65535;  // rows beyond this are covered by the grid-stride loop
 constexpr int kNormChunks = 8;         // register path: rows up to kThreads * 8 * 16 bytes (16384 bf16 values)
-static_assert(kRmsnormMaxChunks == kThreads * kNormChunks, "norm.cuh states the register path's limit");
 
 // Sum over the block; every thread gets the total (same order in every thread, so deterministic).
 // `red` holds one float per warp. Ends with a barrier, so it can be called again right away.
@@ -156,16 +155,15 @@ __global__ void rmsnorm_regs_kernel(T* x, const T* delta, const T* __restrict__ 
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// The register path: rows a multiple of 16 bytes, at most kThreads * kNormChunks chunks, 16-byte aligned.
-bool use_regs(const Tensor& x, int64_t H, std::initializer_list<const void*> ptrs) {
-  const int64_t vec = 16 / dtype_block_bytes(x.dtype);
+}  // namespace
+
+bool rmsnorm_sums_by_chunks(DType dtype, int64_t H, std::initializer_list<const void*> ptrs) {
+  const int64_t vec = 16 / dtype_block_bytes(dtype);
   if (H % vec != 0 || H / vec > int64_t(kThreads) * kNormChunks) return false;
   for (const void* p : ptrs)
     if (!aligned16(p)) return false;
   return true;
 }
-
-}  // namespace
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream) {
   const char* op = "rmsnorm";
@@ -184,7 +182,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cud
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
   dispatch_float(x.dtype, "rmsnorm", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (use_regs(x, H, {x.data, w.data, out.data}))
+    if (rmsnorm_sums_by_chunks(x.dtype, H, {x.data, w.data, out.data}))
       launch_pdl(rmsnorm_regs_kernel<T, false>, blocks, kThreads, 0, stream, const_cast<T*>(x.ptr<const T>()),
                  nullptr, w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
     else
@@ -217,7 +215,7 @@ void add_rmsnorm(const Tensor& x, const Tensor& delta, const Tensor& w, float ep
   const unsigned blocks = unsigned(std::min(rows, kMaxBlocks));
   dispatch_float(x.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (use_regs(x, H, {x.data, delta.data, w.data, out.data}))
+    if (rmsnorm_sums_by_chunks(x.dtype, H, {x.data, delta.data, w.data, out.data}))
       launch_pdl(rmsnorm_regs_kernel<T, true>, blocks, kThreads, 0, stream, x.ptr<T>(), delta.ptr<const T>(),
                  w.ptr<const T>(), out.ptr<T>(), rows, H, eps);
     else

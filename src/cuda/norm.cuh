@@ -6,14 +6,18 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 #include "core/tensor.h"
 
 namespace tandem::cuda {
 // The fp32 sum of squares is added in one of two orders (both kernels: 256 threads, warp sums in warp order):
-// 16-byte chunks per thread (t, t + 256, ...) where the rows are a multiple of 16 bytes of at most this many chunks
-// and x, w and out are 16-byte aligned; else one element per thread at a time. The GEMV's RMSNorm prologue
-// (gemv.cuh) follows the same rule so that it stays bit for bit equal to this kernel.
-inline constexpr int64_t kRmsnormMaxChunks = 256 * 8;
+// 16-byte chunks per thread (t, t + 256, ...; the register path) when this says so for the row width H and every
+// pointer the launch touches (x, w, out: rows a multiple of 16 bytes of at most 2048 chunks, all 16-byte aligned),
+// else one element per thread at a time. The GEMV's RMSNorm prologue (gemv.cuh) asks it too, so that it stays bit
+// for bit equal to this kernel.
+bool rmsnorm_sums_by_chunks(DType dtype, int64_t H, std::initializer_list<const void*> ptrs);
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out, cudaStream_t stream);
 
 // The fused path's residual add + RMSNorm in one kernel: x = x + delta (rounded to the dtype, as the add kernel),
