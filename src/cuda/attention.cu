@@ -334,8 +334,8 @@ struct SoftmaxState {
 // each split stores its state in `partial` and the last split to finish (a counter per (token, kv head), reset by
 // that block) merges the states in split order, so the result does not depend on which block came last.
 template <typename T, int HD>
-__global__ void __launch_bounds__(kDecodeMaxThreads) attention_decode_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ positions, Pages pg,
-                                        const T* __restrict__ k_pool, const T* __restrict__ v_pool,
+__global__ void __launch_bounds__(kDecodeMaxThreads) attention_decode_kernel(const T* qkv, const int32_t* __restrict__ positions, Pages pg,
+                                        const T* k_pool, const T* v_pool,
                                         T* __restrict__ out, float* __restrict__ partial, int32_t* counters,
                                         int n_heads, int n_kv_heads, int window, float scale, int min_chunk) {
   constexpr int VEC = 16 / int(sizeof(T));
@@ -401,8 +401,9 @@ __global__ void __launch_bounds__(kDecodeMaxThreads) attention_decode_kernel(con
         const int64_t off = j < n ? off_s[j] : -1;
         live[u] = off >= 0;
         if (live[u]) {
-          *reinterpret_cast<uint4*>(kv_k[u]) = __ldg(reinterpret_cast<const uint4*>(k_pool + off + head_off));
-          *reinterpret_cast<uint4*>(kv_v[u]) = __ldg(reinterpret_cast<const uint4*>(v_pool + off + head_off));
+          // Plain loads, not __ldg: this step's K/V were written by the kernel before (launch_pdl, gemv.cu).
+          *reinterpret_cast<uint4*>(kv_k[u]) = *reinterpret_cast<const uint4*>(k_pool + off + head_off);
+          *reinterpret_cast<uint4*>(kv_v[u]) = *reinterpret_cast<const uint4*>(v_pool + off + head_off);
         }
       }
       // All the round's scores first (independent shuffles), then one rescale of the running state.

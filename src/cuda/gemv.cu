@@ -36,9 +36,12 @@ inline constexpr int kMinBlocks = TUNE == GemvTuning::occupancy && R == 1 ? 8 : 
 // acc[n][r] += x[r] . w_n over H for the NW weight rows `w[n]` and R rows of x: lanes stride by 32 * VEC
 // elements, kUnroll chunks per trip with every weight load issued first (weight bandwidth is the limit, so the
 // loads must be in flight together). Partial sums stay per lane; the caller reduces over the warp.
-// X_SHARED: x is the block's normalized copy in shared memory (plain loads; __ldg is for global memory only).
+// X_SHARED: x is the block's normalized copy in shared memory. Only the weights are read with __ldg: x is written by
+// the kernel before while this one is already resident (launch_pdl), and ld.global.nc is only defined for memory
+// that no one writes during the kernel's lifetime. Hence no __restrict__ on x anywhere here either: with it the
+// compiler turns plain loads of a const x into ld.global.nc.
 template <GemvTuning TUNE, typename T, int R, int VEC, int NW, bool X_SHARED = false>
-__device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* const (&w)[NW], int64_t k_begin,
+__device__ __forceinline__ void warp_dots(const T* x, const T* const (&w)[NW], int64_t k_begin,
                                           int64_t k_end, int64_t H, float (&acc)[NW][R]) {
   const int lane = threadIdx.x & 31;
   constexpr int64_t kStep = 32 * VEC;
@@ -69,7 +72,7 @@ __device__ __forceinline__ void warp_dots(const T* __restrict__ x, const T* cons
           if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + r * H + k);
           else xv[0] = x[r * H + k];
         } else {
-          if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = __ldg(reinterpret_cast<const uint4*>(x + r * H + k));
+          if constexpr (VEC > 1) *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + r * H + k);
           else xv[0] = x[r * H + k];
         }
 #pragma unroll
@@ -148,7 +151,7 @@ struct Fused {
 // exactly the bits the rmsnorm kernel would have written to h. Every thread of the block takes part; the last
 // barrier makes xs visible to all warps.
 template <typename T, int R, int VEC>
-__device__ __forceinline__ void rmsnorm_rows_to_shared(const T* __restrict__ x, const T* __restrict__ g, float eps,
+__device__ __forceinline__ void rmsnorm_rows_to_shared(const T* x, const T* __restrict__ g, float eps,
                                                        int64_t K, T* xs) {
   static_assert(32 * kWarps == 256, "the sum order mirrors the rmsnorm kernels' 256 threads");
   __shared__ float red[R][kWarps];
@@ -237,7 +240,7 @@ __device__ __forceinline__ const T* gemv_input(const T* x, const T* const (&w)[N
 // out[:, i] = silu(gate row i . x) * (up row I + i . x) for all R rows (x RMSNorm'ed first with Fuse::rmsnorm).
 template <GemvTuning TUNE, typename T, int R, int VEC, int SPLIT, Fuse F>
 __global__ void __launch_bounds__(32 * kWarps, kMinBlocks<TUNE, R>)
-    gate_up_silu_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t I, int64_t H,
+    gate_up_silu_kernel(const T* x, const T* __restrict__ w, T* out, int64_t I, int64_t H,
                         Fused<T> f) {
   static_assert(F != Fuse::residual, "gate_up_silu has no residual epilogue");
   pdl_launch_dependents();
@@ -270,7 +273,7 @@ __global__ void __launch_bounds__(32 * kWarps, kMinBlocks<TUNE, R>)
 // the bias), with the add kernel's rounding.
 template <GemvTuning TUNE, typename T, int R, int VEC, int SPLIT, Fuse F>
 __global__ void __launch_bounds__(32 * kWarps, kMinBlocks<TUNE, R>)
-    linear_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t N, int64_t K,
+    linear_gemv_kernel(const T* x, const T* __restrict__ w, T* out, int64_t N, int64_t K,
                        Fused<T> f) {
   pdl_launch_dependents();
   __shared__ float red[SPLIT > 1 ? SPLIT : 1][kWarps][R];
