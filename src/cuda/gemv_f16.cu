@@ -1,0 +1,6 @@
+// The f16 GEMV kernels (gemv_kernels.cuh says why one file a dtype).
+#include "cuda/gemv_kernels.cuh"
+
+namespace tandem::cuda::gemv_detail {
+template void launch<__half>(const Launch<__half>&, int64_t, GemvTuning, cudaStream_t);
+}  // namespace tandem::cuda::gemv_detail

@@ -1,0 +1,6 @@
+// The f32 GEMV kernels (gemv_kernels.cuh says why one file a dtype).
+#include "cuda/gemv_kernels.cuh"
+
+namespace tandem::cuda::gemv_detail {
+template void launch<float>(const Launch<float>&, int64_t, GemvTuning, cudaStream_t);
+}  // namespace tandem::cuda::gemv_detail
