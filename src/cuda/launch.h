@@ -10,6 +10,11 @@
 // tables and positions, copied before the step's first kernel) may be read before pdl_wait. Every block reaches
 // pdl_wait on every path that touches such memory; a block that touches none may exit without it. Kernels
 // launched plainly (cuBLAS, FlashInfer) are full barriers, as before. Both calls are no-ops for a plain launch.
+// Memory an earlier kernel writes is read with plain (coherent) loads: no __ldg and no `const T* __restrict__`
+// parameter for it (the compiler turns those loads into ld.global.nc, which is only defined for memory nothing
+// writes while the kernel runs, and here the kernel before is still running). On an H100 (12-06) the unfused
+// gate_up_silu, reading h that way, returned NaN (h's 0xFF fill) in up to 2/3 of its outputs, in 6 test cases of 72;
+// with plain loads, all pass.
 // set_programmatic_launch(false) (`--no-pdl`) launches everything plainly, for comparisons.
 #pragma once
 #include <cuda_runtime.h>

@@ -21,8 +21,8 @@
 //   attention.test_batch1_index     equal at batch 3; batch 1: step 0 L0.attention; --nan-check: 128 NaN of 192
 //                                   values at L0.attention (tokens 1 and 2 read batch entries that do not exist)
 //   kv_write.test_skip_layer1       step 0 L1.kv_write, agreed L1.rope (standard); --kv-poison stops at
-//   qkv..kv_write.test_skip_layer1  L1.attention naming L1.kv_write and the variant; fused: step 0 L1.kv_write,
-//                                   agreed L1.attn_norm
+//   attn_norm..kv_write.            L1.attention naming L1.kv_write and the variant; fused: step 0 L1.kv_write,
+//     test_skip_layer1              agreed L0.mlp_residual (the fused preset publishes its groups' last stages)
 //   attention.test_f16_scores       qwen2 fixture, bf16: equal as it is; with layer 1's K scaled by 500 (|q.k|/sqrt(d)
 //                                   ~1e5): step 0 L1.attention, agreed L1.kv_write; trace: layer 1's logit max
 //                                   1.xe+05 past 65504, the first NaN/Inf at L1.attention; layer 0 finite
@@ -30,7 +30,8 @@
 //   attention.test_drop_last_key    step 0 L0.attention; --nan-check: 64 NaN of 192 (position 0 sees no key)
 //
 // Inside FlashInfer, on the real-shape SmolLM2 (bf16, fused path; the good side runs attention.flashinfer; same
-// prompt, -n 2, page size 16, NHD). EXPECTED, TO BE CONFIRMED ON A GPU (written before the first GPU run):
+// prompt, -n 2, page size 16, NHD). Written before the first GPU run; the tests assert it (bar the "likely") and
+// pass on an H100 80GB HBM3 (2026-12-06, cc316a7, PlantedFlashInfer.* in `ctest -L gpu`):
 //   attention.test_flashinfer_last_page_long   step 0 (prefill) L0.attention, agreed L0.kv_write, side a's state
 //                                              "FlashInfer plan: batch 1, 5 tokens, ..."; bisect names it (also
 //                                              against the standard path, --tol 4e-2); trace --kv-poison:
