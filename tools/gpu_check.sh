@@ -69,12 +69,31 @@ if has sanitize; then
   done
 fi
 if has bench; then
-  # Quick decode figures in one process per shape, appended to $OUT/bench.json (the committed runs use bench/README).
+  # One process per shape and path, all appended to $OUT/bench.json, each one's printed output kept in
+  # $OUT/bench_<shape>_<path>.log (packed below). BENCH_PEERS=hf-sdpa (or hf-eager,hf-sdpa) adds HF transformers on
+  # the same shapes to the same file (tools/bench_peers.py --merge), as the committed runs of bench/README.md need:
+  #   BENCH_SHAPES="llama-3.2-1b-shape llama-3.1-8b-shape qwen2.5-7b-shape" BENCH_PEERS=hf-sdpa \
+  #   BENCH_ARGS="--batch 1,64 --context 128,2048 --prefill-tokens 512,4096" tools/gpu_check.sh build bench
+  bench_args=${BENCH_ARGS:---phase decode --batch 1,64 --context 128,2048}
   for shape in ${BENCH_SHAPES:-llama-3.2-1b-shape llama-3.1-8b-shape}; do
-    # shellcheck disable=SC2086
-    $BUILD/tandem bench --random-weights "$shape" ${BENCH_ARGS:---phase decode --batch 1,64 --context 128,2048} \
-        --json "$OUT/bench.json" 2>&1 | grep -vE "^(loading|note:)" | tail -n +1
+    for path in ${BENCH_PATHS:-fused standard}; do
+      # shellcheck disable=SC2086
+      $BUILD/tandem bench --random-weights "$shape" --path "$path" $bench_args --json "$OUT/bench.json" \
+          > "$OUT/bench_${shape}_${path}.log" 2>&1 || echo "bench $shape $path failed (exit $?)"
+      grep -vE "^(loading|note:)" "$OUT/bench_${shape}_${path}.log" | grep -E "tok/s|%" | head -12
+    done
   done
+  if [ -n "${BENCH_PEERS:-}" ]; then
+    # The peers' grid from BENCH_ARGS: --batch, --context and --prefill-tokens (as --prefill) when given there.
+    arg() { echo "$bench_args" | sed -nE "s/.*--$1[ =]([^ ]+).*/\1/p"; }
+    shapes=$(echo "${BENCH_SHAPES:-llama-3.2-1b-shape llama-3.1-8b-shape}" | tr ' ' ',')
+    grid=(--prefill "$(arg prefill-tokens)")  # none unless asked for
+    [ -n "$(arg batch)" ] && grid+=(--batch "$(arg batch)")
+    [ -n "$(arg context)" ] && grid+=(--context "$(arg context)")
+    python3 tools/bench_peers.py --json "$OUT/bench.json" --merge --shapes "$shapes" --paths "$BENCH_PEERS" \
+        "${grid[@]}" --reps 3 > "$OUT/bench_peers.log" 2>&1 || echo "bench_peers.py failed (exit $?)"
+    tail -n 20 "$OUT/bench_peers.log"
+  fi
 fi
 # The device machine hands back at most 8 files from $OUT (/work/.library/device/README.md): the logs (the sanitizer
 # alone writes one per tool and shard) go into one archive, and the JSON results stay files of their own.
