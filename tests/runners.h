@@ -14,7 +14,7 @@ namespace tandem {
 struct TestRunnerOptions {
   int64_t page_size = 16;
   KvLayout layout = KvLayout::NHD;
-  std::vector<std::string> variants;
+  std::vector<std::string> variants = {};
   bool kv_poison = false;
   int64_t kv_tokens = 0;
   bool cuda_graphs = true;

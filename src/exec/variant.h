@@ -137,7 +137,7 @@ struct PathPreset {
   std::vector<std::string> variants;  // each stage covered exactly once
   // A preset whose variants replace, stage by stage, any of these that cannot run the model (with a notice); empty:
   // such a model is an error.
-  std::string fallback;
+  std::string fallback = {};
 };
 void register_path(PathPreset p);
 const std::vector<PathPreset>& path_presets();

@@ -15,10 +15,10 @@
 namespace tandem {
 
 struct PlanRequest {
-  std::string path = "reference";       // a preset name
-  std::vector<std::string> overrides;   // "STAGE=NAME"; NAME is a variant name or its implementation part
+  std::string path = "reference";           // a preset name
+  std::vector<std::string> overrides = {};  // "STAGE=NAME"; NAME is a variant name or its implementation part
   KvLayout kv_layout = KvLayout::NHD;
-  const ModelConfig* config = nullptr;  // when set, variants that cannot run it are rejected
+  const ModelConfig* config = nullptr;      // when set, variants that cannot run it are rejected
   DType dtype = DType::F32;
 };
 
