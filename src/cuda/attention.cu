@@ -401,7 +401,7 @@ __global__ void __launch_bounds__(kDecodeMaxThreads) attention_decode_kernel(con
         const int64_t off = j < n ? off_s[j] : -1;
         live[u] = off >= 0;
         if (live[u]) {
-          // Plain loads, not __ldg: this step's K/V were written by the kernel before (launch_pdl, gemv.cu).
+          // Plain loads, not __ldg: this step's K/V were written by the kernel before (launch_pdl, launch.h).
           *reinterpret_cast<uint4*>(kv_k[u]) = *reinterpret_cast<const uint4*>(k_pool + off + head_off);
           *reinterpret_cast<uint4*>(kv_v[u]) = *reinterpret_cast<const uint4*>(v_pool + off + head_off);
         }

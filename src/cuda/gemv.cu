@@ -1,4 +1,4 @@
-// The GEMV launchers: argument checks, the tuning and the dtype; the kernels are in gemv_kernels.cuh.
+// The GEMV launchers: argument checks, the tuning and the dtype; the kernels are in gemv_kernels.inc.
 #include "cuda/gemv.cuh"
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include "core/checks.h"
 #include "core/error.h"
 #include "cuda/dtype_dispatch.h"
-#include "cuda/gemv_kernels.cuh"
+#include "cuda/gemv_kernels.inc"
 #include "cuda/norm.cuh"
 
 namespace tandem::cuda {
