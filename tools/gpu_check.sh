@@ -35,6 +35,7 @@ if has models; then
   python3 tools/make_gpu_models.py --out /tmp/gpu_models > "$OUT/models.log" 2>&1 || { tail -20 "$OUT/models.log"; exit 1; }
   grep -v -E "Loading|Writing|it/s" "$OUT/models.log" | tail -5
 fi
+case "${TEST_PART:-both}" in both | ctest | parity) ;; *) echo "TEST_PART=$TEST_PART: expected both, ctest or parity"; exit 2 ;; esac
 if has test; then
   # The gpu label but the parity suites through ctest, then those (Standard*, FusedParity*, their [ info ] lines
   # wanted) straight from gpu_tests: each runs once. On an H100 (12-06) the 87 tests before FusedParity took 390 s,
@@ -93,7 +94,9 @@ if has bench; then
     done
   done
   if [ -n "${BENCH_PEERS:-}" ]; then
-    # The peers' grid from BENCH_ARGS: --batch, --context and --prefill-tokens (as --prefill) when given there.
+    # The peers' grid from BENCH_ARGS: --batch, --context and --prefill-tokens (as --prefill) when given there; no
+    # prefill for the peers unless --prefill-tokens is (tandem's own default lengths are not copied), and --phase is
+    # not read: name both phases' grids in BENCH_ARGS for a like-for-like file.
     arg() { echo "$bench_args" | sed -nE "s/.*--$1[ =]([^ ]+).*/\1/p"; }
     shapes=$(echo "${BENCH_SHAPES:-llama-3.2-1b-shape llama-3.1-8b-shape}" | tr ' ' ',')
     grid=(--prefill "$(arg prefill-tokens)")  # none unless asked for
