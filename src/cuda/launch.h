@@ -15,6 +15,7 @@
 // writes while the kernel runs, and here the kernel before is still running). On an H100 (12-06) the unfused
 // gate_up_silu, reading h that way, returned NaN (h's 0xFF fill) in up to 2/3 of its outputs, in 6 test cases of 72;
 // with plain loads the test passed in both runs since (the old code was not rerun side by side).
+// tests/gpu/test_pdl_contract.cpp holds the GEMVs and norms to this with a kernel before that writes late on purpose.
 // set_programmatic_launch(false) (`--no-pdl`) launches everything plainly, for comparisons.
 #pragma once
 #include <cuda_runtime.h>
